@@ -1,0 +1,122 @@
+/*
+ * config: one YAML file -> one immutable, validated snapshot (struct config).
+ *
+ * Pure: reads the file (and the files named by *_file keys) and the environment for ${VAR},
+ * never a socket or a loop. Every error is reported as "file:line:column: message" with the
+ * position of the offending node. Unknown keys are errors. Secrets (passwords, the upstream URL's
+ * password) are kept only in the snapshot and never appear in an error message.
+ */
+#ifndef RESPGUARD_CONFIG_H
+#define RESPGUARD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+
+struct acl_user; /* acl.h */
+
+struct config_cidr {
+    struct sockaddr_storage net; /* AF_INET or AF_INET6, host bits zeroed */
+    unsigned prefix;             /* 0..32 or 0..128 */
+};
+
+struct config_cidr_list {
+    struct config_cidr *items;
+    size_t count;
+};
+
+struct config_listener_tls {
+    char *cert_file;
+    char *key_file;
+    char *client_ca_file;  /* NULL: no client certificates requested */
+    bool user_from_cert_cn;/* user_from_cert: cn */
+};
+
+struct config_listener {
+    char *bind;                  /* as written, "host:port" or "[v6]:port" */
+    char *host;                  /* parsed numeric address */
+    uint16_t port;
+    struct sockaddr_storage addr;/* resolved numeric address */
+    bool tls_enabled;
+    struct config_listener_tls tls;
+    struct config_cidr_list allow_from; /* count 0: everyone */
+};
+
+struct config_credential {
+    char *name;       /* key under upstream.credentials */
+    char *username;   /* NULL: AUTH with the password only */
+    char *password;   /* secret */
+};
+
+struct config_upstream {
+    char *url;               /* as written, never logged (contains the password) */
+    char *host;              /* from the URL */
+    uint16_t port;           /* from the URL, default 6379 */
+    char *username;          /* from the URL, NULL when absent (then AUTH <password> only) */
+    char *password;          /* from the URL or password_file; NULL: no AUTH upstream */
+    char *ca_file;           /* NULL: system trust store */
+    char *server_name;       /* NULL: host; SNI and the name verified */
+    uint64_t connect_timeout_ms; /* default 5000 */
+    struct config_credential *credentials;
+    size_t credential_count;
+};
+
+struct config_user {
+    char *name;
+    char *acl;               /* the ACL string as written after ${VAR} expansion (secret!) */
+    char *upstream_credential; /* NULL: the URL's credential */
+    bool has_expires;
+    time_t expires;          /* UTC epoch seconds */
+    struct config_cidr_list allow_from;
+    const char *file;        /* config file name, for errors found later (acl parsing) */
+    int acl_line, acl_column;/* position of the acl value, 1-based */
+};
+
+struct config_limits {
+    uint64_t max_clients;          /* default 10000 */
+    uint64_t max_request_bytes;    /* default 10 MiB */
+    uint64_t max_args;             /* default 1048576 */
+    uint64_t login_timeout_ms;     /* default 10000 */
+    uint64_t client_output_bytes;  /* default 64 MiB: above it, stop reading upstream */
+    uint64_t upstream_output_bytes;/* default 64 MiB: above it, stop reading the client */
+    uint64_t shutdown_timeout_ms;  /* default 10000: drain bound on SIGTERM */
+};
+
+enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARN, CONFIG_LOG_ERROR };
+
+struct config {
+    char *path;
+    struct config_listener *listeners;
+    size_t listener_count;
+    struct config_upstream upstream;
+    struct config_user *users;
+    size_t user_count;
+    char **never_by_category;      /* lower-case command names, "cmd" or "cmd|sub" */
+    size_t never_count;
+    struct config_limits limits;
+    enum config_log_level log_level;
+    bool log_keys;
+};
+
+/* The default guard list (lower case, NULL-terminated). */
+extern const char *const config_default_never[];
+
+/* Load and validate path. On success returns 0 and *out (free with config_free). On error
+ * returns a negative errno-style code and writes one "file:line:column: message" line (no
+ * trailing newline) into err. */
+int config_load(const char *path, struct config **out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+void config_free(struct config *c);
+
+/* Parse "1.2.3.4/8" or "::1/128" (a bare address means /32 or /128). 0 or -EINVAL. */
+int config_parse_cidr(const char *s, struct config_cidr *out);
+bool config_cidr_match(const struct config_cidr_list *l, const struct sockaddr *addr);
+
+/* Parse "5s", "250ms", "2m", "1h" or a bare number of seconds into milliseconds. */
+int config_parse_duration(const char *s, uint64_t *ms);
+/* Parse "10mb", "512kb", "1gb", "100" (bytes); k/m/g are powers of 1024, case-insensitive. */
+int config_parse_size(const char *s, uint64_t *bytes);
+
+#endif

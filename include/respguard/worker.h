@@ -1,0 +1,55 @@
+/*
+ * worker: what one event-loop thread owns: its loop, the shared immutable configuration and
+ * compiled users, the upstream TLS context, its listeners and its live sessions.
+ *
+ * respguard runs one worker today; everything a session needs is reached through its worker,
+ * never through a global, so more workers can be added later without locks on the hot path.
+ */
+#ifndef RESPGUARD_WORKER_H
+#define RESPGUARD_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct config;
+struct acl_user;
+struct tlsconn_ctx;
+struct listener;
+struct session;
+struct config_user;
+
+struct worker {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct acl_user *users;        /* compiled from cfg->users, same order */
+    size_t user_count;
+    struct tlsconn_ctx *upstream_tls;
+    const char *upstream_verify_name; /* server_name or the URL's host */
+    char *upstream_auth;           /* the AUTH command respguard sends upstream (secret) */
+    size_t upstream_auth_len;
+    struct listener *listeners;
+    size_t listener_count;
+    struct session *sessions;      /* intrusive list of live sessions */
+    size_t session_count;
+    uint64_t next_session_id;
+    bool shutting_down;
+    uv_timer_t shutdown_timer;
+    void (*on_drained)(struct worker *w); /* called once no session is left while shutting down */
+};
+
+/* The compiled user called name (exact, case-sensitive as in Redis), or NULL. */
+const struct acl_user *worker_find_user(const struct worker *w, const char *name, size_t len);
+/* The config entry of a compiled user (same index). */
+const struct config_user *worker_user_config(const struct worker *w, const struct acl_user *u);
+
+/* Session registry (implemented in session.c, which knows the session's links). */
+void worker_add_session(struct worker *w, struct session *s);
+void worker_remove_session(struct worker *w, struct session *s);
+/* Shutdown: every session stops reading and closes once its replies are out. */
+void worker_drain_sessions(struct worker *w);
+/* Shutdown deadline: close whatever is left. */
+void worker_close_sessions(struct worker *w);
+
+#endif

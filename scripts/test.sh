@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds with warnings as errors, checks the module layering, runs the
+# cmocka unit tests, then the integration tests (pytest, real redis-server, real clients).
+# The last line is pytest's summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+(cd tests/integration/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+
+# Layering: only these files may include these headers (see docs/architecture.md).
+bad=$( { grep -l '#include <openssl/' src/*.c include/respguard/*.h | grep -v -e 'src/tlsconn.c' -e 'src/crypto.c' || true
+         grep -l '#include <hiredis' src/*.c include/respguard/*.h | grep -v 'src/resp.c' || true
+         grep -l '#include <uv.h>' src/*.c include/respguard/*.h |
+             grep -v -e 'src/main.c' -e 'src/listener.c' -e 'src/session.c' -e 'src/upstream.c' \
+                     -e 'src/transport.c' -e 'src/worker.c' -e 'include/respguard/transport.h' \
+                     -e 'include/respguard/upstream.h' -e 'include/respguard/worker.h' \
+                     -e 'include/respguard/session.h' -e 'include/respguard/listener.h' || true; } )
+if [ -n "$bad" ]; then
+    echo "layering violation in: $bad" >&2
+    exit 1
+fi
+
+build=${BUILD_DIR:-build-test}
+[ -f "$build/build.ninja" ] || meson setup "$build" -Dwerror=true >/dev/null
+meson compile -C "$build" >/dev/null
+meson test -C "$build" --suite unit --print-errorlogs
+
+export RESPGUARD_BIN=$PWD/$build/respguard
+exec /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration

@@ -1,0 +1,418 @@
+/*
+ * main: the command line, start-up, signals and shutdown.
+ *
+ *   respguard -c FILE              run
+ *   respguard check -c FILE        validate the config and print what it sets up
+ *   respguard passwd [--generate]  hash a secret (from stdin) for an ACL rule
+ *
+ * Start-up errors are fatal and say why; SIGTERM/SIGINT stop accepting, let replies in flight
+ * drain within limits.shutdown_timeout, and exit 0.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "respguard/acl.h"
+#include "respguard/config.h"
+#include "respguard/crypto.h"
+#include "respguard/listener.h"
+#include "respguard/log.h"
+#include "respguard/resp.h"
+#include "respguard/tlsconn.h"
+#include "respguard/worker.h"
+
+#ifndef RESPGUARD_VERSION
+#define RESPGUARD_VERSION "dev"
+#endif
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "respguard %s: a TLS-enforcing Redis proxy with per-user ACLs\n"
+            "\n"
+            "usage:\n"
+            "  respguard -c FILE | --config FILE   run with this configuration\n"
+            "  respguard check -c FILE             validate the configuration, print what it sets up\n"
+            "  respguard passwd                    read a secret on stdin, print its #<sha256> ACL form\n"
+            "  respguard passwd --generate         make a random 256-bit secret, print it and its hash\n"
+            "  respguard --version | --help\n"
+            "\n"
+            "Logs are JSON lines on stderr. SIGTERM/SIGINT drain and exit.\n",
+            RESPGUARD_VERSION);
+}
+
+/* Everything built from a loaded config that the worker refers to. */
+struct runtime {
+    struct config *cfg;
+    struct worker w;
+    struct listener *listeners;
+    struct tlsconn_ctx **listener_tls;
+    uv_signal_t sig_term, sig_int, sig_hup;
+};
+
+static int compile_users(struct runtime *rt, char *err, size_t errlen)
+{
+    struct config *cfg = rt->cfg;
+    rt->w.users = calloc(cfg->user_count ? cfg->user_count : 1, sizeof *rt->w.users);
+    if (!rt->w.users)
+        return -ENOMEM;
+    for (size_t i = 0; i < cfg->user_count; i++) {
+        const struct config_user *u = &cfg->users[i];
+        char why[256];
+        size_t off = 0;
+        int rc = acl_user_compile(u->name, u->acl, &rt->w.users[i], why, sizeof why, &off);
+        rt->w.user_count = i + 1;
+        if (rc != 0) {
+            snprintf(err, errlen, "%s:%d:%d: users.%s.acl: %s", u->file ? u->file : cfg->path, u->acl_line,
+                     u->acl_column + (int)off, u->name, rc == -EINVAL ? why : strerror(-rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* The AUTH command respguard sends after every upstream handshake. */
+static int build_upstream_auth(struct runtime *rt)
+{
+    const struct config_upstream *up = &rt->cfg->upstream;
+    struct resp_arg argv[3];
+    size_t argc = 0;
+    if (up->password) {
+        argv[argc++] = (struct resp_arg){"AUTH", 4};
+        if (up->username)
+            argv[argc++] = (struct resp_arg){up->username, strlen(up->username)};
+        argv[argc++] = (struct resp_arg){up->password, strlen(up->password)};
+    } else {
+        /* Nothing to log in with: a PING still proves the connection answers. */
+        argv[argc++] = (struct resp_arg){"PING", 4};
+    }
+    size_t n = resp_encoded_size(argc, argv);
+    rt->w.upstream_auth = malloc(n);
+    if (!rt->w.upstream_auth)
+        return -ENOMEM;
+    rt->w.upstream_auth_len = resp_encode_command(rt->w.upstream_auth, argc, argv);
+    return 0;
+}
+
+static int build_tls(struct runtime *rt, char *err, size_t errlen)
+{
+    struct config *cfg = rt->cfg;
+    char why[512];
+    rt->w.upstream_tls = tlsconn_ctx_new_client(cfg->upstream.ca_file, why, sizeof why);
+    if (!rt->w.upstream_tls) {
+        snprintf(err, errlen, "upstream TLS: %s", why);
+        return -EINVAL;
+    }
+    rt->w.upstream_verify_name = cfg->upstream.server_name ? cfg->upstream.server_name : cfg->upstream.host;
+    rt->listener_tls = calloc(cfg->listener_count, sizeof *rt->listener_tls);
+    if (!rt->listener_tls)
+        return -ENOMEM;
+    for (size_t i = 0; i < cfg->listener_count; i++) {
+        const struct config_listener *l = &cfg->listeners[i];
+        if (!l->tls_enabled)
+            continue;
+        rt->listener_tls[i] = tlsconn_ctx_new_server(l->tls.cert_file, l->tls.key_file, l->tls.client_ca_file,
+                                                     why, sizeof why);
+        if (!rt->listener_tls[i]) {
+            snprintf(err, errlen, "listener %s: %s", l->bind, why);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static void runtime_free(struct runtime *rt)
+{
+    for (size_t i = 0; i < rt->w.user_count; i++)
+        acl_user_deinit(&rt->w.users[i]);
+    free(rt->w.users);
+    if (rt->w.upstream_auth) {
+        crypto_wipe(rt->w.upstream_auth, rt->w.upstream_auth_len);
+        free(rt->w.upstream_auth);
+    }
+    if (rt->w.upstream_tls)
+        tlsconn_ctx_free(rt->w.upstream_tls);
+    if (rt->listener_tls) {
+        for (size_t i = 0; i < rt->cfg->listener_count; i++)
+            if (rt->listener_tls[i])
+                tlsconn_ctx_free(rt->listener_tls[i]);
+        free(rt->listener_tls);
+    }
+    free(rt->listeners);
+    config_free(rt->cfg);
+}
+
+/* Load, compile and build everything the config describes; print the first error. */
+static int prepare(struct runtime *rt, const char *path)
+{
+    char err[1024];
+    memset(rt, 0, sizeof *rt);
+    if (config_load(path, &rt->cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    rt->w.cfg = rt->cfg;
+    if (compile_users(rt, err, sizeof err) != 0 || build_upstream_auth(rt) != 0 ||
+        build_tls(rt, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err[0] ? err : "out of memory");
+        runtime_free(rt);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* check                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+static int cmd_check(const char *path)
+{
+    struct runtime rt;
+    if (prepare(&rt, path) != 0)
+        return 1;
+    const struct config *cfg = rt.cfg;
+    printf("config %s: ok\n", path);
+    for (size_t i = 0; i < cfg->listener_count; i++) {
+        const struct config_listener *l = &cfg->listeners[i];
+        printf("listener %s %s%s%s\n", l->bind, l->tls_enabled ? "tls" : "plaintext",
+               l->tls_enabled && l->tls.client_ca_file ? " client-certificates-required" : "",
+               l->allow_from.count ? " allow_from" : "");
+    }
+    printf("upstream rediss://%s:%u verify-name %s ca %s%s\n", cfg->upstream.host, (unsigned)cfg->upstream.port,
+           rt.w.upstream_verify_name, cfg->upstream.ca_file ? cfg->upstream.ca_file : "system",
+           cfg->upstream.password ? " login" : "");
+    for (size_t i = 0; i < rt.w.user_count; i++) {
+        const struct acl_user *u = &rt.w.users[i];
+        printf("user %s %s %s\n", u->name, u->enabled ? "on" : "off",
+               u->nopass ? "nopass" : u->hash_count ? "password" : "no-password-set");
+    }
+    printf("guard never_by_category:");
+    for (size_t i = 0; i < cfg->never_count; i++)
+        printf(" %s", cfg->never_by_category[i]);
+    printf("\n");
+    runtime_free(&rt);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* passwd                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+static int cmd_passwd(bool generate)
+{
+    char secret[4096];
+    size_t n = 0;
+    if (generate) {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char raw[32];
+        if (crypto_random(raw, sizeof raw) != 0) {
+            fprintf(stderr, "respguard: no random bytes available\n");
+            return 1;
+        }
+        for (size_t i = 0; i < sizeof raw; i++) {
+            secret[2 * i] = hex[raw[i] >> 4];
+            secret[2 * i + 1] = hex[raw[i] & 15];
+        }
+        n = 2 * sizeof raw;
+        crypto_wipe(raw, sizeof raw);
+    } else {
+        n = fread(secret, 1, sizeof secret, stdin);
+        if (n == sizeof secret) {
+            fprintf(stderr, "respguard: secret too long\n");
+            return 1;
+        }
+        if (n && secret[n - 1] == '\n')
+            n--;
+        if (n && secret[n - 1] == '\r')
+            n--;
+        if (n == 0) {
+            fprintf(stderr, "respguard: empty secret on stdin\n");
+            return 1;
+        }
+    }
+    char hash[66];
+    acl_hash_password(secret, n, hash);
+    if (generate)
+        printf("secret: %.*s\nacl: %s\n", (int)n, secret, hash);
+    else
+        printf("%s\n", hash);
+    crypto_wipe(secret, sizeof secret);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* run                                                                                       */
+/* ---------------------------------------------------------------------------------------- */
+
+static void close_signals(struct runtime *rt)
+{
+    uv_close((uv_handle_t *)&rt->sig_term, NULL);
+    uv_close((uv_handle_t *)&rt->sig_int, NULL);
+    uv_close((uv_handle_t *)&rt->sig_hup, NULL);
+}
+
+static void on_all_drained(struct worker *w)
+{
+    struct runtime *rt = (struct runtime *)((char *)w - offsetof(struct runtime, w));
+    if (!uv_is_closing((uv_handle_t *)&w->shutdown_timer)) {
+        uv_timer_stop(&w->shutdown_timer);
+        uv_close((uv_handle_t *)&w->shutdown_timer, NULL);
+        close_signals(rt);
+    }
+}
+
+static void on_shutdown_timeout(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    log_event(LOG_WARN, "shutdown", LOG_STR("phase", "timeout"), LOG_INT("sessions", (long long)w->session_count),
+              LOG_END);
+    worker_close_sessions(w);
+}
+
+static void begin_shutdown(struct runtime *rt, const char *signame)
+{
+    struct worker *w = &rt->w;
+    if (w->shutting_down)
+        return;
+    w->shutting_down = true;
+    log_event(LOG_INFO, "shutdown", LOG_STR("phase", "begin"), LOG_STR("signal", signame),
+              LOG_INT("sessions", (long long)w->session_count), LOG_END);
+    for (size_t i = 0; i < rt->cfg->listener_count; i++)
+        listener_stop(&rt->listeners[i], NULL);
+    uv_timer_init(w->loop, &w->shutdown_timer);
+    w->shutdown_timer.data = w;
+    uv_timer_start(&w->shutdown_timer, on_shutdown_timeout, rt->cfg->limits.shutdown_timeout_ms, 0);
+    if (w->session_count == 0)
+        on_all_drained(w);
+    else
+        worker_drain_sessions(w);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct runtime *rt = h->data;
+    if (signum == SIGHUP) {
+        log_event(LOG_WARN, "reload", LOG_STR("result", "unsupported"),
+                  LOG_STR("reason", "configuration reload is not implemented yet; restart to apply changes"),
+                  LOG_END);
+        return;
+    }
+    begin_shutdown(rt, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static int cmd_run(const char *path)
+{
+    struct runtime rt;
+    if (prepare(&rt, path) != 0)
+        return 1;
+    log_set_level((enum log_level)rt.cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) {
+        fprintf(stderr, "respguard: cannot create the event loop\n");
+        runtime_free(&rt);
+        return 1;
+    }
+    rt.w.loop = &loop;
+    rt.w.on_drained = on_all_drained;
+    log_event(LOG_INFO, "start", LOG_STR("version", RESPGUARD_VERSION), LOG_STR("config", path),
+              LOG_INT("pid", getpid()), LOG_END);
+
+    rt.listeners = calloc(rt.cfg->listener_count, sizeof *rt.listeners);
+    int status = 0;
+    for (size_t i = 0; rt.listeners && i < rt.cfg->listener_count; i++) {
+        char err[256];
+        rt.listeners[i].tls_ctx = rt.listener_tls[i];
+        if (listener_start(&rt.listeners[i], &rt.w, &rt.cfg->listeners[i], err, sizeof err) != 0) {
+            log_event(LOG_ERROR, "listen_error", LOG_STR("reason", err), LOG_END);
+            fprintf(stderr, "respguard: %s\n", err);
+            status = 1;
+            break;
+        }
+        log_event(LOG_INFO, "listening", LOG_STR("bind", rt.listeners[i].bound),
+                  LOG_BOOL("tls", rt.cfg->listeners[i].tls_enabled), LOG_END);
+    }
+    if (!rt.listeners)
+        status = 1;
+
+    uv_signal_init(&loop, &rt.sig_term);
+    uv_signal_init(&loop, &rt.sig_int);
+    uv_signal_init(&loop, &rt.sig_hup);
+    rt.sig_term.data = rt.sig_int.data = rt.sig_hup.data = &rt;
+    if (status == 0) {
+        uv_signal_start(&rt.sig_term, on_signal, SIGTERM);
+        uv_signal_start(&rt.sig_int, on_signal, SIGINT);
+        uv_signal_start(&rt.sig_hup, on_signal, SIGHUP);
+        log_event(LOG_INFO, "ready", LOG_INT("listeners", (long long)rt.cfg->listener_count), LOG_END);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    } else {
+        for (size_t i = 0; rt.listeners && i < rt.cfg->listener_count; i++)
+            listener_stop(&rt.listeners[i], NULL);
+        close_signals(&rt);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    int rc = uv_loop_close(&loop);
+    if (rc != 0) {
+        log_event(LOG_ERROR, "shutdown", LOG_STR("phase", "end"), LOG_STR("reason", "handles left open"), LOG_END);
+        status = status ? status : 1;
+    } else if (status == 0) {
+        log_event(LOG_INFO, "shutdown", LOG_STR("phase", "end"), LOG_END);
+    }
+    runtime_free(&rt);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "passwd") == 0) {
+        bool generate = argc >= 3 && strcmp(argv[2], "--generate") == 0;
+        if (argc > 3 || (argc == 3 && !generate)) {
+            usage(stderr);
+            return 2;
+        }
+        return cmd_passwd(generate);
+    }
+    bool check = false;
+    int first = 1;
+    if (argc >= 2 && strcmp(argv[1], "check") == 0) {
+        check = true;
+        first = 2;
+    }
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    optind = first;
+    int c;
+    while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("respguard %s\n", RESPGUARD_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    return check ? cmd_check(path) : cmd_run(path);
+}

@@ -1,0 +1,1172 @@
+/*
+ * session: a client connection, its login state, its upstream connection and the ordered reply
+ * queue that ties them together.
+ *
+ * Every command the client sends becomes one entry in the queue, in order: forwarded commands
+ * wait for their reply (or replies: SUBSCRIBE a b answers twice) from the upstream, local
+ * replies (refusals, AUTH) wait for the entries before them, and commands respguard injects
+ * itself (the upstream login, markers) have their replies swallowed. Reply bytes are streamed to
+ * the client as they arrive, except while the frame at hand may belong to a swallowed entry.
+ *
+ * What this file must not do: forward a byte it did not parse and check, let a refused command
+ * reach the upstream, log a secret, or free itself while a libuv callback is due.
+ */
+#include "respguard/session.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "respguard/acl.h"
+#include "respguard/buf.h"
+#include "respguard/config.h"
+#include "respguard/listener.h"
+#include "respguard/log.h"
+#include "respguard/resp.h"
+#include "respguard/transport.h"
+#include "respguard/upstream.h"
+#include "respguard/worker.h"
+
+/* A pipeline deeper than this waits for replies before more of it is read. */
+#define MAX_PENDING (1u << 20)
+
+enum session_state {
+    SESSION_LOGIN,   /* connected, no user yet: only AUTH, HELLO, QUIT, RESET are served */
+    SESSION_ACTIVE,  /* a user is logged in; the upstream is connecting or connected */
+    SESSION_CLOSING, /* closing its handles; freed when the last one is closed */
+};
+
+enum pending_kind {
+    PENDING_FORWARD, /* upstream replies go to the client */
+    PENDING_LOCAL,   /* respguard's reply, in s->local, sent when it reaches the head */
+    PENDING_SWALLOW, /* a command respguard injected; its reply is dropped */
+    PENDING_LOGIN,   /* the upstream AUTH; an error ends the session, success sends local bytes */
+    PENDING_REPLACE, /* the upstream reply is dropped and the local bytes are sent instead */
+};
+
+enum pending_flag {
+    PENDING_PUBSUB = 1,     /* replies are subscribe confirmations (RESP3: pushes) */
+    PENDING_UNBOUNDED = 2,  /* argument-less UNSUBSCRIBE: confirmations until the next reply */
+    PENDING_CLOSE_AFTER = 4,/* close the client once this reply is sent (QUIT, protocol error) */
+    PENDING_SET_RESP2 = 8,  /* on success the connection speaks RESP2 (HELLO 2, RESET) */
+    PENDING_SET_RESP3 = 16, /* on success the connection speaks RESP3 (HELLO 3) */
+    PENDING_RESET = 32,     /* RESET: subscriptions end */
+};
+
+struct pending {
+    uint8_t kind;
+    uint8_t flags;
+    uint32_t expected;  /* replies still due from the upstream */
+    uint32_t local_len; /* bytes of s->local owned by this entry */
+};
+
+struct session {
+    struct worker *w;
+    struct session *prev, *next; /* worker's list */
+    const struct listener *listener;
+    uint64_t id;
+    char peer[64];
+    enum session_state state;
+    int refs;                    /* open handles + one while a function of ours runs */
+
+    struct transport client;
+    struct upstream up;
+    bool upstream_started;
+    uv_timer_t login_timer;
+
+    const struct acl_user *user; /* NULL before login */
+
+    struct resp_parser parser;
+    struct resp_framer framer;
+    struct buf enc;              /* scratch for re-encoded commands */
+
+    struct pending *q;           /* ring of pending replies */
+    size_t q_head, q_len, q_cap;
+    struct buf local;            /* local reply bytes, in queue order */
+    struct buf hold;             /* upstream frame bytes held until the frame ends */
+    bool frame_open;
+    bool frame_held;
+
+    /* request side */
+    bool in_multi;               /* MULTI sent, no EXEC/DISCARD yet */
+    bool multi_dirty;            /* a command was refused inside it: EXEC becomes EXECABORT */
+    bool quitting;               /* QUIT or a protocol error: read nothing more */
+    bool draining;               /* shutdown: close once the queue is empty */
+    /* reply side */
+    int reply_proto;             /* 2 or 3, as the upstream speaks at the current reply */
+    long long subs, ssubs;       /* subscription counts from the last confirmations */
+    bool client_paused, upstream_paused;
+};
+
+static void process_input(struct session *s);
+static void unref(struct session *s);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Small helpers                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+static bool arg_is(const struct resp_arg *a, const char *lower)
+{
+    size_t n = strlen(lower);
+    if (a->len != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (tolower((unsigned char)a->ptr[i]) != lower[i])
+            return false;
+    return true;
+}
+
+/* Lower-case copy of a (short) argument; "" when it does not fit. */
+static void arg_lower(const struct resp_arg *a, char *out, size_t cap)
+{
+    if (a->len >= cap) {
+        out[0] = '\0';
+        return;
+    }
+    for (size_t i = 0; i < a->len; i++)
+        out[i] = (char)tolower((unsigned char)a->ptr[i]);
+    out[a->len] = '\0';
+}
+
+static bool authenticated(const struct session *s) { return s->user != NULL; }
+
+static struct pending *q_at(struct session *s, size_t i)
+{
+    return &s->q[(s->q_head + i) & (s->q_cap - 1)];
+}
+
+static struct pending *q_front(struct session *s) { return s->q_len ? q_at(s, 0) : NULL; }
+
+static int q_push(struct session *s, struct pending e)
+{
+    if (s->q_len == s->q_cap) {
+        size_t cap = s->q_cap ? s->q_cap * 2 : 64;
+        struct pending *n = malloc(cap * sizeof *n);
+        if (!n)
+            return -1;
+        for (size_t i = 0; i < s->q_len; i++)
+            n[i] = *q_at(s, i);
+        free(s->q);
+        s->q = n;
+        s->q_cap = cap;
+        s->q_head = 0;
+    }
+    *q_at(s, s->q_len) = e;
+    s->q_len++;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reply queue                                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+static void close_after_reply(struct session *s)
+{
+    s->quitting = true;
+    if (s->upstream_started)
+        upstream_close(&s->up);
+    transport_close_when_flushed(&s->client);
+}
+
+/* Send the local bytes of the front entry and remove it. */
+static void q_pop(struct session *s)
+{
+    struct pending *e = q_front(s);
+    if (e->local_len) {
+        transport_write(&s->client, buf_head(&s->local), e->local_len);
+        buf_consume(&s->local, e->local_len);
+    }
+    uint8_t flags = e->flags;
+    s->q_head = (s->q_head + 1) & (s->q_cap - 1);
+    s->q_len--;
+    if (flags & PENDING_CLOSE_AFTER)
+        close_after_reply(s);
+}
+
+/* Local replies at the front have nothing to wait for. */
+static void q_drain_local(struct session *s)
+{
+    struct pending *e;
+    while ((e = q_front(s)) && e->kind == PENDING_LOCAL && s->state != SESSION_CLOSING && !s->client.closing)
+        q_pop(s);
+    if (s->draining && s->q_len == 0)
+        session_close(s, "shutdown");
+}
+
+static void reply_local(struct session *s, const char *bytes, size_t len, uint8_t flags)
+{
+    if (s->q_len == 0) {
+        transport_write(&s->client, bytes, len);
+        if (flags & PENDING_CLOSE_AFTER)
+            close_after_reply(s);
+        return;
+    }
+    if (buf_append(&s->local, bytes, len) != 0 ||
+        q_push(s, (struct pending){.kind = PENDING_LOCAL, .flags = flags, .local_len = (uint32_t)len}) != 0)
+        session_close(s, "out of memory");
+}
+
+static void reply_error(struct session *s, const char *text)
+{
+    char line[512];
+    int n = snprintf(line, sizeof line, "-%s\r\n", text);
+    if (n < 0 || (size_t)n >= sizeof line)
+        n = (int)sizeof line - 1;
+    reply_local(s, line, (size_t)n, 0);
+}
+
+#define REPLY_LITERAL(s, lit) reply_local((s), (lit), sizeof(lit) - 1, 0)
+
+/* Queue an entry that waits for the upstream; local bytes (if any) are sent on success. */
+static void expect_upstream(struct session *s, enum pending_kind kind, uint8_t flags, uint32_t expected,
+                            const char *local, size_t local_len)
+{
+    if ((local_len && buf_append(&s->local, local, local_len) != 0) ||
+        q_push(s, (struct pending){.kind = (uint8_t)kind, .flags = flags, .expected = expected,
+                                   .local_len = (uint32_t)local_len}) != 0)
+        session_close(s, "out of memory");
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Upstream                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static void send_upstream(struct session *s, const char *bytes, size_t len)
+{
+    transport_write(&s->up.t, bytes, len);
+}
+
+static void forward_command(struct session *s, const char *frame, const struct resp_request *req)
+{
+    if (req->canonical) {
+        send_upstream(s, frame, req->frame_len);
+        return;
+    }
+    /* Inline or non-canonical multibulk: what leaves is the canonical encoding of what we
+     * parsed and checked, never the client's bytes. */
+    size_t need = resp_encoded_size(req->argc, req->argv);
+    buf_reset(&s->enc);
+    if (buf_reserve(&s->enc, need) != 0) {
+        session_close(s, "out of memory");
+        return;
+    }
+    size_t n = resp_encode_command(buf_tail(&s->enc), req->argc, req->argv);
+    send_upstream(s, buf_head(&s->enc), n);
+}
+
+/* The upstream is gone or never came: every reply still due becomes an error, then close. */
+static void fail_upstream(struct session *s, const char *stage, const char *reason)
+{
+    log_event(LOG_WARN, "upstream_error", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+              LOG_STR("user", s->user ? s->user->name : NULL), LOG_STR("stage", stage),
+              LOG_STR("reason", reason), LOG_END);
+    static const char lost[] = "-ERR respguard: upstream connection lost\r\n";
+    static const char failed[] = "-ERR respguard: upstream connection failed\r\n";
+    const char *err = strcmp(stage, "lost") == 0 ? lost : failed;
+    size_t errlen = strlen(err);
+    /* A reply that was half streamed cannot be completed: the client only gets the close. */
+    bool midframe = s->frame_open && !s->frame_held;
+    buf_reset(&s->hold);
+    s->frame_open = false;
+    while (s->q_len && !midframe) {
+        struct pending *e = q_front(s);
+        if (e->kind == PENDING_LOCAL) {
+            q_pop(s);
+            continue;
+        }
+        if (e->kind != PENDING_SWALLOW)
+            transport_write(&s->client, err, errlen);
+        buf_consume(&s->local, e->local_len);
+        s->q_head = (s->q_head + 1) & (s->q_cap - 1);
+        s->q_len--;
+    }
+    s->q_len = 0;
+    buf_reset(&s->local);
+    close_after_reply(s);
+}
+
+static void on_up_ready(struct upstream *u)
+{
+    struct session *s = u->owner;
+    log_event(LOG_DEBUG, "upstream_connected", LOG_INT("session", s->id), LOG_END);
+    /* The login command and any commands already queued were held by the transport until the
+     * handshake completed; they leave now. */
+    transport_flush(&u->t);
+}
+
+static void on_up_failed(struct upstream *u, const char *stage, const char *reason)
+{
+    struct session *s = u->owner;
+    s->refs++;
+    fail_upstream(s, stage, reason);
+    unref(s);
+}
+
+static void on_up_closed(struct upstream *u)
+{
+    unref(u->owner);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reply framing                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+static bool head_is(const struct resp_frame_info *f, const char *s)
+{
+    size_t n = strlen(s);
+    if (!f->has_head || f->head_len != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (tolower((unsigned char)f->head[i]) != s[i])
+            return false;
+    return true;
+}
+
+static bool is_confirmation(const struct resp_frame_info *f, bool *shard)
+{
+    *shard = head_is(f, "ssubscribe") || head_is(f, "sunsubscribe");
+    return *shard || head_is(f, "subscribe") || head_is(f, "unsubscribe") || head_is(f, "psubscribe") ||
+           head_is(f, "punsubscribe");
+}
+
+static bool is_message(const struct resp_frame_info *f)
+{
+    return head_is(f, "message") || head_is(f, "pmessage") || head_is(f, "smessage");
+}
+
+/* Frames that may be dropped are held until they end; everything else streams through. */
+static bool must_hold(struct session *s)
+{
+    struct pending *e = q_front(s);
+    if (!e)
+        return false;
+    return e->kind != PENDING_FORWARD || (e->flags & PENDING_UNBOUNDED);
+}
+
+static void forward_held(struct session *s)
+{
+    if (buf_len(&s->hold))
+        transport_write(&s->client, buf_head(&s->hold), buf_len(&s->hold));
+    buf_reset(&s->hold);
+}
+
+static void complete_entry(struct session *s, struct pending *e, bool error)
+{
+    if (!error) {
+        if (e->flags & (PENDING_SET_RESP2 | PENDING_RESET))
+            s->reply_proto = 2;
+        if (e->flags & PENDING_SET_RESP3)
+            s->reply_proto = 3;
+    }
+    if (e->flags & PENDING_RESET)
+        s->subs = s->ssubs = 0;
+    q_pop(s);
+    q_drain_local(s);
+}
+
+/* One complete top-level frame arrived from the upstream. */
+static void on_frame(struct session *s, const struct resp_frame_info *f)
+{
+    bool held = s->frame_held;
+    struct pending *e = q_front(s);
+    bool shard = false;
+    bool confirm = false, oob = false;
+
+    if (f->kind == RESP_FRAME_ATTRIBUTE) {
+        /* An attribute belongs to the frame after it: keep holding, or it already streamed. */
+        return;
+    }
+    bool subscribed2 = s->reply_proto == 2 && (s->subs > 0 || s->ssubs > 0);
+    bool expecting = e && (e->flags & PENDING_PUBSUB);
+    if ((f->kind == RESP_FRAME_PUSH || (f->type == '*' && (expecting || subscribed2))) &&
+        is_confirmation(f, &shard)) {
+        /* A real confirmation: a push, or a RESP2 array where one can stand. Its count says
+         * whether the connection is still in subscribed mode. */
+        if (f->has_last_int) {
+            if (shard)
+                s->ssubs = f->last_int;
+            else
+                s->subs = f->last_int;
+        }
+        confirm = expecting;
+        oob = !confirm;
+    } else if (f->kind == RESP_FRAME_PUSH) {
+        oob = true;
+    } else if (subscribed2 && f->type == '*' && is_message(f)) {
+        oob = true;
+    }
+
+    if (oob || !e) {
+        if (!e && !oob)
+            log_event(LOG_WARN, "unexpected_reply", LOG_INT("session", s->id), LOG_END);
+        if (held)
+            forward_held(s);
+        return;
+    }
+
+    if (e->flags & PENDING_UNBOUNDED) {
+        if (confirm) {
+            forward_held(s);
+            return;
+        }
+        /* The first reply that is not a confirmation answers the marker after it. */
+        complete_entry(s, e, false);
+        e = q_front(s);
+        if (!e) {
+            forward_held(s);
+            return;
+        }
+    }
+
+    switch ((enum pending_kind)e->kind) {
+    case PENDING_FORWARD:
+        if (held)
+            forward_held(s);
+        break;
+    case PENDING_LOGIN:
+        if (f->is_error) {
+            char reason[160];
+            size_t n = buf_len(&s->hold) < sizeof reason - 1 ? buf_len(&s->hold) : sizeof reason - 1;
+            memcpy(reason, buf_head(&s->hold), n);
+            while (n && (reason[n - 1] == '\n' || reason[n - 1] == '\r'))
+                n--;
+            reason[n] = '\0';
+            buf_reset(&s->hold);
+            fail_upstream(s, "auth", reason[0] == '-' ? reason + 1 : reason);
+            return;
+        }
+        upstream_logged_in(&s->up);
+        buf_reset(&s->hold);
+        break;
+    case PENDING_SWALLOW:
+    case PENDING_REPLACE:
+        buf_reset(&s->hold);
+        break;
+    case PENDING_LOCAL:
+        /* Cannot be at the front while a reply arrives: local entries are sent on arrival. */
+        forward_held(s);
+        return;
+    }
+    if (f->is_error || e->expected <= 1)
+        complete_entry(s, e, f->is_error);
+    else
+        e->expected--;
+}
+
+static void process_replies(struct session *s)
+{
+    struct buf *in = &s->up.t.in;
+    while (buf_len(in) > 0 && s->state != SESSION_CLOSING && !s->client.closing) {
+        if (!s->frame_open) {
+            s->frame_open = true;
+            s->frame_held = must_hold(s);
+        }
+        size_t used = 0;
+        struct resp_frame_info info;
+        const char *err = NULL;
+        enum resp_frame_status st = resp_framer_feed(&s->framer, buf_head(in), buf_len(in), &used, &info, &err);
+        if (st == RESP_FRAME_ERROR) {
+            fail_upstream(s, "lost", err ? err : "protocol error in reply");
+            return;
+        }
+        if (s->frame_held) {
+            if (buf_append(&s->hold, buf_head(in), used) != 0) {
+                session_close(s, "out of memory");
+                return;
+            }
+        } else {
+            transport_write(&s->client, buf_head(in), used);
+        }
+        buf_consume(in, used);
+        if (st == RESP_FRAME_DONE) {
+            s->frame_open = false;
+            on_frame(s, &info);
+        }
+    }
+    transport_flush(&s->client);
+    if (s->client_paused && !s->quitting && s->q_len < MAX_PENDING / 2 &&
+        transport_pending(&s->up.t) < s->w->cfg->limits.upstream_output_bytes / 2) {
+        s->client_paused = false;
+        transport_resume(&s->client);
+        process_input(s);
+    }
+    if (!s->upstream_paused && transport_pending(&s->client) > s->w->cfg->limits.client_output_bytes) {
+        s->upstream_paused = true;
+        transport_pause(&s->up.t);
+    }
+}
+
+static void on_up_data(struct upstream *u)
+{
+    struct session *s = u->owner;
+    s->refs++;
+    if (!s->upstream_paused)
+        process_replies(s);
+    unref(s);
+}
+
+static void on_up_drained(struct upstream *u)
+{
+    struct session *s = u->owner;
+    s->refs++;
+    if (s->client_paused && !s->quitting && !s->draining && s->q_len < MAX_PENDING / 2 &&
+        transport_pending(&u->t) < s->w->cfg->limits.upstream_output_bytes / 2) {
+        s->client_paused = false;
+        transport_resume(&s->client);
+        process_input(s);
+    }
+    unref(s);
+}
+
+static const struct upstream_ops upstream_ops = {
+    .on_ready = on_up_ready,
+    .on_data = on_up_data,
+    .on_drained = on_up_drained,
+    .on_failed = on_up_failed,
+    .on_closed = on_up_closed,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Login                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Log in as u. The reply (local bytes, e.g. "+OK") is sent once the upstream has accepted
+ * respguard's own login, so a client never hears OK from a session that cannot work. */
+static void login(struct session *s, const struct acl_user *u, const char *reply, size_t reply_len)
+{
+    s->user = u;
+    s->state = SESSION_ACTIVE;
+    uv_timer_stop(&s->login_timer);
+    log_event(LOG_INFO, "login", LOG_STR("result", "ok"), LOG_STR("user", u->name), LOG_STR("peer", s->peer),
+              LOG_INT("session", s->id), LOG_END);
+    if (s->upstream_started) {
+        if (reply_len)
+            reply_local(s, reply, reply_len, 0);
+        return;
+    }
+    s->upstream_started = true;
+    s->refs++; /* released by on_up_closed */
+    if (upstream_start(&s->up, s->w, &upstream_ops, s) < 0) {
+        fail_upstream(s, "connect", "cannot start the connection");
+        return;
+    }
+    send_upstream(s, s->w->upstream_auth, s->w->upstream_auth_len);
+    expect_upstream(s, PENDING_LOGIN, 0, 1, reply, reply_len);
+}
+
+enum login_result { LOGIN_OK, LOGIN_UNKNOWN_USER, LOGIN_BAD_PASSWORD, LOGIN_EXPIRED, LOGIN_SOURCE };
+
+static const char *login_result_name(enum login_result r)
+{
+    switch (r) {
+    case LOGIN_OK: return "ok";
+    case LOGIN_UNKNOWN_USER: return "unknown user";
+    case LOGIN_BAD_PASSWORD: return "wrong password or disabled";
+    case LOGIN_EXPIRED: return "expired";
+    case LOGIN_SOURCE: return "source not allowed";
+    }
+    return "?";
+}
+
+static enum login_result check_login(struct session *s, const struct resp_arg *user, const struct resp_arg *pass,
+                                     const struct acl_user **out)
+{
+    const struct acl_user *u = worker_find_user(s->w, user->ptr, user->len);
+    *out = u;
+    if (!u) {
+        /* Same work as for a real user, so timing does not tell which names exist. */
+        uint8_t h[CRYPTO_SHA256_LEN];
+        crypto_sha256(pass->ptr, pass->len, h);
+        return LOGIN_UNKNOWN_USER;
+    }
+    if (!acl_user_check_password(u, pass->ptr, pass->len))
+        return LOGIN_BAD_PASSWORD;
+    const struct config_user *uc = worker_user_config(s->w, u);
+    if (uc->has_expires && time(NULL) >= uc->expires)
+        return LOGIN_EXPIRED;
+    if (uc->allow_from.count) {
+        struct sockaddr_storage ss;
+        int len = sizeof ss;
+        if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&ss, &len) != 0 ||
+            !config_cidr_match(&uc->allow_from, (struct sockaddr *)&ss))
+            return LOGIN_SOURCE;
+    }
+    return LOGIN_OK;
+}
+
+static const char wrongpass[] = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+static void login_failed(struct session *s, const struct resp_arg *user, enum login_result r)
+{
+    log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", user->ptr, user->len),
+              LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_INT("session", s->id),
+              LOG_END);
+    REPLY_LITERAL(s, wrongpass);
+}
+
+static void cmd_auth(struct session *s, const struct resp_request *req)
+{
+    static const struct resp_arg default_user = {"default", 7};
+    if (req->argc < 2) {
+        REPLY_LITERAL(s, "-ERR wrong number of arguments for 'auth' command\r\n");
+        return;
+    }
+    if (req->argc > 3) {
+        REPLY_LITERAL(s, "-ERR syntax error\r\n");
+        return;
+    }
+    const struct resp_arg *user = req->argc == 3 ? &req->argv[1] : &default_user;
+    const struct resp_arg *pass = &req->argv[req->argc - 1];
+    const struct acl_user *u = NULL;
+    enum login_result r = check_login(s, user, pass, &u);
+    if (r != LOGIN_OK) {
+        login_failed(s, user, r);
+        return;
+    }
+    login(s, u, "+OK\r\n", 5);
+}
+
+static bool valid_client_name(const struct resp_arg *a)
+{
+    for (size_t i = 0; i < a->len; i++)
+        if (a->ptr[i] < '!' || a->ptr[i] > '~')
+            return false;
+    return true;
+}
+
+/* Redis's string2ll: an optional '-', digits, no leading zeros, fits in long long. */
+static bool parse_ll(const struct resp_arg *a, long long *out)
+{
+    if (a->len == 0 || a->len > 20)
+        return false;
+    char tmp[24];
+    memcpy(tmp, a->ptr, a->len);
+    tmp[a->len] = '\0';
+    const char *p = tmp;
+    if (*p == '-')
+        p++;
+    if (!*p || (p[0] == '0' && p[1]) || !isdigit((unsigned char)*p))
+        return false;
+    for (const char *c = p; *c; c++)
+        if (!isdigit((unsigned char)*c))
+            return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(tmp, &end, 10);
+    if (errno || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
+static void cmd_hello(struct session *s, const struct resp_request *req)
+{
+    long long ver = 0;
+    if (req->argc >= 2) {
+        if (!parse_ll(&req->argv[1], &ver)) {
+            REPLY_LITERAL(s, "-ERR Protocol version is not an integer or out of range\r\n");
+            return;
+        }
+        if (ver < 2 || ver > 3) {
+            REPLY_LITERAL(s, "-NOPROTO unsupported protocol version\r\n");
+            return;
+        }
+    }
+    const struct resp_arg *user = NULL, *pass = NULL, *name = NULL;
+    for (size_t j = 2; j < req->argc; j++) {
+        size_t more = req->argc - 1 - j;
+        if (arg_is(&req->argv[j], "auth") && more >= 2) {
+            user = &req->argv[j + 1];
+            pass = &req->argv[j + 2];
+            j += 2;
+        } else if (arg_is(&req->argv[j], "setname") && more >= 1) {
+            name = &req->argv[j + 1];
+            if (!valid_client_name(name)) {
+                REPLY_LITERAL(s, "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+                return;
+            }
+            j++;
+        } else {
+            char msg[160];
+            const struct resp_arg *o = &req->argv[j];
+            snprintf(msg, sizeof msg, "ERR Syntax error in HELLO option '%.*s'", (int)(o->len > 64 ? 64 : o->len), o->ptr);
+            reply_error(s, msg);
+            return;
+        }
+    }
+    if (user) {
+        const struct acl_user *u = NULL;
+        enum login_result r = check_login(s, user, pass, &u);
+        if (r != LOGIN_OK) {
+            login_failed(s, user, r);
+            return;
+        }
+        login(s, u, NULL, 0);
+        if (s->state == SESSION_CLOSING)
+            return;
+    }
+    if (!authenticated(s)) {
+        REPLY_LITERAL(s, "-NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+                         "HELLO AUTH <user> <pass> option can be used to authenticate the client and select "
+                         "the RESP protocol version at the same time\r\n");
+        return;
+    }
+    /* The upstream answers HELLO itself (server, version, id, ...), without the AUTH part: it is
+     * already logged in as respguard. */
+    struct resp_arg argv[4];
+    size_t argc = 0;
+    argv[argc++] = req->argv[0];
+    if (req->argc >= 2)
+        argv[argc++] = req->argv[1];
+    if (name) {
+        argv[argc++] = (struct resp_arg){"SETNAME", 7};
+        argv[argc++] = *name;
+    }
+    buf_reset(&s->enc);
+    if (buf_reserve(&s->enc, resp_encoded_size(argc, argv)) != 0) {
+        session_close(s, "out of memory");
+        return;
+    }
+    size_t n = resp_encode_command(buf_tail(&s->enc), argc, argv);
+    send_upstream(s, buf_head(&s->enc), n);
+    uint8_t flags = ver == 3 ? PENDING_SET_RESP3 : ver == 2 ? PENDING_SET_RESP2 : 0;
+    expect_upstream(s, PENDING_FORWARD, flags, 1, NULL, 0);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Guard                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Commands whose first argument is a subcommand (Redis 7.0 container commands). */
+static bool is_container(const char *name)
+{
+    static const char *const containers[] = {"acl",    "client", "cluster", "command", "config",
+                                             "function", "latency", "memory", "module", "object",
+                                             "pubsub", "script", "slowlog", "xgroup", "xinfo", NULL};
+    for (size_t i = 0; containers[i]; i++)
+        if (strcmp(containers[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Is this command never granted to this user? Fills fullname ("flushall", "client|kill"). */
+static bool guard_refuses(const struct session *s, const char *name, const char *sub, char *fullname, size_t cap)
+{
+    const struct config *cfg = s->w->cfg;
+    bool listed = false;
+    size_t nlen = strlen(name);
+    for (size_t i = 0; i < cfg->never_count && !listed; i++) {
+        const char *g = cfg->never_by_category[i];
+        if (strcmp(g, name) == 0)
+            listed = true;
+        else if (sub && strncmp(g, name, nlen) == 0 && g[nlen] == '|' && strcmp(g + nlen + 1, sub) == 0)
+            listed = true;
+    }
+    if (!listed || acl_user_names_command(s->user, name, sub))
+        return false;
+    if (sub)
+        snprintf(fullname, cap, "%s|%s", name, sub);
+    else
+        snprintf(fullname, cap, "%s", name);
+    return true;
+}
+
+static void refuse(struct session *s, const char *fullname, const char *reason)
+{
+    log_event(LOG_WARN, "refused", LOG_STR("user", s->user ? s->user->name : NULL), LOG_STR("peer", s->peer),
+              LOG_STR("command", fullname), LOG_STR("reason", reason), LOG_INT("session", s->id), LOG_END);
+    char msg[200];
+    snprintf(msg, sizeof msg, "NOPERM this user has no permissions to run the '%s' command", fullname);
+    if (s->in_multi)
+        s->multi_dirty = true;
+    reply_error(s, msg);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Commands                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static void cmd_reset(struct session *s, const struct resp_request *req, const char *frame)
+{
+    /* Redis resets the upstream connection too (and logs it out): send RESET, then log the
+     * upstream back in as respguard and swallow that reply. */
+    forward_command(s, frame, req);
+    expect_upstream(s, PENDING_FORWARD, PENDING_RESET, 1, NULL, 0);
+    send_upstream(s, s->w->upstream_auth, s->w->upstream_auth_len);
+    expect_upstream(s, PENDING_LOGIN, 0, 1, NULL, 0);
+    s->in_multi = s->multi_dirty = false;
+    /* After RESET the client is the default user again: logged in only if that needs no
+     * password, as in Redis. */
+    const struct acl_user *d = worker_find_user(s->w, "default", 7);
+    if (d && d->enabled && d->nopass) {
+        s->user = d;
+    } else {
+        s->user = NULL;
+        s->state = SESSION_LOGIN;
+    }
+}
+
+static void handle_command(struct session *s, const struct resp_request *req, const char *frame)
+{
+    char name[32];
+    arg_lower(&req->argv[0], name, sizeof name);
+
+    if (!authenticated(s)) {
+        if (strcmp(name, "auth") == 0)
+            cmd_auth(s, req);
+        else if (strcmp(name, "hello") == 0)
+            cmd_hello(s, req);
+        else if (strcmp(name, "quit") == 0) {
+            s->quitting = true;
+            reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
+        }
+        else if (strcmp(name, "reset") == 0)
+            REPLY_LITERAL(s, "+RESET\r\n");
+        else
+            REPLY_LITERAL(s, "-NOAUTH Authentication required.\r\n");
+        return;
+    }
+
+    if (strcmp(name, "auth") == 0) {
+        cmd_auth(s, req);
+        return;
+    }
+    if (strcmp(name, "hello") == 0) {
+        cmd_hello(s, req);
+        return;
+    }
+    if (strcmp(name, "quit") == 0) {
+        s->quitting = true; /* later pipelined commands are not run, as in Redis */
+        reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
+        return;
+    }
+    if (strcmp(name, "reset") == 0) {
+        cmd_reset(s, req, frame);
+        return;
+    }
+
+    char sub[32] = "";
+    bool container = is_container(name);
+    if (container && req->argc >= 2)
+        arg_lower(&req->argv[1], sub, sizeof sub);
+    if (container && req->argc == 1) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "ERR wrong number of arguments for '%s' command", name);
+        reply_error(s, msg);
+        return;
+    }
+    char fullname[80];
+    if (guard_refuses(s, name, container ? sub : NULL, fullname, sizeof fullname)) {
+        refuse(s, fullname, "guard");
+        return;
+    }
+    if (container && strcmp(name, "client") == 0 && strcmp(sub, "reply") == 0 &&
+        !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
+        /* Replies that never come would shift every later reply: refuse rather than guess. */
+        REPLY_LITERAL(s, "-ERR CLIENT REPLY OFF|SKIP is not supported through respguard\r\n");
+        return;
+    }
+
+    uint8_t flags = 0;
+    uint32_t expected = 1;
+    bool marker = false;
+    if (!s->in_multi) {
+        bool sub_cmd = strcmp(name, "subscribe") == 0 || strcmp(name, "psubscribe") == 0 ||
+                       strcmp(name, "ssubscribe") == 0;
+        bool unsub_cmd = strcmp(name, "unsubscribe") == 0 || strcmp(name, "punsubscribe") == 0 ||
+                         strcmp(name, "sunsubscribe") == 0;
+        if (sub_cmd || unsub_cmd) {
+            flags |= PENDING_PUBSUB;
+            expected = req->argc > 1 ? (uint32_t)(req->argc - 1) : 1;
+            if (unsub_cmd && req->argc == 1) {
+                /* As many confirmations as subscriptions: count them until the reply to a
+                 * PING we send right after. */
+                flags |= PENDING_UNBOUNDED;
+                marker = true;
+            }
+        }
+    }
+    if (strcmp(name, "multi") == 0) {
+        s->in_multi = true;
+    } else if (strcmp(name, "exec") == 0 && s->in_multi) {
+        bool dirty = s->multi_dirty;
+        s->in_multi = s->multi_dirty = false;
+        if (dirty) {
+            static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
+            static const char abort[] = "-EXECABORT Transaction discarded because of previous errors.\r\n";
+            send_upstream(s, discard, sizeof discard - 1);
+            expect_upstream(s, PENDING_REPLACE, 0, 1, abort, sizeof abort - 1);
+            return;
+        }
+    } else if (strcmp(name, "discard") == 0) {
+        s->in_multi = s->multi_dirty = false;
+    }
+
+    forward_command(s, frame, req);
+    expect_upstream(s, PENDING_FORWARD, flags, expected, NULL, 0);
+    if (marker) {
+        static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+        send_upstream(s, ping, sizeof ping - 1);
+        expect_upstream(s, PENDING_SWALLOW, 0, 1, NULL, 0);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Client input                                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+static bool upstream_backlogged(struct session *s)
+{
+    return s->q_len >= MAX_PENDING ||
+           (s->upstream_started && transport_pending(&s->up.t) > s->w->cfg->limits.upstream_output_bytes);
+}
+
+static void process_input(struct session *s)
+{
+    struct buf *in = &s->client.in;
+    const struct config_limits *lim = &s->w->cfg->limits;
+    while (buf_len(in) > 0 && s->state != SESSION_CLOSING && !s->quitting && !s->draining) {
+        if (upstream_backlogged(s)) {
+            s->client_paused = true;
+            transport_pause(&s->client);
+            break;
+        }
+        struct resp_limits rl;
+        if (authenticated(s)) {
+            rl = (struct resp_limits){.max_args = lim->max_args, .max_bulk = lim->max_request_bytes,
+                                      .max_request = lim->max_request_bytes, .max_inline = RESP_MAX_INLINE,
+                                      .unauthenticated = false};
+        } else {
+            rl = (struct resp_limits){.max_args = RESP_UNAUTH_MAX_ARGS, .max_bulk = RESP_UNAUTH_MAX_BULK,
+                                      .max_request = RESP_UNAUTH_MAX_ARGS * (RESP_UNAUTH_MAX_BULK + 32) + 32,
+                                      .max_inline = RESP_MAX_INLINE, .unauthenticated = true};
+        }
+        struct resp_request req;
+        const char *err = NULL;
+        enum resp_req_status st = resp_request_next(&s->parser, buf_head(in), buf_len(in), &rl, &req, &err);
+        if (st == RESP_REQ_NEED_MORE)
+            break;
+        if (st == RESP_REQ_ERROR) {
+            log_event(LOG_INFO, "protocol_error", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+                      LOG_STR("error", err), LOG_END);
+            char line[256];
+            int n = snprintf(line, sizeof line, "-%s\r\n", err);
+            /* Read nothing more; answer in order, after what is already due, then close. */
+            s->quitting = true;
+            transport_pause(&s->client);
+            reply_local(s, line, (size_t)n, PENDING_CLOSE_AFTER);
+            break;
+        }
+        if (st == RESP_REQ_COMMAND)
+            handle_command(s, &req, buf_head(in));
+        buf_consume(in, req.frame_len);
+    }
+    if (s->upstream_started)
+        transport_flush(&s->up.t);
+    transport_flush(&s->client);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Lifetime                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+void worker_add_session(struct worker *w, struct session *s)
+{
+    s->prev = NULL;
+    s->next = w->sessions;
+    if (w->sessions)
+        w->sessions->prev = s;
+    w->sessions = s;
+    w->session_count++;
+}
+
+void worker_remove_session(struct worker *w, struct session *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        w->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    w->session_count--;
+    if (w->shutting_down && w->session_count == 0 && w->on_drained)
+        w->on_drained(w);
+}
+
+void worker_drain_sessions(struct worker *w)
+{
+    struct session *s = w->sessions;
+    while (s) {
+        struct session *next = s->next;
+        session_drain(s);
+        s = next;
+    }
+}
+
+void worker_close_sessions(struct worker *w)
+{
+    struct session *s = w->sessions;
+    while (s) {
+        struct session *next = s->next;
+        session_close(s, "shutdown timeout");
+        s = next;
+    }
+}
+
+static void session_free(struct session *s)
+{
+    worker_remove_session(s->w, s);
+    resp_parser_deinit(&s->parser);
+    buf_free(&s->enc);
+    buf_free(&s->local);
+    buf_free(&s->hold);
+    free(s->q);
+    free(s);
+}
+
+static void unref(struct session *s)
+{
+    if (--s->refs == 0)
+        session_free(s);
+}
+
+static void on_login_timer_closed(uv_handle_t *h) { unref(h->data); }
+
+void session_close(struct session *s, const char *reason)
+{
+    if (s->state == SESSION_CLOSING)
+        return;
+    s->refs++;
+    s->state = SESSION_CLOSING;
+    log_event(LOG_DEBUG, "session_close", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+              LOG_STR("reason", reason), LOG_END);
+    uv_timer_stop(&s->login_timer);
+    if (!uv_is_closing((uv_handle_t *)&s->login_timer))
+        uv_close((uv_handle_t *)&s->login_timer, on_login_timer_closed);
+    transport_close(&s->client);
+    if (s->upstream_started)
+        upstream_close(&s->up);
+    unref(s);
+}
+
+static void on_login_timeout(uv_timer_t *t)
+{
+    struct session *s = t->data;
+    if (authenticated(s))
+        return;
+    log_event(LOG_INFO, "login_timeout", LOG_INT("session", s->id), LOG_STR("peer", s->peer), LOG_END);
+    session_close(s, "login timeout");
+}
+
+static void on_client(struct transport *t, enum transport_event ev, const char *reason)
+{
+    struct session *s = t->owner;
+    s->refs++;
+    switch (ev) {
+    case TRANSPORT_CONNECTED:
+        break;
+    case TRANSPORT_DATA:
+        process_input(s);
+        break;
+    case TRANSPORT_DRAINED:
+        if (s->upstream_paused && s->upstream_started &&
+            transport_pending(&s->client) < s->w->cfg->limits.client_output_bytes / 2) {
+            s->upstream_paused = false;
+            transport_resume(&s->up.t);
+            process_replies(s);
+        }
+        break;
+    case TRANSPORT_EOF:
+        session_close(s, "client closed the connection");
+        break;
+    case TRANSPORT_ERROR:
+        if (!s->client.handshake_done)
+            log_event(LOG_INFO, "client_tls_error", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+                      LOG_STR("reason", reason), LOG_END);
+        session_close(s, reason);
+        break;
+    case TRANSPORT_CLOSED:
+        session_close(s, "client connection closed"); /* closes what else is open */
+        s->refs--; /* the client handle's reference */
+        break;
+    }
+    unref(s);
+}
+
+int session_accept(struct worker *w, const struct listener *l, uv_stream_t *server)
+{
+    struct session *s = calloc(1, sizeof *s);
+    if (!s)
+        return UV_ENOMEM;
+    s->w = w;
+    s->listener = l;
+    s->id = ++w->next_session_id;
+    s->reply_proto = 2;
+    resp_framer_init(&s->framer);
+    if (resp_parser_init(&s->parser) != 0) {
+        free(s);
+        return UV_ENOMEM;
+    }
+    int rc = transport_init(&s->client, w->loop, on_client, s);
+    if (rc < 0) {
+        resp_parser_deinit(&s->parser);
+        free(s);
+        return rc;
+    }
+    s->refs = 1; /* the client handle */
+    worker_add_session(w, s);
+    uv_timer_init(w->loop, &s->login_timer);
+    s->login_timer.data = s;
+    s->refs++;
+
+    rc = transport_accept(&s->client, server, l->tls_ctx);
+    transport_peer_name(&s->client, s->peer, sizeof s->peer);
+    if (rc < 0) {
+        session_close(s, uv_strerror(rc));
+        return rc;
+    }
+    log_event(LOG_DEBUG, "accept", LOG_INT("session", s->id), LOG_STR("peer", s->peer), LOG_END);
+
+    if (l->cfg->allow_from.count) {
+        struct sockaddr_storage ss;
+        int len = sizeof ss;
+        if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&ss, &len) != 0 ||
+            !config_cidr_match(&l->cfg->allow_from, (struct sockaddr *)&ss)) {
+            log_event(LOG_WARN, "refused_source", LOG_STR("peer", s->peer), LOG_STR("bind", l->bound), LOG_END);
+            session_close(s, "source not allowed");
+            return 0;
+        }
+    }
+    if (w->session_count > w->cfg->limits.max_clients) {
+        /* Redis's words, then close: the client's retry logic takes over. */
+        log_event(LOG_WARN, "refused_max_clients", LOG_STR("peer", s->peer), LOG_END);
+        REPLY_LITERAL(s, "-ERR max number of clients reached\r\n");
+        close_after_reply(s);
+        return 0;
+    }
+
+    /* As in Redis, a default user without a password logs everyone in at connect. */
+    const struct acl_user *d = worker_find_user(w, "default", 7);
+    if (d && d->enabled && d->nopass) {
+        s->refs++;
+        login(s, d, NULL, 0);
+        unref(s);
+    } else {
+        uv_timer_start(&s->login_timer, on_login_timeout, w->cfg->limits.login_timeout_ms, 0);
+    }
+    return 0;
+}
+
+void session_drain(struct session *s)
+{
+    if (s->state == SESSION_CLOSING)
+        return;
+    if (!authenticated(s) || s->q_len == 0) {
+        session_close(s, "shutdown");
+        return;
+    }
+    s->draining = true;
+    transport_pause(&s->client);
+}

@@ -1,0 +1,387 @@
+/*
+ * transport: a uv_tcp_t with optional TLS (through tlsconn's memory-BIO engine), buffered in and
+ * out. It knows nothing of RESP or sessions: bytes in, bytes out, events to its owner.
+ *
+ * Writes are batched: transport_write only appends (encrypting on TLS) and transport_flush hands
+ * the whole batch to one uv_write. Exactly one uv_write is in flight at a time, using two buffers
+ * that swap, so the steady state allocates nothing.
+ */
+#include "respguard/transport.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "respguard/tlsconn.h"
+
+#define READ_CHUNK (64 * 1024)
+#define CIPHER_CHUNK (64 * 1024)
+
+static void emit(struct transport *t, enum transport_event ev, const char *reason)
+{
+    t->cb(t, ev, reason);
+}
+
+static void fail(struct transport *t, const char *reason)
+{
+    if (t->closing)
+        return;
+    emit(t, TRANSPORT_ERROR, reason);
+}
+
+int transport_init(struct transport *t, uv_loop_t *loop, transport_event_cb cb, void *owner)
+{
+    memset(t, 0, sizeof *t);
+    t->cb = cb;
+    t->owner = owner;
+    t->handshake_done = true;
+    int rc = uv_tcp_init(loop, &t->tcp);
+    t->tcp.data = t;
+    return rc;
+}
+
+/* Move ciphertext the TLS engine produced into out. */
+static void take_cipher(struct transport *t)
+{
+    size_t n;
+    while ((n = tlsconn_pending_out(t->tls)) > 0) {
+        if (buf_reserve(&t->out, n) != 0) {
+            fail(t, "out of memory");
+            return;
+        }
+        t->out.end += tlsconn_take(t->tls, buf_tail(&t->out), buf_room(&t->out));
+    }
+}
+
+static void on_write(uv_write_t *req, int status);
+
+void transport_flush(struct transport *t)
+{
+    if (t->writing || buf_len(&t->out) == 0)
+        return;
+    if (t->closing && !t->close_when_flushed)
+        return;
+    /* Swap: out becomes the in-flight buffer; the old in-flight buffer (empty) takes new bytes. */
+    struct buf tmp = t->inflight;
+    t->inflight = t->out;
+    t->out = tmp;
+    buf_reset(&t->out);
+    uv_buf_t b = uv_buf_init(buf_head(&t->inflight), (unsigned)buf_len(&t->inflight));
+    int rc = uv_write(&t->write_req, (uv_stream_t *)&t->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        buf_reset(&t->inflight);
+        fail(t, uv_strerror(rc));
+        return;
+    }
+    t->writing = true;
+}
+
+static void maybe_finish_close(struct transport *t);
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct transport *t = req->handle->data;
+    t->writing = false;
+    buf_reset(&t->inflight);
+    if (status < 0) {
+        if (status != UV_ECANCELED)
+            fail(t, uv_strerror(status));
+        return;
+    }
+    transport_flush(t);
+    if (t->close_when_flushed) {
+        maybe_finish_close(t);
+        return;
+    }
+    if (!t->closing)
+        emit(t, TRANSPORT_DRAINED, NULL);
+}
+
+void transport_write(struct transport *t, const void *data, size_t len)
+{
+    if (t->closing || len == 0)
+        return;
+    if (!t->tls) {
+        if (buf_append(&t->out, data, len) != 0)
+            fail(t, "out of memory");
+        return;
+    }
+    if (!t->handshake_done) {
+        if (buf_append(&t->hold, data, len) != 0)
+            fail(t, "out of memory");
+        return;
+    }
+    if (tlsconn_write(t->tls, data, len) != TLSCONN_OK) {
+        fail(t, tlsconn_error(t->tls));
+        return;
+    }
+    take_cipher(t);
+}
+
+size_t transport_pending(const struct transport *t)
+{
+    return buf_len(&t->out) + buf_len(&t->inflight) + buf_len(&t->hold);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    struct transport *t = h->data;
+    (void)suggested;
+    if (t->tls) {
+        if (!t->cipher) {
+            t->cipher = malloc(CIPHER_CHUNK);
+            t->cipher_cap = t->cipher ? CIPHER_CHUNK : 0;
+        }
+        *out = uv_buf_init(t->cipher, (unsigned)t->cipher_cap);
+        return;
+    }
+    if (buf_reserve(&t->in, READ_CHUNK) != 0) {
+        *out = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+        return;
+    }
+    *out = uv_buf_init(buf_tail(&t->in), (unsigned)buf_room(&t->in));
+}
+
+/* Drive the TLS engine after ciphertext arrived: handshake, then decrypt into in. Returns true
+ * when new plaintext was produced. */
+static bool tls_pump(struct transport *t, bool *eof)
+{
+    if (!t->handshake_done) {
+        enum tlsconn_status st = tlsconn_handshake(t->tls);
+        take_cipher(t);
+        if (st == TLSCONN_ERROR) {
+            transport_flush(t); /* let the alert reach the peer */
+            fail(t, tlsconn_error(t->tls));
+            return false;
+        }
+        if (!tlsconn_handshake_done(t->tls)) {
+            transport_flush(t);
+            return false;
+        }
+        t->handshake_done = true;
+        if (buf_len(&t->hold)) {
+            if (tlsconn_write(t->tls, buf_head(&t->hold), buf_len(&t->hold)) != TLSCONN_OK) {
+                fail(t, tlsconn_error(t->tls));
+                return false;
+            }
+            buf_reset(&t->hold);
+            take_cipher(t);
+        }
+        transport_flush(t);
+        emit(t, TRANSPORT_CONNECTED, NULL);
+        if (t->closing)
+            return false;
+    }
+    bool got = false;
+    for (;;) {
+        if (buf_reserve(&t->in, 16 * 1024) != 0) {
+            fail(t, "out of memory");
+            return got;
+        }
+        size_t n = 0;
+        enum tlsconn_status st = tlsconn_read(t->tls, buf_tail(&t->in), buf_room(&t->in), &n);
+        t->in.end += n;
+        got |= n > 0;
+        if (st == TLSCONN_OK && n > 0)
+            continue;
+        if (st == TLSCONN_CLOSED)
+            *eof = true;
+        else if (st == TLSCONN_ERROR) {
+            take_cipher(t);
+            transport_flush(t);
+            fail(t, tlsconn_error(t->tls));
+            return false;
+        }
+        break;
+    }
+    /* Reading may have produced records to send (key updates, session tickets). */
+    take_cipher(t);
+    transport_flush(t);
+    return got;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct transport *t = s->data;
+    (void)b;
+    if (t->closing)
+        return;
+    if (nread == 0)
+        return; /* EAGAIN: nothing to do */
+    if (nread < 0) {
+        if (nread == UV_EOF)
+            emit(t, TRANSPORT_EOF, NULL);
+        else
+            fail(t, uv_strerror((int)nread));
+        return;
+    }
+    if (!t->tls) {
+        t->in.end += (size_t)nread;
+        emit(t, TRANSPORT_DATA, NULL);
+        return;
+    }
+    tlsconn_feed(t->tls, t->cipher, (size_t)nread);
+    bool eof = false;
+    bool got = tls_pump(t, &eof);
+    if (t->closing)
+        return;
+    if (got)
+        emit(t, TRANSPORT_DATA, NULL);
+    if (eof && !t->closing)
+        emit(t, TRANSPORT_EOF, NULL);
+}
+
+static int start_reading(struct transport *t)
+{
+    t->reading = true;
+    return uv_read_start((uv_stream_t *)&t->tcp, on_alloc, on_read);
+}
+
+int transport_accept(struct transport *t, uv_stream_t *server, struct tlsconn_ctx *tls_ctx)
+{
+    int rc = uv_accept(server, (uv_stream_t *)&t->tcp);
+    if (rc < 0)
+        return rc;
+    t->tcp_connected = true;
+    uv_tcp_nodelay(&t->tcp, 1);
+    if (tls_ctx) {
+        t->tls = tlsconn_new_server(tls_ctx);
+        if (!t->tls)
+            return UV_ENOMEM;
+        t->handshake_done = false;
+    }
+    return start_reading(t);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct transport *t = req->handle->data;
+    if (t->closing)
+        return;
+    if (status < 0) {
+        fail(t, uv_strerror(status));
+        return;
+    }
+    t->tcp_connected = true;
+    uv_tcp_nodelay(&t->tcp, 1);
+    int rc = start_reading(t);
+    if (rc < 0) {
+        fail(t, uv_strerror(rc));
+        return;
+    }
+    if (!t->tls) {
+        emit(t, TRANSPORT_CONNECTED, NULL);
+        return;
+    }
+    /* Client speaks first: send the ClientHello now. */
+    if (tlsconn_handshake(t->tls) == TLSCONN_ERROR) {
+        fail(t, tlsconn_error(t->tls));
+        return;
+    }
+    take_cipher(t);
+    transport_flush(t);
+}
+
+int transport_connect(struct transport *t, const struct sockaddr *addr, struct tlsconn_ctx *tls_ctx,
+                      const char *verify_name)
+{
+    t->is_client = true;
+    if (tls_ctx) {
+        t->tls = tlsconn_new_client(tls_ctx, verify_name);
+        if (!t->tls)
+            return UV_ENOMEM;
+        t->handshake_done = false;
+    }
+    return uv_tcp_connect(&t->connect_req, &t->tcp, addr, on_connect);
+}
+
+void transport_pause(struct transport *t)
+{
+    if (t->reading && !t->closing) {
+        uv_read_stop((uv_stream_t *)&t->tcp);
+        t->reading = false;
+    }
+}
+
+void transport_resume(struct transport *t)
+{
+    if (!t->reading && !t->closing) {
+        if (start_reading(t) < 0)
+            t->reading = false;
+    }
+}
+
+static void on_close(uv_handle_t *h)
+{
+    struct transport *t = h->data;
+    if (t->tls) {
+        tlsconn_free(t->tls);
+        t->tls = NULL;
+    }
+    free(t->cipher);
+    t->cipher = NULL;
+    buf_free(&t->in);
+    buf_free(&t->out);
+    buf_free(&t->inflight);
+    buf_free(&t->hold);
+    emit(t, TRANSPORT_CLOSED, NULL);
+}
+
+void transport_close(struct transport *t)
+{
+    if (t->closing && !t->close_when_flushed)
+        return;
+    t->closing = true;
+    t->close_when_flushed = false;
+    t->reading = false;
+    if (!uv_is_closing((uv_handle_t *)&t->tcp))
+        uv_close((uv_handle_t *)&t->tcp, on_close);
+}
+
+static void maybe_finish_close(struct transport *t)
+{
+    if (!t->writing && buf_len(&t->out) == 0)
+        transport_close(t);
+}
+
+void transport_close_when_flushed(struct transport *t)
+{
+    if (t->closing)
+        return;
+    if (t->reading) {
+        uv_read_stop((uv_stream_t *)&t->tcp);
+        t->reading = false;
+    }
+    if (t->tls && t->handshake_done) {
+        tlsconn_shutdown(t->tls);
+        take_cipher(t);
+    }
+    t->closing = true;
+    t->close_when_flushed = true;
+    transport_flush(t);
+    maybe_finish_close(t);
+}
+
+void transport_peer_name(struct transport *t, char *buf, size_t cap)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    int len = sizeof ss;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&t->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            uv_ip4_name(a, ip, sizeof ip);
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, ip, sizeof ip);
+            port = ntohs(a->sin6_port);
+        }
+    }
+    if (ss.ss_family == AF_INET6)
+        snprintf(buf, cap, "[%s]:%d", ip, port);
+    else
+        snprintf(buf, cap, "%s:%d", ip, port);
+}
