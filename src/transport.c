@@ -57,7 +57,7 @@ static void on_write(uv_write_t *req, int status);
 
 void transport_flush(struct transport *t)
 {
-    if (t->writing || buf_len(&t->out) == 0)
+    if (t->writing || buf_len(&t->out) == 0 || !t->tcp_connected)
         return;
     if (t->closing && !t->close_when_flushed)
         return;
@@ -101,13 +101,15 @@ void transport_write(struct transport *t, const void *data, size_t len)
 {
     if (t->closing || len == 0)
         return;
-    if (!t->tls) {
-        if (buf_append(&t->out, data, len) != 0)
+    /* Until the connection is up (and for TLS, verified), bytes wait in hold: nothing may leave
+     * before the engine that must encrypt it exists. */
+    if (!t->tcp_connected || !t->handshake_done) {
+        if (buf_append(&t->hold, data, len) != 0)
             fail(t, "out of memory");
         return;
     }
-    if (!t->handshake_done) {
-        if (buf_append(&t->hold, data, len) != 0)
+    if (!t->tls) {
+        if (buf_append(&t->out, data, len) != 0)
             fail(t, "out of memory");
         return;
     }
@@ -270,6 +272,14 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     if (!t->tls) {
+        if (buf_len(&t->hold)) {
+            if (buf_append(&t->out, buf_head(&t->hold), buf_len(&t->hold)) != 0) {
+                fail(t, "out of memory");
+                return;
+            }
+            buf_reset(&t->hold);
+            transport_flush(t);
+        }
         emit(t, TRANSPORT_CONNECTED, NULL);
         return;
     }
