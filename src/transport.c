@@ -57,7 +57,17 @@ static void on_write(uv_write_t *req, int status);
 
 void transport_flush(struct transport *t)
 {
-    if (t->writing || buf_len(&t->out) == 0 || !t->tcp_connected)
+    if (!t->tcp_connected)
+        return;
+    if (t->tls && t->handshake_done && buf_len(&t->hold)) {
+        if (tlsconn_write(t->tls, buf_head(&t->hold), buf_len(&t->hold)) != TLSCONN_OK) {
+            fail(t, tlsconn_error(t->tls));
+            return;
+        }
+        buf_reset(&t->hold);
+        take_cipher(t);
+    }
+    if (t->writing || buf_len(&t->out) == 0)
         return;
     if (t->closing && !t->close_when_flushed)
         return;
@@ -101,23 +111,14 @@ void transport_write(struct transport *t, const void *data, size_t len)
 {
     if (t->closing || len == 0)
         return;
-    /* Until the connection is up (and for TLS, verified), bytes wait in hold: nothing may leave
-     * before the engine that must encrypt it exists. */
-    if (!t->tcp_connected || !t->handshake_done) {
-        if (buf_append(&t->hold, data, len) != 0)
-            fail(t, "out of memory");
-        return;
-    }
-    if (!t->tls) {
-        if (buf_append(&t->out, data, len) != 0)
-            fail(t, "out of memory");
-        return;
-    }
-    if (tlsconn_write(t->tls, data, len) != TLSCONN_OK) {
-        fail(t, tlsconn_error(t->tls));
-        return;
-    }
-    take_cipher(t);
+    /* TLS plaintext is staged in hold and encrypted per flush, so a batch of replies or a
+     * pipeline becomes full-size records rather than one record per command (Redis reads one
+     * record per event-loop turn, so small records would serialise a pipeline). Until the
+     * connection is up (and for TLS, verified) bytes wait there too: nothing may leave before
+     * the engine that must encrypt it exists. */
+    struct buf *dst = (t->tls || !t->tcp_connected) ? &t->hold : &t->out;
+    if (buf_append(dst, data, len) != 0)
+        fail(t, "out of memory");
 }
 
 size_t transport_pending(const struct transport *t)
@@ -161,15 +162,7 @@ static bool tls_pump(struct transport *t, bool *eof)
             return false;
         }
         t->handshake_done = true;
-        if (buf_len(&t->hold)) {
-            if (tlsconn_write(t->tls, buf_head(&t->hold), buf_len(&t->hold)) != TLSCONN_OK) {
-                fail(t, tlsconn_error(t->tls));
-                return false;
-            }
-            buf_reset(&t->hold);
-            take_cipher(t);
-        }
-        transport_flush(t);
+        transport_flush(t); /* what waited for the handshake leaves now */
         emit(t, TRANSPORT_CONNECTED, NULL);
         if (t->closing)
             return false;
