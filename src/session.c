@@ -192,7 +192,7 @@ static void q_drain_local(struct session *s)
     while ((e = q_front(s)) && e->kind == PENDING_LOCAL && s->state != SESSION_CLOSING && !s->client.closing)
         q_pop(s);
     if (s->draining && s->q_len == 0)
-        session_close(s, "shutdown");
+        close_after_reply(s); /* the last replies are queued, not yet written */
 }
 
 static void reply_local(struct session *s, const char *bytes, size_t len, uint8_t flags)
