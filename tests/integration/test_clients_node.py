@@ -20,7 +20,7 @@ NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
 def node_bin():
     node = shutil.which("node")
     assert node, "node is not installed (required for the node client tests)"
-    for pkg in ("redis", "ioredis", "@redis/client"):
+    for pkg in ("redis", "redis4", "ioredis", "@redis/client"):
         assert os.path.isdir(os.path.join(NODE_DIR, "node_modules", pkg)), \
             "node module %r missing: run `npm ci` in %s" % (pkg, NODE_DIR)
     return node
@@ -98,3 +98,24 @@ def test_node_redis(proxy, resp):
     if resp == 3:
         want["get_while_subscribed"] = "v1-more"
     check(run_workload("workload_node_redis.mjs", proxy.port, resp), want)
+
+
+def test_node_redis4_resp2(proxy):
+    """node-redis v4, still what most apps run: RESP2 only."""
+    want = {
+        "client_name": "nr4-main",
+        "get": "v1",
+        "incrby": 15,
+        "hgetall": {"f1": "a", "f2": "b"},
+        "pipeline_last": 100,
+        "multi": ["OK", "2"],
+        "refused": {"error": "NOPERM this user has no permissions to run the 'flushall' command"},
+        "after_refused": "PONG",
+        "binary_ok": True,
+        "message": "hello",
+        "after_unsubscribe": "v1",
+        "errors": [],
+    }
+    if REFERENCE:
+        pytest.skip("the reference server has no guard")
+    check(run_workload("workload_node_redis4.mjs", proxy.port, 2), want)
