@@ -77,26 +77,50 @@ static int compile_users(struct runtime *rt, char *err, size_t errlen)
     return 0;
 }
 
-/* The AUTH command respguard sends after every upstream handshake. */
-static int build_upstream_auth(struct runtime *rt)
+/* Encode the command that logs an upstream connection in: AUTH [user] pass, or PING when there
+ * is no password (it still proves the connection answers). */
+static int encode_login(struct worker_login *out, const char *username, const char *password)
 {
-    const struct config_upstream *up = &rt->cfg->upstream;
     struct resp_arg argv[3];
     size_t argc = 0;
-    if (up->password) {
+    if (password) {
         argv[argc++] = (struct resp_arg){"AUTH", 4};
-        if (up->username)
-            argv[argc++] = (struct resp_arg){up->username, strlen(up->username)};
-        argv[argc++] = (struct resp_arg){up->password, strlen(up->password)};
+        if (username)
+            argv[argc++] = (struct resp_arg){username, strlen(username)};
+        argv[argc++] = (struct resp_arg){password, strlen(password)};
     } else {
-        /* Nothing to log in with: a PING still proves the connection answers. */
         argv[argc++] = (struct resp_arg){"PING", 4};
     }
     size_t n = resp_encoded_size(argc, argv);
-    rt->w.upstream_auth = malloc(n);
-    if (!rt->w.upstream_auth)
+    out->cmd = malloc(n);
+    if (!out->cmd)
         return -ENOMEM;
-    rt->w.upstream_auth_len = resp_encode_command(rt->w.upstream_auth, argc, argv);
+    out->len = resp_encode_command(out->cmd, argc, argv);
+    return 0;
+}
+
+/* The upstream logins: the URL's credential, then each named credential; and which one each
+ * user's sessions use (upstream_credential). */
+static int build_upstream_logins(struct runtime *rt)
+{
+    const struct config_upstream *up = &rt->cfg->upstream;
+    size_t n = 1 + up->credential_count;
+    rt->w.upstream_logins = calloc(n, sizeof *rt->w.upstream_logins);
+    rt->w.user_login = calloc(rt->cfg->user_count ? rt->cfg->user_count : 1, sizeof *rt->w.user_login);
+    if (!rt->w.upstream_logins || !rt->w.user_login)
+        return -ENOMEM;
+    rt->w.upstream_login_count = n;
+    if (encode_login(&rt->w.upstream_logins[0], up->username, up->password) != 0)
+        return -ENOMEM;
+    for (size_t i = 0; i < up->credential_count; i++)
+        if (encode_login(&rt->w.upstream_logins[i + 1], up->credentials[i].username, up->credentials[i].password) != 0)
+            return -ENOMEM;
+    for (size_t u = 0; u < rt->cfg->user_count; u++) {
+        const char *cred = rt->cfg->users[u].upstream_credential;
+        for (size_t i = 0; cred && i < up->credential_count; i++)
+            if (strcmp(up->credentials[i].name, cred) == 0)
+                rt->w.user_login[u] = i + 1;
+    }
     return 0;
 }
 
@@ -132,10 +156,12 @@ static void runtime_free(struct runtime *rt)
     for (size_t i = 0; i < rt->w.user_count; i++)
         acl_user_deinit(&rt->w.users[i]);
     free(rt->w.users);
-    if (rt->w.upstream_auth) {
-        crypto_wipe(rt->w.upstream_auth, rt->w.upstream_auth_len);
-        free(rt->w.upstream_auth);
+    for (size_t i = 0; rt->w.upstream_logins && i < rt->w.upstream_login_count; i++) {
+        crypto_wipe(rt->w.upstream_logins[i].cmd, rt->w.upstream_logins[i].len);
+        free(rt->w.upstream_logins[i].cmd);
     }
+    free(rt->w.upstream_logins);
+    free(rt->w.user_login);
     if (rt->w.upstream_tls)
         tlsconn_ctx_free(rt->w.upstream_tls);
     if (rt->listener_tls) {
@@ -158,7 +184,7 @@ static int prepare(struct runtime *rt, const char *path)
         return -1;
     }
     rt->w.cfg = rt->cfg;
-    if (compile_users(rt, err, sizeof err) != 0 || build_upstream_auth(rt) != 0 ||
+    if (compile_users(rt, err, sizeof err) != 0 || build_upstream_logins(rt) != 0 ||
         build_tls(rt, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err[0] ? err : "out of memory");
         runtime_free(rt);

@@ -25,6 +25,7 @@
 #include "respguard/listener.h"
 #include "respguard/log.h"
 #include "respguard/resp.h"
+#include "respguard/tlsconn.h"
 #include "respguard/transport.h"
 #include "respguard/upstream.h"
 #include "respguard/worker.h"
@@ -74,6 +75,7 @@ struct session {
     struct transport client;
     struct upstream up;
     bool upstream_started;
+    size_t up_login;             /* which of the worker's upstream logins the upstream uses */
     uv_timer_t login_timer;
 
     const struct acl_user *user; /* NULL before login */
@@ -532,6 +534,15 @@ static const struct upstream_ops upstream_ops = {
 /* Login                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
+/* Send upstream credential idx (AUTH); reply (if any) goes to the client once it succeeded. */
+static void upstream_login(struct session *s, size_t idx, const char *reply, size_t reply_len)
+{
+    const struct worker_login *l = &s->w->upstream_logins[idx];
+    s->up_login = idx;
+    send_upstream(s, l->cmd, l->len);
+    expect_upstream(s, PENDING_LOGIN, 0, 1, reply, reply_len);
+}
+
 /* Log in as u. The reply (local bytes, e.g. "+OK") is sent once the upstream has accepted
  * respguard's own login, so a client never hears OK from a session that cannot work. */
 static void login(struct session *s, const struct acl_user *u, const char *reply, size_t reply_len)
@@ -541,8 +552,11 @@ static void login(struct session *s, const struct acl_user *u, const char *reply
     uv_timer_stop(&s->login_timer);
     log_event(LOG_INFO, "login", LOG_STR("result", "ok"), LOG_STR("user", u->name), LOG_STR("peer", s->peer),
               LOG_INT("session", s->id), LOG_END);
+    size_t want = s->w->user_login[u - s->w->users];
     if (s->upstream_started) {
-        if (reply_len)
+        if (want != s->up_login)
+            upstream_login(s, want, reply, reply_len); /* this user maps to another credential */
+        else if (reply_len)
             reply_local(s, reply, reply_len, 0);
         return;
     }
@@ -552,8 +566,7 @@ static void login(struct session *s, const struct acl_user *u, const char *reply
         fail_upstream(s, "connect", "cannot start the connection");
         return;
     }
-    send_upstream(s, s->w->upstream_auth, s->w->upstream_auth_len);
-    expect_upstream(s, PENDING_LOGIN, 0, 1, reply, reply_len);
+    upstream_login(s, want, reply, reply_len);
 }
 
 enum login_result { LOGIN_OK, LOGIN_UNKNOWN_USER, LOGIN_BAD_PASSWORD, LOGIN_EXPIRED, LOGIN_SOURCE };
@@ -570,6 +583,8 @@ static const char *login_result_name(enum login_result r)
     return "?";
 }
 
+static enum login_result check_user_allowed(struct session *s, const struct acl_user *u);
+
 static enum login_result check_login(struct session *s, const struct resp_arg *user, const struct resp_arg *pass,
                                      const struct acl_user **out)
 {
@@ -582,6 +597,14 @@ static enum login_result check_login(struct session *s, const struct resp_arg *u
         return LOGIN_UNKNOWN_USER;
     }
     if (!acl_user_check_password(u, pass->ptr, pass->len))
+        return LOGIN_BAD_PASSWORD;
+    return check_user_allowed(s, u);
+}
+
+/* What a login needs besides the password: not expired, from an allowed network. */
+static enum login_result check_user_allowed(struct session *s, const struct acl_user *u)
+{
+    if (!u->enabled)
         return LOGIN_BAD_PASSWORD;
     const struct config_user *uc = worker_user_config(s->w, u);
     if (uc->has_expires && time(NULL) >= uc->expires)
@@ -604,6 +627,25 @@ static void login_failed(struct session *s, const struct resp_arg *user, enum lo
               LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_INT("session", s->id),
               LOG_END);
     REPLY_LITERAL(s, wrongpass);
+}
+
+/* user_from_cert: cn. The verified client certificate's CN names the user; no password. A CN
+ * that names no usable user leaves the session unauthenticated (AUTH still works). */
+static void login_from_certificate(struct session *s)
+{
+    char cn[256];
+    if (tlsconn_peer_cn(s->client.tls, cn, sizeof cn) != 0)
+        return;
+    struct resp_arg name = {cn, strlen(cn)};
+    const struct acl_user *u = worker_find_user(s->w, name.ptr, name.len);
+    enum login_result r = u ? check_user_allowed(s, u) : LOGIN_UNKNOWN_USER;
+    if (r != LOGIN_OK) {
+        log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", name.ptr, name.len),
+                  LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_STR("method", "certificate"),
+                  LOG_INT("session", s->id), LOG_END);
+        return;
+    }
+    login(s, u, NULL, 0);
 }
 
 static void cmd_auth(struct session *s, const struct resp_request *req)
@@ -794,12 +836,12 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
      * upstream back in as respguard and swallow that reply. */
     forward_command(s, frame, req);
     expect_upstream(s, PENDING_FORWARD, PENDING_RESET, 1, NULL, 0);
-    send_upstream(s, s->w->upstream_auth, s->w->upstream_auth_len);
-    expect_upstream(s, PENDING_LOGIN, 0, 1, NULL, 0);
     s->in_multi = s->multi_dirty = false;
     /* After RESET the client is the default user again: logged in only if that needs no
-     * password, as in Redis. */
+     * password, as in Redis. The upstream connection is logged back in with the credential of
+     * whoever the client now is. */
     const struct acl_user *d = worker_find_user(s->w, "default", 7);
+    upstream_login(s, d && d->enabled && d->nopass ? s->w->user_login[d - s->w->users] : 0, NULL, 0);
     if (d && d->enabled && d->nopass) {
         s->user = d;
     } else {
@@ -1066,6 +1108,8 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
     s->refs++;
     switch (ev) {
     case TRANSPORT_CONNECTED:
+        if (s->listener->cfg->tls.user_from_cert_cn && !authenticated(s))
+            login_from_certificate(s);
         break;
     case TRANSPORT_DATA:
         process_input(s);

@@ -20,6 +20,11 @@ struct listener;
 struct session;
 struct config_user;
 
+struct worker_login {
+    char *cmd; /* encoded AUTH (or PING when there is no password) */
+    size_t len;
+};
+
 struct worker {
     uv_loop_t *loop;
     const struct config *cfg;
@@ -27,8 +32,11 @@ struct worker {
     size_t user_count;
     struct tlsconn_ctx *upstream_tls;
     const char *upstream_verify_name; /* server_name or the URL's host */
-    char *upstream_auth;           /* the AUTH command respguard sends upstream (secret) */
-    size_t upstream_auth_len;
+    /* The AUTH commands respguard sends upstream (secrets): [0] for the URL's credential, then
+     * one per upstream.credentials entry. user_login[i] is the one compiled user i logs in with. */
+    struct worker_login *upstream_logins;
+    size_t upstream_login_count;
+    size_t *user_login;
     struct listener *listeners;
     size_t listener_count;
     struct session *sessions;      /* intrusive list of live sessions */

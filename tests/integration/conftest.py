@@ -362,6 +362,7 @@ def respguard(request, tmp_path, certs, upstream):
     Options:
       tls_listener=False      add a TLS listener (cert for localhost/127.0.0.1)
       client_ca=False         ... which requires client certificates from client_ca
+      user_from_cert=False    ... and names the user from the certificate's CN (needs client_ca)
       upstream_server=None    a RedisServer (default: the session upstream)
       upstream_host='localhost'
       server_name=None        upstream.server_name
@@ -373,7 +374,7 @@ def respguard(request, tmp_path, certs, upstream):
     """
     started = []
 
-    def make(tls_listener=False, client_ca=False, upstream_server=None,
+    def make(tls_listener=False, client_ca=False, user_from_cert=False, upstream_server=None,
              upstream_host="localhost", server_name=None, ca_file=None, users=None,
              limits=None, overrides=None, upstream_password=None):
         srv = upstream_server or upstream
@@ -384,6 +385,9 @@ def respguard(request, tmp_path, certs, upstream):
             tls = {"cert_file": certs.path("server.crt"), "key_file": certs.path("server.key")}
             if client_ca:
                 tls["client_ca_file"] = certs.path("client_ca.crt")
+            if user_from_cert:
+                tls["user_from_cert"] = "cn"
+
             listeners.append({"bind": "127.0.0.1:%d" % free_port(), "tls": tls})
         up = {"url": "rediss://default:${UPSTREAM_PW}@%s:%d" % (upstream_host, srv.tls_port),
               "ca_file": certs.path("ca.crt"), "connect_timeout": "2s"}
