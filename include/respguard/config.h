@@ -5,6 +5,11 @@
  * never a socket or a loop. Every error is reported as "file:line:column: message" with the
  * position of the offending node. Unknown keys are errors. Secrets (passwords, the upstream URL's
  * password) are kept only in the snapshot and never appear in an error message.
+ *
+ * Values: "${VAR}" in any value (not in keys) expands from the environment, "$$" is a literal
+ * "$". Relative file names (cert_file, ca_file, *_file, ...) are resolved against the directory
+ * of the configuration file; the snapshot holds the resolved path. config/example.yaml shows
+ * every key.
  */
 #ifndef RESPGUARD_CONFIG_H
 #define RESPGUARD_CONFIG_H
@@ -71,7 +76,8 @@ struct config_user {
     time_t expires;          /* UTC epoch seconds */
     struct config_cidr_list allow_from;
     const char *file;        /* config file name, for errors found later (acl parsing) */
-    int acl_line, acl_column;/* position of the acl value, 1-based */
+    int acl_line, acl_column;/* position of the acl value, 1-based: its first character, after
+                              * an opening quote (for acl_file: the file name's position) */
 };
 
 struct config_limits {
@@ -104,19 +110,27 @@ struct config {
 extern const char *const config_default_never[];
 
 /* Load and validate path. On success returns 0 and *out (free with config_free). On error
- * returns a negative errno-style code and writes one "file:line:column: message" line (no
- * trailing newline) into err. */
+ * returns a negative errno-style code (-EINVAL: invalid configuration; -ENOMEM; the -errno of
+ * the configuration file or a *_file that could not be read), leaves *out NULL and writes one
+ * "file:line:column: message" line (no trailing newline) into err, cut to errlen. */
 int config_load(const char *path, struct config **out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+/* Free a snapshot; every string is overwritten with zeros first (secrets). NULL is fine. */
 void config_free(struct config *c);
 
 /* Parse "1.2.3.4/8" or "::1/128" (a bare address means /32 or /128). 0 or -EINVAL. */
 int config_parse_cidr(const char *s, struct config_cidr *out);
+/* Is addr (AF_INET or AF_INET6) inside one of l's ranges? An empty list (or NULL) matches every
+ * address, as allow_from means. IPv4 ranges also match IPv4-mapped IPv6 addresses
+ * (::ffff:a.b.c.d, as a dual-stack socket reports them), and IPv6 ranges see an IPv4 address as
+ * its mapped form. */
 bool config_cidr_match(const struct config_cidr_list *l, const struct sockaddr *addr);
 
-/* Parse "5s", "250ms", "2m", "1h" or a bare number of seconds into milliseconds. */
+/* Parse "5s", "250ms", "2m", "1h" or a bare number of seconds into milliseconds.
+ * 0, -EINVAL (syntax) or -ERANGE (overflow). */
 int config_parse_duration(const char *s, uint64_t *ms);
-/* Parse "10mb", "512kb", "1gb", "100" (bytes); k/m/g are powers of 1024, case-insensitive. */
+/* Parse "10mb", "512kb", "1gb", "100" (bytes); k/m/g are powers of 1024, case-insensitive
+ * ("10m", "10b" too). 0, -EINVAL (syntax) or -ERANGE (overflow). */
 int config_parse_size(const char *s, uint64_t *bytes);
 
 #endif

@@ -1,0 +1,1238 @@
+/*
+ * Unit tests for config.c: good files (the YAML files in data/config), every kind of error
+ * with its exact "file:line:column: message", ${VAR} expansion, *_file secrets, addresses,
+ * CIDR matching, durations and sizes, and that no error message ever carries a secret.
+ *
+ * Error cases are tables of {name, yaml, expected "line:column: message"}: each yaml is written
+ * to a temporary directory and loaded. "@DATA@" in a case stands for the data directory and
+ * "@TMP@" for the temporary one. Runs from tests/unit (the meson workdir) or anywhere else.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "respguard/config.h"
+
+#ifndef TEST_DATA_DIR
+#error "TEST_DATA_DIR must name tests/unit/data"
+#endif
+
+#define DATA TEST_DATA_DIR "/config"
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static char tmpdir[256];
+
+struct err_case {
+    const char *name;
+    const char *yaml;
+    const char *want; /* "line:column: message", after the file name */
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Helpers                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static void write_file(char *path, size_t size, const char *name, const char *data, size_t len)
+{
+    snprintf(path, size, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void write_text(char *path, size_t size, const char *name, const char *text)
+{
+    write_file(path, size, name, text, strlen(text));
+}
+
+/* Replace @DATA@ and @TMP@. */
+static void substitute(char *out, size_t size, const char *in)
+{
+    size_t k = 0;
+    while (*in && k + 1 < size) {
+        const char *rep = NULL;
+        size_t skip = 0;
+        if (strncmp(in, "@DATA@", 6) == 0) {
+            rep = DATA;
+            skip = 6;
+        } else if (strncmp(in, "@TMP@", 5) == 0) {
+            rep = tmpdir;
+            skip = 5;
+        }
+        if (rep) {
+            size_t n = strlen(rep);
+            if (k + n >= size)
+                break;
+            memcpy(out + k, rep, n);
+            k += n;
+            in += skip;
+        } else {
+            out[k++] = *in++;
+        }
+    }
+    out[k] = '\0';
+}
+
+/* Load yaml from a temporary file; returns the result and the message. */
+static int load_text(const char *yaml, struct config **c, char *err, size_t errlen, char *path,
+                     size_t pathlen)
+{
+    char text[8192];
+    substitute(text, sizeof text, yaml);
+    write_text(path, pathlen, "t.yaml", text);
+    return config_load(path, c, err, errlen);
+}
+
+static struct config *load_ok(const char *yaml)
+{
+    char err[1024], path[512];
+    struct config *c = NULL;
+    int rc = load_text(yaml, &c, err, sizeof err, path, sizeof path);
+    if (rc != 0)
+        print_error("unexpected error: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_non_null(c);
+    assert_string_equal(err, "");
+    return c;
+}
+
+/* Run a table of error cases; report every mismatch, then fail if there was one. */
+static void run_errors(const struct err_case *cases, size_t n)
+{
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        char err[1024], path[512], want[2048], w[1024];
+        struct config *c = (struct config *)&c; /* must be reset to NULL */
+        int rc = load_text(cases[i].yaml, &c, err, sizeof err, path, sizeof path);
+        substitute(w, sizeof w, cases[i].want);
+        snprintf(want, sizeof want, "%s:%s", path, w);
+        if (rc >= 0 || c != NULL || strcmp(err, want) != 0 || strchr(err, '\n')) {
+            print_error("case '%s': rc %d\n  got:  %s\n  want: %s\n", cases[i].name, rc, err,
+                        want);
+            bad++;
+        }
+        if (rc == 0)
+            config_free(c);
+    }
+    assert_int_equal(bad, 0);
+}
+
+static const struct config_user *find_user(const struct config *c, const char *name)
+{
+    for (size_t i = 0; i < c->user_count; i++)
+        if (strcmp(c->users[i].name, name) == 0)
+            return &c->users[i];
+    fail_msg("no user %s", name);
+    return NULL;
+}
+
+static struct sockaddr_storage sa(const char *text)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (strchr(text, ':')) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        s6->sin6_family = AF_INET6;
+        assert_int_equal(inet_pton(AF_INET6, text, &s6->sin6_addr), 1);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        assert_int_equal(inet_pton(AF_INET, text, &s4->sin_addr), 1);
+    }
+    return ss;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Good files                                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+static void test_minimal_file(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *c = NULL;
+    assert_int_equal(config_load(DATA "/minimal.yaml", &c, err, sizeof err), 0);
+    assert_string_equal(c->path, DATA "/minimal.yaml");
+
+    assert_int_equal(c->listener_count, 1);
+    const struct config_listener *l = &c->listeners[0];
+    assert_string_equal(l->bind, "127.0.0.1:6379");
+    assert_string_equal(l->host, "127.0.0.1");
+    assert_int_equal(l->port, 6379);
+    assert_false(l->tls_enabled);
+    assert_null(l->tls.cert_file);
+    assert_int_equal(l->allow_from.count, 0);
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&l->addr;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohs(sin->sin_port), 6379);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), 0x7f000001);
+
+    const struct config_upstream *u = &c->upstream;
+    assert_string_equal(u->url, "rediss://default:hunter2@redis.example.com");
+    assert_string_equal(u->host, "redis.example.com");
+    assert_int_equal(u->port, 6379);
+    assert_string_equal(u->username, "default");
+    assert_string_equal(u->password, "hunter2");
+    assert_null(u->ca_file);
+    assert_null(u->server_name);
+    assert_int_equal(u->connect_timeout_ms, 5000);
+    assert_int_equal(u->credential_count, 0);
+
+    assert_int_equal(c->user_count, 1);
+    assert_string_equal(c->users[0].name, "web");
+    assert_string_equal(c->users[0].acl, "on >pw ~web:* +@read");
+    assert_null(c->users[0].upstream_credential);
+    assert_false(c->users[0].has_expires);
+    assert_string_equal(c->users[0].file, DATA "/minimal.yaml");
+    assert_int_equal(c->users[0].acl_line, 8);
+    assert_int_equal(c->users[0].acl_column, 11); /* after the quote */
+
+    /* Defaults. */
+    size_t n = 0;
+    while (config_default_never[n])
+        n++;
+    assert_int_equal(n, 30);
+    assert_int_equal(c->never_count, n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(c->never_by_category[i], config_default_never[i]);
+    assert_int_equal(c->limits.max_clients, 10000);
+    assert_int_equal(c->limits.max_request_bytes, 10 << 20);
+    assert_int_equal(c->limits.max_args, 1048576);
+    assert_int_equal(c->limits.login_timeout_ms, 10000);
+    assert_int_equal(c->limits.client_output_bytes, 64 << 20);
+    assert_int_equal(c->limits.upstream_output_bytes, 64 << 20);
+    assert_int_equal(c->limits.shutdown_timeout_ms, 10000);
+    assert_int_equal(c->log_level, CONFIG_LOG_INFO);
+    assert_false(c->log_keys);
+    config_free(c);
+}
+
+static void test_full_file(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *c = NULL;
+    int rc = config_load(DATA "/full.yaml", &c, err, sizeof err);
+    if (rc)
+        print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+
+    assert_int_equal(c->listener_count, 4);
+    const struct config_listener *l = c->listeners;
+    assert_string_equal(l[0].bind, "localhost:6379");
+    assert_string_equal(l[0].host, "127.0.0.1");
+    assert_false(l[0].tls_enabled);
+
+    assert_string_equal(l[1].bind, "[::1]:6380");
+    assert_string_equal(l[1].host, "::1");
+    assert_int_equal(l[1].port, 6380);
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&l[1].addr;
+    assert_int_equal(s6->sin6_family, AF_INET6);
+    assert_int_equal(ntohs(s6->sin6_port), 6380);
+    assert_true(IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr));
+    assert_int_equal(l[1].allow_from.count, 2);
+
+    assert_string_equal(l[2].host, "0.0.0.0");
+    assert_true(l[2].tls_enabled);
+    assert_string_equal(l[2].tls.cert_file, DATA "/tls/server.crt"); /* relative to the file */
+    assert_string_equal(l[2].tls.key_file, "/etc/respguard/server.key");
+    assert_string_equal(l[2].tls.client_ca_file, DATA "/tls/clients-ca.crt");
+    assert_true(l[2].tls.user_from_cert_cn);
+    assert_int_equal(l[2].allow_from.count, 3);
+    /* 192.168.1.77/24 keeps the network only. */
+    struct sockaddr_storage a = sa("192.168.1.200");
+    assert_true(config_cidr_match(&l[2].allow_from, (struct sockaddr *)&a));
+    a = sa("192.168.2.1");
+    assert_false(config_cidr_match(&l[2].allow_from, (struct sockaddr *)&a));
+    a = sa("2001:db8:1::1");
+    assert_true(config_cidr_match(&l[2].allow_from, (struct sockaddr *)&a));
+
+    assert_string_equal(l[3].host, "::");
+    assert_true(l[3].tls_enabled);
+    assert_null(l[3].tls.client_ca_file);
+    assert_false(l[3].tls.user_from_cert_cn);
+
+    const struct config_upstream *u = &c->upstream;
+    assert_string_equal(u->url, "rediss://app%40corp:up-secret@[2001:db8::5]:6390/0");
+    assert_string_equal(u->host, "2001:db8::5");
+    assert_int_equal(u->port, 6390);
+    assert_string_equal(u->username, "app@corp");
+    assert_string_equal(u->password, "up-secret");
+    assert_string_equal(u->ca_file, DATA "/tls/upstream-ca.pem");
+    assert_string_equal(u->server_name, "eu1-example.upstash.io");
+    assert_int_equal(u->connect_timeout_ms, 1500);
+    assert_int_equal(u->credential_count, 2);
+    assert_string_equal(u->credentials[0].name, "readonly");
+    assert_string_equal(u->credentials[0].username, "default_ro");
+    assert_string_equal(u->credentials[0].password, "ro-secret");
+    assert_string_equal(u->credentials[1].name, "fromfile");
+    assert_null(u->credentials[1].username);
+    assert_string_equal(u->credentials[1].password, "pa$$word-from-file"); /* file: no expansion */
+
+    assert_int_equal(c->user_count, 3);
+    const struct config_user *web = find_user(c, "web");
+    assert_string_equal(web->acl, "on >web-secret ~web:* &web:* +@read +@write -@dangerous");
+    assert_string_equal(web->upstream_credential, "readonly");
+    assert_true(web->has_expires);
+    assert_int_equal(web->expires, 1814313600); /* date -d 2027-06-30T00:00:00Z +%s */
+    assert_int_equal(web->allow_from.count, 1);
+    assert_int_equal(web->acl_line, 31);
+    assert_int_equal(web->acl_column, 11);
+    const struct config_user *ops = find_user(c, "ops");
+    assert_string_equal(ops->acl, "on >opspass ~* &* +@all +flushdb"); /* \r\n stripped */
+    assert_int_equal(ops->acl_line, 36);
+    assert_int_equal(ops->acl_column, 15);
+    const struct config_user *batch = find_user(c, "svc.batch-1");
+    assert_string_equal(batch->acl, "on nopass ~batch:* +@all");
+    assert_string_equal(batch->upstream_credential, "fromfile");
+    assert_int_equal(batch->acl_line, 38);
+    assert_int_equal(batch->acl_column, 11); /* after the single quote */
+
+    assert_int_equal(c->never_count, 3);
+    assert_string_equal(c->never_by_category[0], "flushall");
+    assert_string_equal(c->never_by_category[1], "config");
+    assert_string_equal(c->never_by_category[2], "client|kill");
+
+    assert_int_equal(c->limits.max_clients, 500);
+    assert_int_equal(c->limits.max_request_bytes, 512 * 1024);
+    assert_int_equal(c->limits.max_args, 1024);
+    assert_int_equal(c->limits.login_timeout_ms, 2000);
+    assert_int_equal(c->limits.client_output_bytes, 1ull << 30);
+    assert_int_equal(c->limits.upstream_output_bytes, 32 << 20);
+    assert_int_equal(c->limits.shutdown_timeout_ms, 60000);
+    assert_int_equal(c->log_level, CONFIG_LOG_DEBUG);
+    assert_true(c->log_keys);
+    config_free(c);
+}
+
+/* The shipped example must load (with its variables set). */
+static void test_example_file(void **state)
+{
+    (void)state;
+    char err[512], path[512];
+    struct config *c = NULL;
+    snprintf(path, sizeof path, "%s", TEST_DATA_DIR "/../../../config/example.yaml");
+    struct stat st;
+    if (stat(path, &st) != 0)
+        skip();
+    int rc = config_load(path, &c, err, sizeof err);
+    if (rc)
+        print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    assert_true(c->listener_count >= 2);
+    config_free(c);
+}
+
+static void test_env_expansion(void **state)
+{
+    (void)state;
+    struct config *c = load_ok(
+        "listeners:\n"
+        "  - bind: 127.0.0.1:${RG_TEST_PORT}\n"
+        "upstream:\n"
+        "  url: rediss://:${RG_TEST_UPSTREAM_PASSWORD}${RG_TEST_UPSTREAM_PASSWORD}@h\n"
+        "users:\n"
+        "  web:\n"
+        "    acl: \"on >a$$b >c$d >e$ >$$${RG_TEST_PORT}$${x} >${RG_TEST_EMPTY}|\"\n"
+        "limits:\n"
+        "  max_clients: ${RG_TEST_PORT}\n");
+    assert_int_equal(c->listeners[0].port, 7001);
+    assert_string_equal(c->upstream.password, "up-secretup-secret");
+    assert_null(c->upstream.username);
+    assert_string_equal(c->users[0].acl, "on >a$b >c$d >e$ >$7001${x} >|");
+    assert_int_equal(c->limits.max_clients, 7001);
+    /* Keys are not expanded: a user can be named like a variable. */
+    config_free(c);
+    c = load_ok("listeners: [{bind: 127.0.0.1:1}]\n"
+                "upstream: {url: rediss://h}\n"
+                "users: {\"${RG_TEST_PORT}\": {acl: on}}\n");
+    assert_string_equal(c->users[0].name, "${RG_TEST_PORT}");
+    config_free(c);
+}
+
+static void test_secret_files(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *content;
+        size_t len;
+        const char *want;
+    } cases[] = {
+        {"secret\n", 7, "secret"},      {"secret\r\n", 8, "secret"},
+        {"secret", 6, "secret"},        {"secret\n\n", 8, "secret\n"},
+        {"secret\r", 7, "secret\r"},    {" sp ace \n", 9, " sp ace "},
+        {"line1\nline2\n", 12, "line1\nline2"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char path[512];
+        write_file(path, sizeof path, "pw.txt", cases[i].content, cases[i].len);
+        /* Relative to the configuration file's directory, not to the working directory. */
+        struct config *c = load_ok("listeners: [{bind: 127.0.0.1:1}]\n"
+                                   "upstream:\n"
+                                   "  url: rediss://default@h\n"
+                                   "  password_file: pw.txt\n"
+                                   "  credentials:\n"
+                                   "    a: {password_file: \"@TMP@/pw.txt\"}\n"
+                                   "users:\n"
+                                   "  web: {acl_file: ./pw.txt}\n");
+        assert_string_equal(c->upstream.username, "default");
+        assert_string_equal(c->upstream.password, cases[i].want);
+        assert_string_equal(c->upstream.credentials[0].password, cases[i].want);
+        assert_string_equal(c->users[0].acl, cases[i].want);
+        assert_int_equal(c->users[0].acl_line, 8);
+        assert_int_equal(c->users[0].acl_column, 19);
+        config_free(c);
+    }
+}
+
+/* A secret file of exactly the 1 MiB cap is read whole. */
+static void test_secret_file_at_cap(void **state)
+{
+    (void)state;
+    char path[512];
+    size_t n = 1u << 20;
+    char *big = malloc(n);
+    assert_non_null(big);
+    memset(big, 'k', n);
+    write_file(path, sizeof path, "cap.txt", big, n);
+    struct config *c = load_ok("listeners: [{bind: 127.0.0.1:1}]\n"
+                               "upstream: {url: rediss://h}\n"
+                               "users: {web: {acl_file: cap.txt}}\n");
+    assert_int_equal(strlen(c->users[0].acl), n);
+    assert_memory_equal(c->users[0].acl, big, n);
+    free(big);
+    config_free(c);
+}
+
+static void test_ipv6_binds(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("listeners:\n"
+                               "  - bind: \"[::1]:6379\"\n"
+                               "  - bind: \"[::ffff:127.0.0.2]:6379\"\n"
+                               "  - bind: \"[2001:DB8::1]:443\"\n"
+                               "    tls: {cert_file: c, key_file: k}\n"
+                               "  - bind: 127.1.2.3:65535\n"
+                               "upstream: {url: \"rediss://[::1]\"}\n"
+                               "users: {web: {acl: on}}\n");
+    assert_int_equal(c->listener_count, 4);
+    assert_string_equal(c->listeners[0].host, "::1");
+    assert_string_equal(c->listeners[1].host, "::ffff:127.0.0.2");
+    assert_false(c->listeners[1].tls_enabled);
+    assert_string_equal(c->listeners[2].host, "2001:db8::1");
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->listeners[2].addr;
+    assert_int_equal(s6->sin6_family, AF_INET6);
+    assert_int_equal(ntohs(s6->sin6_port), 443);
+    assert_int_equal(s6->sin6_addr.s6_addr[15], 1);
+    assert_int_equal(c->listeners[3].port, 65535);
+    assert_string_equal(c->upstream.host, "::1");
+    assert_int_equal(c->upstream.port, 6379);
+    assert_null(c->upstream.password);
+    config_free(c);
+}
+
+static void test_upstream_urls(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *url, *host, *user, *pass;
+        uint16_t port;
+    } cases[] = {
+        {"rediss://h", "h", NULL, NULL, 6379},
+        {"rediss://h/", "h", NULL, NULL, 6379},
+        {"rediss://h:1/0", "h", NULL, NULL, 1},
+        {"REDISS://H.example.COM:6380", "H.example.COM", NULL, NULL, 6380},
+        {"rediss://:tok@10.0.0.1", "10.0.0.1", NULL, "tok", 6379},
+        {"rediss://default:p%3Aa%2Fs%40s@h", "h", "default", "p:a/s@s", 6379},
+        {"rediss://u:p@ss:w/rd@h", "h", "u", "p@ss:w/rd", 6379}, /* last @ ends the userinfo */
+        {"rediss://u%20x:p@h", "h", "u x", "p", 6379},
+        {"rediss://:@h", "h", NULL, NULL, 6379},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof yaml,
+                 "listeners: [{bind: 127.0.0.1:1}]\nupstream: {url: \"%s\"}\nusers: {w: {acl: "
+                 "on}}\n",
+                 cases[i].url);
+        struct config *c = load_ok(yaml);
+        assert_string_equal(c->upstream.host, cases[i].host);
+        assert_int_equal(c->upstream.port, cases[i].port);
+        if (cases[i].user)
+            assert_string_equal(c->upstream.username, cases[i].user);
+        else
+            assert_null(c->upstream.username);
+        if (cases[i].pass)
+            assert_string_equal(c->upstream.password, cases[i].pass);
+        else
+            assert_null(c->upstream.password);
+        config_free(c);
+    }
+}
+
+static void test_guard_and_log(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("listeners: [{bind: 127.0.0.1:1}]\n"
+                               "upstream: {url: rediss://h}\n"
+                               "users: {w: {acl: on}}\n"
+                               "guard: {never_by_category: []}\n"
+                               "log: {level: warn, keys: False}\n");
+    assert_int_equal(c->never_count, 0); /* explicitly empty: nothing guarded */
+    assert_int_equal(c->users[0].acl_line, 3); /* a plain scalar: its first character */
+    assert_int_equal(c->users[0].acl_column, 18);
+    assert_int_equal(c->log_level, CONFIG_LOG_WARN);
+    assert_false(c->log_keys);
+    config_free(c);
+    c = load_ok("listeners: [{bind: 127.0.0.1:1}]\n"
+                "upstream: {url: rediss://h}\n"
+                "users: {w: {acl: on}}\n"
+                "guard: {}\n"
+                "log: {level: error, keys: TRUE}\n");
+    assert_int_equal(c->never_count, 30); /* guard without the key: the defaults */
+    assert_int_equal(c->log_level, CONFIG_LOG_ERROR);
+    assert_true(c->log_keys);
+    config_free(c);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Errors                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+#define L "listeners:\n  - bind: 127.0.0.1:6379\n" /* lines 1-2 */
+#define UP "upstream:\n  url: rediss://h\n"       /* 2 lines */
+#define US "users:\n  web:\n    acl: \"on\"\n"   /* 3 lines */
+
+static void test_errors_top(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"unknown top key", L UP US "admin:\n  bind: 127.0.0.1:9121\n",
+         "8:1: unknown key 'admin'"},
+        {"unknown before values", "users: 5\nbogus: 1\n", "2:1: unknown key 'bogus'"},
+        {"unknown key with newline", "\"a\\nb\": 1\n", "1:1: unknown key 'a?b'"},
+        {"long unknown key",
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: 1\n",
+         "1:1: unknown key '" /* cut at 68 characters */
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...'"},
+        {"duplicate top key", L L, "3:1: duplicate key 'listeners'"},
+        {"missing listeners", UP US, "1:1: missing required key 'listeners'"},
+        {"missing upstream", L US, "1:1: missing required key 'upstream'"},
+        {"missing users", L UP, "1:1: missing required key 'users'"},
+        {"top-level list", "- a\n- b\n"
+         "", "1:1: the configuration: expected a mapping, found a list"},
+        {"top-level scalar", "hello\n"
+         "", "1:1: the configuration: expected a mapping, found a single value"},
+        {"empty file", "", "1:1: the configuration is empty"},
+        {"comments only", "# nothing\n", "1:1: the configuration is empty"},
+        {"two documents", L UP US "---\nlog: {level: info}\n",
+         "9:1: only one YAML document is allowed"},
+        {"syntax error", "listeners:\n  - bind: [127.0.0.1:6379\nupstream: {}\n",
+         "3:9: invalid YAML: did not find expected ',' or ']' while parsing a flow sequence"},
+        {"bad indentation", "upstream:\n  url: a\n ca_file: b\n",
+         "3:2: invalid YAML: did not find expected key while parsing a block mapping"},
+        {"tab", "upstream:\n\turl: a\n",
+         "2:1: invalid YAML: found character that cannot start any token while scanning for the "
+         "next token"},
+        {"invalid UTF-8", "users:\n  w\xff: {acl: on}\n",
+         "2:4: invalid YAML: invalid leading UTF-8 octet"},
+        {"undefined alias", "listeners: *nope\n",
+         "1:12: invalid YAML: found undefined alias"},
+        {"non-scalar key", "? [a]\n: b\n", "1:3: expected a key name, found a list"},
+        {"non-scalar nested key", "upstream:\n  {a: b}: c\n",
+         "2:3: expected a key name in upstream, found a mapping"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+static void test_errors_listeners(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"empty", "listeners: []\n", "1:12: listeners: at least one listener is required"},
+        {"scalar", "listeners: 127.0.0.1:6379\n",
+         "1:12: listeners: expected a list, found a single value"},
+        {"null", "listeners:\n", "1:11: listeners: expected a list, found a single value"},
+        {"item not a mapping", "listeners:\n  - 127.0.0.1:6379\n",
+         "2:5: listeners[0]: expected a mapping, found a single value"},
+        {"unknown key", "listeners:\n  - bind: 127.0.0.1:6379\n    port: 6379\n",
+         "3:5: unknown key 'port' in listeners[0]"},
+        {"missing bind", "listeners:\n  - allow_from: [10.0.0.0/8]\n",
+         "2:5: missing required key 'bind' in listeners[0]"},
+        {"plaintext 0.0.0.0", "listeners:\n  - bind: 0.0.0.0:6379\n",
+         "2:11: plaintext listener on non-loopback address 0.0.0.0:6379 is refused: add tls or "
+         "bind to 127.0.0.1"},
+        {"plaintext [::]", "listeners:\n  - bind: \"[::]:6379\"\n",
+         "2:11: plaintext listener on non-loopback address [::]:6379 is refused: add tls or bind "
+         "to 127.0.0.1"},
+        {"plaintext second", L "  - bind: 10.1.2.3:6380\n    allow_from: [10.0.0.0/8]\n",
+         "3:11: plaintext listener on non-loopback address 10.1.2.3:6380 is refused: add tls or "
+         "bind to 127.0.0.1"},
+        {"no port", "listeners:\n  - bind: 127.0.0.1\n",
+         "2:11: listeners[0].bind: expected host:port with a numeric IPv4 address, [IPv6]:port or "
+         "localhost:port"},
+        {"host name", "listeners:\n  - bind: example.com:6379\n",
+         "2:11: listeners[0].bind: expected host:port with a numeric IPv4 address, [IPv6]:port or "
+         "localhost:port"},
+        {"unbracketed v6", "listeners:\n  - bind: ::1:6379\n",
+         "2:11: listeners[0].bind: write an IPv6 address in brackets, like [::1]:6379"},
+        {"bad v6", "listeners:\n  - bind: \"[::g]:6379\"\n",
+         "2:11: listeners[0].bind: expected host:port with a numeric IPv4 address, [IPv6]:port or "
+         "localhost:port"},
+        {"port 0", "listeners:\n  - bind: 127.0.0.1:0\n",
+         "2:11: listeners[0].bind: the port must be a number from 1 to 65535"},
+        {"port 65536", "listeners:\n  - bind: 127.0.0.1:65536\n",
+         "2:11: listeners[0].bind: the port must be a number from 1 to 65535"},
+        {"port garbage", "listeners:\n  - bind: 127.0.0.1:63x\n",
+         "2:11: listeners[0].bind: the port must be a number from 1 to 65535"},
+        {"bind as list", "listeners:\n  - bind: [127.0.0.1, 6379]\n",
+         "2:11: listeners[0].bind: expected a single value, found a list"},
+        {"duplicate", L "  - bind: localhost:6379\n",
+         "3:11: listeners[1].bind: localhost:6379 is already used by listeners[0]"},
+        {"tls unknown key",
+         "listeners:\n  - bind: 0.0.0.0:6380\n    tls:\n      cert_file: a\n      key_file: b\n"
+         "      verify_client: yes\n",
+         "6:7: unknown key 'verify_client' in listeners[0].tls"},
+        {"tls missing key_file", "listeners:\n  - bind: 0.0.0.0:6380\n    tls:\n"
+         "      cert_file: a\n",
+         "4:7: missing required key 'key_file' in listeners[0].tls"},
+        {"tls empty", "listeners:\n  - bind: 0.0.0.0:6380\n    tls: {}\n",
+         "3:10: missing required key 'cert_file' in listeners[0].tls"},
+        {"tls not a mapping", "listeners:\n  - bind: 0.0.0.0:6380\n    tls: yes\n",
+         "3:10: listeners[0].tls: expected a mapping, found a single value"},
+        {"tls empty cert name", "listeners:\n  - bind: 0.0.0.0:6380\n"
+         "    tls: {cert_file: '', key_file: k}\n",
+         "3:22: listeners[0].tls.cert_file: empty file name"},
+        {"user_from_cert without ca",
+         "listeners:\n  - bind: 0.0.0.0:6380\n"
+         "    tls: {cert_file: a, key_file: b, user_from_cert: cn}\n",
+         "3:38: listeners[0].tls: user_from_cert needs client_ca_file (only a verified client "
+         "certificate can name a user)"},
+        {"user_from_cert dn",
+         "listeners:\n  - bind: 0.0.0.0:6380\n"
+         "    tls: {cert_file: a, key_file: b, user_from_cert: dn}\n",
+         "3:54: listeners[0].tls.user_from_cert: expected cn (the only supported source)"},
+        {"allow_from empty", "listeners:\n  - bind: 127.0.0.1:1\n    allow_from: []\n",
+         "3:17: listeners[0].allow_from: empty list (remove the key to allow every address)"},
+        {"allow_from scalar", "listeners:\n  - bind: 127.0.0.1:1\n    allow_from: 10.0.0.0/8\n",
+         "3:17: listeners[0].allow_from: expected a list of addresses or CIDR ranges, found a "
+         "single value"},
+        {"allow_from bad", "listeners:\n  - bind: 127.0.0.1:1\n"
+         "    allow_from: [10.0.0.0/8, 10.0.0.300/8]\n",
+         "3:30: listeners[0].allow_from[1]: invalid address or CIDR range '10.0.0.300/8'"},
+        {"allow_from /33", "listeners:\n  - bind: 127.0.0.1:1\n    allow_from:\n"
+         "      - 10.0.0.0/33\n",
+         "4:9: listeners[0].allow_from[0]: invalid address or CIDR range '10.0.0.0/33'"},
+        {"allow_from hostname", "listeners:\n  - bind: 127.0.0.1:1\n    allow_from: [localhost]\n",
+         "3:18: listeners[0].allow_from[0]: invalid address or CIDR range 'localhost'"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+static void test_errors_upstream(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"not a mapping", "upstream: rediss://h\n",
+         "1:11: upstream: expected a mapping, found a single value"},
+        {"missing url", "upstream:\n  ca_file: x\n", "2:3: missing required key 'url' in upstream"},
+        {"redis://", "upstream:\n  url: redis://h:6379\n",
+         "2:8: upstream.url: plaintext redis:// is refused, upstream is TLS always (use "
+         "rediss://)"},
+        {"REDIS://", "upstream:\n  url: REDIS://h\n",
+         "2:8: upstream.url: plaintext redis:// is refused, upstream is TLS always (use "
+         "rediss://)"},
+        {"http", "upstream:\n  url: https://h\n", "2:8: upstream.url: expected a rediss:// URL"},
+        {"no scheme", "upstream:\n  url: h:6379\n", "2:8: upstream.url: expected a rediss:// URL"},
+        {"database 1", "upstream:\n  url: rediss://h:6379/1\n",
+         "2:8: upstream.url: the database must be 0 or absent (respguard sessions use database 0)"},
+        {"path", "upstream:\n  url: rediss://h/0/x\n",
+         "2:8: upstream.url: the database must be 0 or absent (respguard sessions use database 0)"},
+        {"query", "upstream:\n  url: rediss://h:6379?ssl_cert_reqs=none\n",
+         "2:8: upstream.url: query and fragment are not supported (TLS verification cannot be "
+         "switched off)"},
+        {"port 0", "upstream:\n  url: rediss://h:0\n",
+         "2:8: upstream.url: the port must be a number from 1 to 65535"},
+        {"port empty", "upstream:\n  url: \"rediss://h:\"\n",
+         "2:8: upstream.url: the port must be a number from 1 to 65535"},
+        {"port name", "upstream:\n  url: rediss://h:redis\n",
+         "2:8: upstream.url: the port must be a number from 1 to 65535"},
+        {"empty host", "upstream:\n  url: rediss://:6379\n",
+         "2:8: upstream.url: expected a host name, an IPv4 address or [IPv6]"},
+        {"host with space", "upstream:\n  url: rediss://a b\n",
+         "2:8: upstream.url: expected a host name, an IPv4 address or [IPv6]"},
+        {"bad v6", "upstream:\n  url: \"rediss://[fe80::1%eth0]:6379\"\n",
+         "2:8: upstream.url: invalid IPv6 address in brackets"},
+        {"unclosed v6", "upstream:\n  url: \"rediss://[::1\"\n",
+         "2:8: upstream.url: invalid IPv6 address in brackets"},
+        {"v6 then junk", "upstream:\n  url: \"rediss://[::1]x\"\n",
+         "2:8: upstream.url: the port must be a number from 1 to 65535"},
+        {"bad percent", "upstream:\n  url: rediss://u:p%zz@h\n",
+         "2:8: upstream.url: invalid percent-encoding in the user or password"},
+        {"short percent", "upstream:\n  url: rediss://u:p%4@h\n",
+         "2:8: upstream.url: invalid percent-encoding in the user or password"},
+        {"percent NUL", "upstream:\n  url: rediss://u%00:p@h\n",
+         "2:8: upstream.url: invalid percent-encoding in the user or password"},
+        {"user without password", "upstream:\n  url: rediss://app@h\n",
+         "2:8: upstream.url: a user name needs a password (in the url or in password_file)"},
+        {"password twice", "upstream:\n  url: rediss://:pw@h\n"
+         "  password_file: @DATA@/password.txt\n",
+         "3:3: upstream: the password is given both in url and in password_file"},
+        {"password_file missing", "upstream:\n  url: rediss://h\n"
+         "  password_file: /nonexistent/pw\n",
+         "3:18: upstream.password_file: cannot read /nonexistent/pw: No such file or directory"},
+        {"password_file relative missing", "upstream:\n  url: rediss://h\n"
+         "  password_file: nope.txt\n",
+         "3:18: upstream.password_file: cannot read @TMP@/nope.txt: No such file or directory"},
+        {"password_file directory", "upstream:\n  url: rediss://h\n  password_file: @DATA@\n",
+         "3:18: upstream.password_file: cannot read @DATA@: Is a directory"},
+        {"password_file device", "upstream:\n  url: rediss://h\n  password_file: /dev/null\n",
+         "3:18: upstream.password_file: cannot read /dev/null: not a regular file"},
+        {"verify", "upstream:\n  url: rediss://h\n  verify: false\n",
+         "3:3: unknown key 'verify' in upstream"},
+        {"insecure", "upstream:\n  insecure: true\n  url: rediss://h\n",
+         "2:3: unknown key 'insecure' in upstream"},
+        {"tls_verify", "upstream:\n  url: rediss://h\n  tls_verify: no\n",
+         "3:3: unknown key 'tls_verify' in upstream"},
+        {"password key", "upstream:\n  url: rediss://h\n  password: x\n",
+         "3:3: unknown key 'password' in upstream"},
+        {"server_name", "upstream:\n  url: rediss://h\n  server_name: \"a b\"\n",
+         "3:16: upstream.server_name: expected a DNS name"},
+        {"connect_timeout 0", "upstream:\n  url: rediss://h\n  connect_timeout: 0\n",
+         "3:20: upstream.connect_timeout: expected a duration from 1ms to 1h, like 250ms, 5s, 2m "
+         "or 1h"},
+        {"connect_timeout unit", "upstream:\n  url: rediss://h\n  connect_timeout: 5sec\n",
+         "3:20: upstream.connect_timeout: expected a duration from 1ms to 1h, like 250ms, 5s, 2m "
+         "or 1h"},
+        {"connect_timeout 2h", "upstream:\n  url: rediss://h\n  connect_timeout: 2h\n",
+         "3:20: upstream.connect_timeout: expected a duration from 1ms to 1h, like 250ms, 5s, 2m "
+         "or 1h"},
+        {"credentials list", "upstream:\n  url: rediss://h\n  credentials: [a]\n",
+         "3:16: upstream.credentials: expected a mapping, found a list"},
+        {"credential without password", "upstream:\n  url: rediss://h\n  credentials:\n    ro:\n"
+         "      username: u\n",
+         "5:7: missing required key 'password' (or 'password_file') in upstream.credentials.ro"},
+        {"credential both passwords",
+         "upstream:\n  url: rediss://h\n  credentials:\n    ro:\n      password: x\n"
+         "      password_file: y\n",
+         "6:7: upstream.credentials.ro: 'password' and 'password_file' cannot both be given"},
+        {"credential unknown key",
+         "upstream:\n  url: rediss://h\n  credentials:\n    ro: {password: x, user: u}\n",
+         "4:23: unknown key 'user' in upstream.credentials.ro"},
+        {"credential name", "upstream:\n  url: rediss://h\n  credentials:\n"
+         "    \"r o\": {password: x}\n",
+         "4:5: upstream.credentials: invalid credential name 'r o': 1 to 64 characters, no spaces "
+         "or control characters"},
+        {"credential duplicate",
+         "upstream:\n  url: rediss://h\n  credentials:\n    ro: {password: x}\n"
+         "    ro: {password: y}\n",
+         "5:5: duplicate key 'ro' in upstream.credentials"},
+        {"credential empty username",
+         "upstream:\n  url: rediss://h\n  credentials:\n    ro: {password: x, username: \"\"}\n",
+         "4:33: upstream.credentials.ro.username: empty value"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+static void test_errors_users(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"empty", "users: {}\n", "1:8: users: at least one user is required"},
+        {"list", "users: [web]\n", "1:8: users: expected a mapping, found a list"},
+        {"name with space", "users:\n  \"my user\":\n    acl: on\n",
+         "2:3: users: invalid user name 'my user': 1 to 64 characters, no spaces or control "
+         "characters"},
+        {"name with control", "users:\n  \"a\\tb\": {acl: on}\n",
+         "2:3: users: invalid user name 'a?b': 1 to 64 characters, no spaces or control "
+         "characters"},
+        {"name too long",
+         "users:\n  u2345678901234567890123456789012345678901234567890123456789012345: {acl: on}\n",
+         "2:3: users: invalid user name "
+         "'u2345678901234567890123456789012345678901234567890123456789012345': 1 to 64 "
+         "characters, no spaces or control characters"},
+        {"name empty", "users:\n  \"\": {acl: on}\n",
+         "2:3: users: invalid user name '': 1 to 64 characters, no spaces or control characters"},
+        {"duplicate", "users:\n  web: {acl: on}\n  web: {acl: off}\n",
+         "3:3: duplicate key 'web' in users"},
+        {"value not a mapping", "users:\n  web: \"on >pw ~*\"\n",
+         "2:8: users.web: expected a mapping, found a single value"},
+        {"missing acl", "users:\n  web:\n    expires: 2027-01-01T00:00:00Z\n",
+         "3:5: missing required key 'acl' (or 'acl_file') in users.web"},
+        {"missing acl flow", "users:\n  web: {}\n",
+         "2:8: missing required key 'acl' (or 'acl_file') in users.web"},
+        {"acl and acl_file", "users:\n  web:\n    acl: on\n    acl_file: x\n",
+         "4:5: users.web: 'acl' and 'acl_file' cannot both be given"},
+        {"acl_file then acl", "users:\n  web:\n    acl_file: x\n    acl: on\n",
+         "4:5: users.web: 'acl_file' and 'acl' cannot both be given"},
+        {"acl empty", "users:\n  web:\n    acl: \"\"\n", "3:10: users.web.acl: empty value"},
+        {"acl null", "users:\n  web:\n    acl:\n", "3:9: users.web.acl: missing value"},
+        {"acl ~", "users:\n  web:\n    acl: ~\n", "3:10: users.web.acl: missing value"},
+        {"acl list", "users:\n  web:\n    acl: [on, \"+@all\"]\n",
+         "3:10: users.web.acl: expected a single value, found a list"},
+        {"acl_file missing", "users:\n  web:\n    acl_file: /nonexistent/acl\n",
+         "3:15: users.web.acl_file: cannot read /nonexistent/acl: No such file or directory"},
+        {"unknown key", "users:\n  web:\n    acl: on\n    password: x\n",
+         "4:5: unknown key 'password' in users.web"},
+        {"unknown credential", L UP US "    upstream_credential: ro\n",
+         "8:26: users.web.upstream_credential: no credential 'ro' in upstream.credentials"},
+        {"unknown credential (other exists)",
+         L "upstream:\n  url: rediss://h\n  credentials: {rw: {password: x}}\nusers:\n  web:\n"
+         "    acl: on\n    upstream_credential: ro\n",
+         "9:26: users.web.upstream_credential: no credential 'ro' in upstream.credentials"},
+        {"credential before upstream (checked last)",
+         L "users:\n  web:\n    acl: on\n    upstream_credential: ro\n" UP,
+         "6:26: users.web.upstream_credential: no credential 'ro' in upstream.credentials"},
+        {"expires date only", "users:\n  web:\n    acl: on\n    expires: 2027-06-30\n",
+         "4:14: users.web.expires: expected an RFC 3339 UTC time like 2027-06-30T00:00:00Z"},
+        {"expires offset", "users:\n  web:\n    acl: on\n    expires: 2027-06-30T00:00:00+02:00\n",
+         "4:14: users.web.expires: expected an RFC 3339 UTC time like 2027-06-30T00:00:00Z"},
+        {"expires Feb 30", "users:\n  web:\n    acl: on\n    expires: 2027-02-30T00:00:00Z\n",
+         "4:14: users.web.expires: expected an RFC 3339 UTC time like 2027-06-30T00:00:00Z"},
+        {"expires Feb 29 2027", "users:\n  web:\n    acl: on\n    expires: 2027-02-29T00:00:00Z\n",
+         "4:14: users.web.expires: expected an RFC 3339 UTC time like 2027-06-30T00:00:00Z"},
+        {"expires hour 24", "users:\n  web:\n    acl: on\n    expires: 2027-06-30T24:00:00Z\n",
+         "4:14: users.web.expires: expected an RFC 3339 UTC time like 2027-06-30T00:00:00Z"},
+        {"allow_from bad", "users:\n  web:\n    acl: on\n    allow_from: [10.0.0.0/8x]\n",
+         "4:18: users.web.allow_from[0]: invalid address or CIDR range '10.0.0.0/8x'"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+static void test_errors_sections(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"guard unknown key", "guard:\n  always: [x]\n", "2:3: unknown key 'always' in guard"},
+        {"guard scalar", "guard: flushall\n"
+         "", "1:8: guard: expected a mapping, found a single value"},
+        {"never scalar", "guard:\n  never_by_category: flushall\n",
+         "2:22: guard.never_by_category: expected a list of command names, found a single value"},
+        {"never bad name", "guard:\n  never_by_category: [flushall, \"bad name\"]\n",
+         "2:33: guard.never_by_category[1]: expected a command name like flushall or client|kill"},
+        {"never two bars", "guard:\n  never_by_category: [a|b|c]\n",
+         "2:23: guard.never_by_category[0]: expected a command name like flushall or client|kill"},
+        {"never trailing bar", "guard:\n  never_by_category: [client|]\n",
+         "2:23: guard.never_by_category[0]: expected a command name like flushall or client|kill"},
+        {"limits unknown key", "limits:\n  max_connections: 5\n",
+         "2:3: unknown key 'max_connections' in limits"},
+        {"limits scalar", "limits: 5\n", "1:9: limits: expected a mapping, found a single value"},
+        {"max_clients 0", "limits:\n  max_clients: 0\n",
+         "2:16: limits.max_clients: expected a whole number from 1 to 1000000"},
+        {"max_clients big", "limits:\n  max_clients: 1000001\n",
+         "2:16: limits.max_clients: expected a whole number from 1 to 1000000"},
+        {"max_clients garbage", "limits:\n  max_clients: 10abc\n",
+         "2:16: limits.max_clients: expected a whole number from 1 to 1000000"},
+        {"max_clients negative", "limits:\n  max_clients: -5\n",
+         "2:16: limits.max_clients: expected a whole number from 1 to 1000000"},
+        {"max_clients space", "limits:\n  max_clients: \" 5\"\n",
+         "2:16: limits.max_clients: expected a whole number from 1 to 1000000"},
+        {"max_clients float", "limits:\n  max_clients: 1e3\n",
+         "2:16: limits.max_clients: expected a whole number from 1 to 1000000"},
+        {"max_args overflow", "limits:\n  max_args: 99999999999999999999999\n",
+         "2:13: limits.max_args: expected a whole number from 1 to 2147483647"},
+        {"max_args 0", "limits:\n  max_args: 0\n",
+         "2:13: limits.max_args: expected a whole number from 1 to 2147483647"},
+        {"max_request_bytes unit", "limits:\n  max_request_bytes: 10xb\n",
+         "2:22: limits.max_request_bytes: expected a size from 1kb to 4gb, like 512kb, 10mb or "
+         "1gb"},
+        {"max_request_bytes 0", "limits:\n  max_request_bytes: 0\n",
+         "2:22: limits.max_request_bytes: expected a size from 1kb to 4gb, like 512kb, 10mb or "
+         "1gb"},
+        {"max_request_bytes 5gb", "limits:\n  max_request_bytes: 5gb\n",
+         "2:22: limits.max_request_bytes: expected a size from 1kb to 4gb, like 512kb, 10mb or "
+         "1gb"},
+        {"client_output_bytes 1000", "limits:\n  client_output_bytes: 1000\n",
+         "2:24: limits.client_output_bytes: expected a size from 1kb to 64gb, like 512kb, 10mb or "
+         "1gb"},
+        {"upstream_output_bytes overflow", "limits:\n"
+         "  upstream_output_bytes: 99999999999999999gb\n",
+         "2:26: limits.upstream_output_bytes: expected a size from 1kb to 64gb, like 512kb, 10mb "
+         "or 1gb"},
+        {"login_timeout 0", "limits:\n  login_timeout: 0s\n",
+         "2:18: limits.login_timeout: expected a duration from 1ms to 1h, like 250ms, 5s, 2m or "
+         "1h"},
+        {"shutdown_timeout fraction", "limits:\n  shutdown_timeout: 1.5s\n",
+         "2:21: limits.shutdown_timeout: expected a duration from 1ms to 1h, like 250ms, 5s, 2m "
+         "or 1h"},
+        {"log level", "log:\n  level: verbose\n"
+         "", "2:10: log.level: expected debug, info, warn or error"},
+        {"log level case", "log:\n  level: INFO\n"
+         "", "2:10: log.level: expected debug, info, warn or error"},
+        {"log keys", "log:\n  keys: maybe\n", "2:9: log.keys: expected yes, no, true or false"},
+        {"log keys 1", "log:\n  keys: 1\n", "2:9: log.keys: expected yes, no, true or false"},
+        {"log unknown key", "log:\n  format: json\n", "2:3: unknown key 'format' in log"},
+        {"log duplicate key", "log: {level: info, level: debug}\n",
+         "1:20: duplicate key 'level' in log"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+static void test_errors_values(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"env unset", "upstream:\n  url: rediss://:${RG_TEST_UNSET}@h\n",
+         "2:8: environment variable RG_TEST_UNSET is not set"},
+        {"env unset in a list", "listeners:\n  - bind: 127.0.0.1:1\n"
+         "    allow_from: [\"${RG_TEST_UNSET}\"]\n",
+         "3:18: environment variable RG_TEST_UNSET is not set"},
+        {"env unset in a key of limits", "limits:\n  max_clients: ${RG_TEST_UNSET}\n",
+         "2:16: environment variable RG_TEST_UNSET is not set"},
+        {"env unterminated", "upstream:\n  url: rediss://:${RG_TEST_PORT@h\n",
+         "2:8: unterminated ${ (write $$ for a literal $)"},
+        {"env bad name", "upstream:\n  url: rediss://:${1X}@h\n",
+         "2:8: invalid environment variable name in ${...}"},
+        {"env empty name", "upstream:\n  url: rediss://:${}@h\n",
+         "2:8: invalid environment variable name in ${...}"},
+        {"env name with dash", "upstream:\n  url: \"rediss://:${A-B}@h\"\n",
+         "2:8: invalid environment variable name in ${...}"},
+        {"null", "upstream:\n  url: ~\n", "2:8: upstream.url: missing value"},
+        {"null word", "upstream:\n  url: null\n", "2:8: upstream.url: missing value"},
+        {"NUL character", "upstream:\n  url: \"rediss://h\\0x\"\n",
+         "2:8: upstream.url: contains a NUL character"},
+        {"list for a string", "upstream:\n  url: [a]\n",
+         "2:8: upstream.url: expected a single value, found a list"},
+        {"mapping for a string", "upstream:\n  url: {a: b}\n",
+         "2:8: upstream.url: expected a single value, found a mapping"},
+        {"alias to a mapping", "upstream:\n  url: &x rediss://h\n  ca_file: *x\n"
+         "  server_name: {a: *x}\n",
+         "4:16: upstream.server_name: expected a single value, found a mapping"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+static void test_errors_secret_files(void **state)
+{
+    (void)state;
+    char path[512];
+    write_text(path, sizeof path, "empty.txt", "");
+    write_text(path, sizeof path, "newline.txt", "\n");
+    write_file(path, sizeof path, "nul.txt", "TOPSECRET\0x\n", 12);
+    char *big = malloc((1u << 20) + 1);
+    assert_non_null(big);
+    memset(big, 'a', (1u << 20) + 1);
+    write_file(path, sizeof path, "big.txt", big, (1u << 20) + 1); /* one byte over the cap */
+    free(big);
+    static const struct err_case cases[] = {
+        {"empty", "upstream:\n  url: rediss://h\n  password_file: empty.txt\n",
+         "3:18: upstream.password_file: @TMP@/empty.txt is empty"},
+        {"only a newline", "users:\n  web:\n    acl_file: newline.txt\n",
+         "3:15: users.web.acl_file: @TMP@/newline.txt is empty"},
+        {"NUL byte", "upstream:\n  url: rediss://h\n  credentials: {a: {password_file: nul.txt}}\n",
+         "3:36: upstream.credentials.a.password_file: @TMP@/nul.txt contains a NUL byte"},
+        {"empty name", "upstream:\n  url: rediss://h\n  password_file: \"\"\n",
+         "3:18: upstream.password_file: empty file name"},
+        {"too large", "users:\n  web:\n    acl_file: big.txt\n",
+         "3:15: users.web.acl_file: cannot read @TMP@/big.txt: file too large"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+/* No message may carry a secret: passwords, the URL, ACL strings, file contents. */
+static void test_errors_never_show_secrets(void **state)
+{
+    (void)state;
+    char path[512];
+    write_file(path, sizeof path, "secret-nul.txt", "TOPSECRET\0\n", 11);
+    static const char *const cases[] = {
+        "upstream:\n  url: rediss://u:TOPSECRET@h:99999\n",
+        "upstream:\n  url: redis://u:TOPSECRET@h\n",
+        "upstream:\n  url: http://u:TOPSECRET@h\n",
+        "upstream:\n  url: rediss://u:TOPSECRET%zz@h\n",
+        "upstream:\n  url: rediss://u:TOPSECRET@h/5\n",
+        "upstream:\n  url: rediss://u:TOPSECRET@h?insecure=1\n",
+        "upstream:\n  url: rediss://u:TOPSECRET@[zz]\n",
+        "upstream:\n  url: rediss://u:TOPSECRET@h\n  password_file: @DATA@/password.txt\n",
+        "upstream:\n  url: \"${RG_TEST_SECRET_URL}\"\n",
+        "upstream:\n  url: \"rediss://:TOPSECRET${RG_TEST_UNSET}@h\"\n",
+        "upstream:\n  url: \"rediss://:TOPSECRET${bad name}@h\"\n",
+        "upstream:\n  url: \"rediss://:TOPSECRET${OPEN@h\"\n",
+        "upstream:\n  url: rediss://h\n  credentials: {ro: {password: TOPSECRET, username: ''}}\n",
+        "upstream:\n  url: rediss://h\n  credentials: {ro: {password: TOPSECRET, pw: x}}\n",
+        "upstream:\n  url: rediss://h\n  password_file: secret-nul.txt\n",
+        "users:\n  web: \"on >TOPSECRET ~*\"\n",
+        "users:\n  web:\n    acl: \"on >TOPSECRET ~*\"\n    acl_file: x\n",
+        "users:\n  web:\n    acl: \"on >TOPSECRET ~*\"\n    upstream_credential: nope\n" UP L,
+        "users:\n  web:\n    acl: \"on >TOPSECRET ~*\"\n    expires: never\n",
+        "users:\n  web:\n    acl: [\"on >TOPSECRET ~*\"]\n",
+        "users:\n  web:\n    acl: \"on >TOPSECRET ~* \\0\"\n",
+        "users:\n  web:\n    acl: \"on >TOPSECRET ~*\"\n",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char err[1024], p[512];
+        struct config *c = NULL;
+        int rc = load_text(cases[i], &c, err, sizeof err, p, sizeof p);
+        if (rc >= 0 || strstr(err, "TOPSECRET") || err[0] == '\0')
+            print_error("case %zu: rc %d: %s\n", i, rc, err);
+        assert_true(rc < 0);
+        assert_null(c);
+        assert_null(strstr(err, "TOPSECRET"));
+        assert_null(strstr(err, "rediss://u"));
+        assert_null(strstr(err, "pa$$word")); /* the content of password.txt */
+    }
+}
+
+static void test_missing_config_file(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *c = (struct config *)&c;
+    assert_int_equal(config_load("/nonexistent/respguard.yaml", &c, err, sizeof err), -ENOENT);
+    assert_null(c);
+    assert_string_equal(err, "/nonexistent/respguard.yaml:1:1: cannot read the configuration "
+                             "file: No such file or directory");
+    assert_int_equal(config_load(DATA, &c, err, sizeof err), -EISDIR);
+    assert_string_equal(err, DATA ":1:1: cannot read the configuration file: Is a directory");
+    assert_int_equal(config_load(NULL, &c, err, sizeof err), -EINVAL);
+    config_free(NULL);
+}
+
+/* A short buffer is cut, never overrun; no buffer at all is fine too. */
+static void test_error_buffers(void **state)
+{
+    (void)state;
+    char err[16], path[512];
+    struct config *c = NULL;
+    memset(err, 'x', sizeof err);
+    assert_int_equal(load_text("bogus: 1\n", &c, err, 10, path, sizeof path), -EINVAL);
+    assert_int_equal(strlen(err), 9);
+    assert_int_equal(err[10], 'x');
+    assert_int_equal(load_text("bogus: 1\n", &c, NULL, 0, path, sizeof path), -EINVAL);
+    assert_int_equal(load_text("bogus: 1\n", &c, err, 0, path, sizeof path), -EINVAL);
+    assert_null(c);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Addresses, durations, sizes                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+static void test_parse_cidr(void **state)
+{
+    (void)state;
+    struct config_cidr c;
+    char text[INET6_ADDRSTRLEN];
+
+    assert_int_equal(config_parse_cidr("10.1.2.3/8", &c), 0);
+    assert_int_equal(c.net.ss_family, AF_INET);
+    assert_int_equal(c.prefix, 8);
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&c.net)->sin_addr, text, sizeof text);
+    assert_string_equal(text, "10.0.0.0"); /* host bits zeroed */
+
+    assert_int_equal(config_parse_cidr("192.168.1.77/27", &c), 0);
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&c.net)->sin_addr, text, sizeof text);
+    assert_string_equal(text, "192.168.1.64");
+
+    assert_int_equal(config_parse_cidr("127.0.0.1", &c), 0);
+    assert_int_equal(c.prefix, 32);
+    assert_int_equal(config_parse_cidr("0.0.0.0/0", &c), 0);
+    assert_int_equal(c.prefix, 0);
+
+    assert_int_equal(config_parse_cidr("::1", &c), 0);
+    assert_int_equal(c.net.ss_family, AF_INET6);
+    assert_int_equal(c.prefix, 128);
+    assert_int_equal(config_parse_cidr("2001:db8:abcd:12ff::1/57", &c), 0);
+    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&c.net)->sin6_addr, text, sizeof text);
+    assert_string_equal(text, "2001:db8:abcd:1280::");
+    assert_int_equal(c.prefix, 57);
+
+    static const char *const bad[] = {
+        "",           "/8",          "10.0.0.0/",    "10.0.0.0/33", "10.0.0.0/-1",
+        "10.0.0.0/+8", "10.0.0.0/8x", "10.0.0/8",    "10.0.0.256",  "::1/129",
+        "::1/0128",   "fe80::1%eth0", "localhost",   "10.0.0.0 /8", " 10.0.0.0/8",
+        "10.0.0.0/8/8", "1.2.3.4/ 8", "0x0a.0.0.0/8", "[::1]/128",  "::1/1280",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        if (config_parse_cidr(bad[i], &c) != -EINVAL)
+            fail_msg("'%s' accepted", bad[i]);
+    }
+    assert_int_equal(config_parse_cidr(NULL, &c), -EINVAL);
+}
+
+static void test_cidr_match(void **state)
+{
+    (void)state;
+    struct config_cidr items[4];
+    struct config_cidr_list l = {items, 0};
+    struct sockaddr_storage a;
+
+    /* Empty list: everyone. */
+    a = sa("8.8.8.8");
+    assert_true(config_cidr_match(&l, (struct sockaddr *)&a));
+    assert_true(config_cidr_match(NULL, (struct sockaddr *)&a));
+
+    assert_int_equal(config_parse_cidr("10.0.0.0/8", &items[0]), 0);
+    assert_int_equal(config_parse_cidr("192.168.1.64/27", &items[1]), 0);
+    assert_int_equal(config_parse_cidr("2001:db8::/33", &items[2]), 0);
+    assert_int_equal(config_parse_cidr("::1", &items[3]), 0);
+    l.count = 4;
+
+    static const struct {
+        const char *addr;
+        bool match;
+    } cases[] = {
+        {"10.0.0.1", true},           {"10.255.255.255", true},   {"11.0.0.0", false},
+        {"9.255.255.255", false},     {"192.168.1.64", true},     {"192.168.1.95", true},
+        {"192.168.1.96", false},      {"192.168.1.63", false},    {"2001:db8::1", true},
+        {"2001:db8:7fff::1", true},   {"2001:db8:8000::", false}, {"2001:db9::", false},
+        {"::1", true},                {"::2", false},             {"::ffff:10.1.2.3", true},
+        {"::ffff:11.1.2.3", false},   {"127.0.0.1", false},       {"::10.1.2.3", false},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        a = sa(cases[i].addr);
+        if (config_cidr_match(&l, (struct sockaddr *)&a) != cases[i].match)
+            fail_msg("%s: expected %s", cases[i].addr, cases[i].match ? "match" : "no match");
+    }
+    assert_false(config_cidr_match(&l, NULL));
+    struct sockaddr un = {.sa_family = AF_UNIX};
+    assert_false(config_cidr_match(&l, &un));
+
+    /* /0 matches its whole family; a v6 range sees v4 clients as ::ffff:a.b.c.d. */
+    assert_int_equal(config_parse_cidr("0.0.0.0/0", &items[0]), 0);
+    l.count = 1;
+    a = sa("203.0.113.9");
+    assert_true(config_cidr_match(&l, (struct sockaddr *)&a));
+    a = sa("2001:db8::1");
+    assert_false(config_cidr_match(&l, (struct sockaddr *)&a));
+    assert_int_equal(config_parse_cidr("::ffff:0:0/96", &items[0]), 0);
+    a = sa("203.0.113.9");
+    assert_true(config_cidr_match(&l, (struct sockaddr *)&a));
+}
+
+static void test_durations(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        uint64_t ms;
+    } good[] = {
+        {"5s", 5000}, {"250ms", 250}, {"2m", 120000}, {"1h", 3600000}, {"7", 7000},
+        {"0", 0},     {"0ms", 0},     {"007s", 7000}, {"18446744073709551615ms", UINT64_MAX},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+        uint64_t ms = 1;
+        assert_int_equal(config_parse_duration(good[i].text, &ms), 0);
+        assert_true(ms == good[i].ms);
+    }
+    static const char *const bad[] = {"", "s", "5 s", " 5s", "5s ", "5S", "-5s", "+5s", "1.5s",
+                                      "5d", "5sec", "ms", "5ms5", "0x10", "5m s"};
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        uint64_t ms;
+        if (config_parse_duration(bad[i], &ms) != -EINVAL)
+            fail_msg("'%s' accepted", bad[i]);
+    }
+    uint64_t ms;
+    assert_int_equal(config_parse_duration("18446744073709551616ms", &ms), -ERANGE);
+    assert_int_equal(config_parse_duration("18446744073709551615s", &ms), -ERANGE);
+    assert_int_equal(config_parse_duration("5124095576030432h", &ms), -ERANGE);
+    assert_int_equal(config_parse_duration(NULL, &ms), -EINVAL);
+}
+
+static void test_sizes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        uint64_t bytes;
+    } good[] = {
+        {"100", 100},           {"0", 0},
+        {"512kb", 512 << 10},   {"512KB", 512 << 10},
+        {"512k", 512 << 10},    {"10mb", 10 << 20},
+        {"10Mb", 10 << 20},     {"10M", 10 << 20},
+        {"1gb", 1ull << 30},    {"3G", 3ull << 30},
+        {"42b", 42},            {"17179869183gb", 17179869183ull << 30},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+        uint64_t b = 1;
+        assert_int_equal(config_parse_size(good[i].text, &b), 0);
+        assert_true(b == good[i].bytes);
+    }
+    static const char *const bad[] = {"", "mb", "10 mb", "10mib", "10tb", "-1", "1.5mb", "10xb",
+                                      " 1", "1 ", "10kbb", "0x10"};
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        uint64_t b;
+        if (config_parse_size(bad[i], &b) != -EINVAL)
+            fail_msg("'%s' accepted", bad[i]);
+    }
+    uint64_t b;
+    assert_int_equal(config_parse_size("17179869184gb", &b), -ERANGE);
+    assert_int_equal(config_parse_size("99999999999999999999", &b), -ERANGE);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/respguard-test-config-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    setenv("RG_TEST_UPSTREAM_PASSWORD", "up-secret", 1);
+    setenv("RG_TEST_RO_PASSWORD", "ro-secret", 1);
+    setenv("RG_TEST_WEB_PASSWORD", "web-secret", 1);
+    setenv("RG_TEST_PORT", "7001", 1);
+    setenv("RG_TEST_EMPTY", "", 1);
+    setenv("RG_TEST_SECRET_URL", "redis://user:TOPSECRET@h:6379", 1);
+    /* Referenced by config/example.yaml. */
+    setenv("UPSTASH_REDIS_PASSWORD", "example-upstream", 1);
+    setenv("UPSTASH_RO_PASSWORD", "example-ro", 1);
+    setenv("OPS_PASSWORD", "example-ops", 1);
+    unsetenv("RG_TEST_UNSET");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return nftw(tmpdir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_minimal_file),
+        cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_example_file),
+        cmocka_unit_test(test_env_expansion),
+        cmocka_unit_test(test_secret_files),
+        cmocka_unit_test(test_secret_file_at_cap),
+        cmocka_unit_test(test_ipv6_binds),
+        cmocka_unit_test(test_upstream_urls),
+        cmocka_unit_test(test_guard_and_log),
+        cmocka_unit_test(test_errors_top),
+        cmocka_unit_test(test_errors_listeners),
+        cmocka_unit_test(test_errors_upstream),
+        cmocka_unit_test(test_errors_users),
+        cmocka_unit_test(test_errors_sections),
+        cmocka_unit_test(test_errors_values),
+        cmocka_unit_test(test_errors_secret_files),
+        cmocka_unit_test(test_errors_never_show_secrets),
+        cmocka_unit_test(test_missing_config_file),
+        cmocka_unit_test(test_error_buffers),
+        cmocka_unit_test(test_parse_cidr),
+        cmocka_unit_test(test_cidr_match),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_sizes),
+    };
+    return cmocka_run_group_tests_name("config", tests, setup, teardown);
+}
