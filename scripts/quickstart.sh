@@ -26,7 +26,7 @@ if [ "${1:-}" = "--stop" ]; then stop; exit 0; fi
 
 scripts/deps.sh --runtime-only
 [ -f build/build.ninja ] || meson setup build >/dev/null
-meson compile -C build >/dev/null
+if ! out=$(meson compile -C build 2>&1); then echo "$out" >&2; exit 1; fi
 
 mkdir -p "$dir" && chmod 700 "$dir"
 stop
@@ -65,7 +65,7 @@ respguard is listening on 127.0.0.1:$RESPGUARD_PORT, in front of a TLS-only redi
 
   REDIS_URL=$url
 
-  redis-cli -u '$url' ping
+  redis-cli --no-auth-warning -u '$url' ping
 
 Config: config/quickstart.yaml; secrets and the throwaway CA: $dir
 MSG
