@@ -60,7 +60,7 @@ enum resp_scan_mode {
 /* Redis's string2ll: optional '-', then digits with no leading zero (a lone "0" aside); no '+',
  * no spaces, no overflow. Redis uses it for both request header lines, so it decides what a
  * valid count or length is. */
-static bool resp_string2ll(const char *s, size_t n, long long *out)
+bool resp_string2ll(const char *s, size_t n, long long *out)
 {
     size_t i = 0;
     bool neg = false;

@@ -678,36 +678,11 @@ static bool valid_client_name(const struct resp_arg *a)
     return true;
 }
 
-/* Redis's string2ll: an optional '-', digits, no leading zeros, fits in long long. */
-static bool parse_ll(const struct resp_arg *a, long long *out)
-{
-    if (a->len == 0 || a->len > 20)
-        return false;
-    char tmp[24];
-    memcpy(tmp, a->ptr, a->len);
-    tmp[a->len] = '\0';
-    const char *p = tmp;
-    if (*p == '-')
-        p++;
-    if (!*p || (p[0] == '0' && p[1]) || !isdigit((unsigned char)*p))
-        return false;
-    for (const char *c = p; *c; c++)
-        if (!isdigit((unsigned char)*c))
-            return false;
-    char *end;
-    errno = 0;
-    long long v = strtoll(tmp, &end, 10);
-    if (errno || *end)
-        return false;
-    *out = v;
-    return true;
-}
-
 static void cmd_hello(struct session *s, const struct resp_request *req)
 {
     long long ver = 0;
     if (req->argc >= 2) {
-        if (!parse_ll(&req->argv[1], &ver)) {
+        if (!resp_string2ll(req->argv[1].ptr, req->argv[1].len, &ver)) {
             REPLY_LITERAL(s, "-ERR Protocol version is not an integer or out of range\r\n");
             return;
         }

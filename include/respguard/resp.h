@@ -113,6 +113,11 @@ enum resp_req_status resp_request_next(struct resp_parser *p, const char *buf, s
                                        const struct resp_limits *lim, struct resp_request *out,
                                        const char **err);
 
+/* Redis's string2ll: "0", or an optional '-' then [1-9][0-9]* within long long; nothing else
+ * (no '+', spaces or leading zeros). Redis parses counts, lengths and numeric arguments this way,
+ * so every module that must agree with Redis on a number uses this one. */
+bool resp_string2ll(const char *s, size_t n, long long *out);
+
 /* Bytes needed by resp_encode_command for argv. */
 size_t resp_encoded_size(size_t argc, const struct resp_arg *argv);
 /* Write the canonical multibulk encoding of argv into dst (resp_encoded_size bytes); returns the
