@@ -72,7 +72,7 @@ MSG
 }
 
 if [ "${1:-}" = "--background" ]; then
-    build/respguard -c config/quickstart.yaml 2>>"$dir/respguard.log" &
+    build/respguard -c config/quickstart.yaml </dev/null >>"$dir/respguard.log" 2>&1 &
     echo $! >"$dir/respguard.pid"
     for _ in $(seq 50); do
         redis-cli -u "$url" --no-auth-warning ping >/dev/null 2>&1 && break

@@ -35,8 +35,8 @@ def served(port):
     """True if a new connection to port is accepted AND served (AUTH + PING answered)."""
     try:
         c = RawConn(port, timeout=5)
-    except ConnectionRefusedError:
-        return False
+    except (ConnectionRefusedError, ConnectionResetError):
+        return False  # refused, or reset from the backlog of a listener that just closed
     try:
         c.send(encode("AUTH", "web", PASSWORDS["web"]) + encode("PING"))
         got = drain_replies(c, 2)

@@ -18,7 +18,7 @@ def test_quickstart_prints_a_working_redis_url(tmp_path):
                UPSTREAM_TLS_PORT=str(free_port()))
     script = os.path.join(ROOT, "scripts", "quickstart.sh")
     try:
-        out = subprocess.run([script, "--background"], env=env, capture_output=True, timeout=600, check=True)
+        out = subprocess.run([script, "--background"], env=env, capture_output=True, timeout=300, check=True)
         text = out.stdout.decode()
         url = re.search(r"REDIS_URL=(redis://\S+)", text).group(1)
         cli = re.search(r"^\s*(redis-cli .*)$", text, re.M).group(1)
