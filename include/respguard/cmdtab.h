@@ -18,7 +18,8 @@
 
 #include "respguard/resp.h" /* struct resp_arg */
 
-/* Command flags (Redis's COMMAND flags). */
+/* Command flags (Redis's COMMAND flags). COMMAND hides may_replicate, so the generated table
+ * never sets CMDTAB_MAY_REPLICATE. */
 enum cmdtab_flag {
     CMDTAB_WRITE = 1u << 0,
     CMDTAB_READONLY = 1u << 1,
@@ -40,6 +41,7 @@ enum cmdtab_flag {
     CMDTAB_MOVABLE_KEYS = 1u << 17,
     CMDTAB_ALLOW_BUSY = 1u << 18,
     CMDTAB_MODULE = 1u << 19,
+    CMDTAB_ASKING = 1u << 20,
 };
 
 /* ACL categories, in Redis's ACL CAT order. */
@@ -67,7 +69,8 @@ enum cmdtab_category {
     CMDTAB_CAT_SCRIPTING = 1u << 20,
 };
 #define CMDTAB_CATEGORY_COUNT 21
-/* Name ("read") of category bit i, and the bit for a name (0 when unknown). */
+/* Name ("read") of category bit i (NULL when i >= CMDTAB_CATEGORY_COUNT), and the bit for a
+ * name without the '@' (ASCII case-insensitive, as Redis; 0 when unknown). */
 const char *cmdtab_category_name(unsigned bit_index);
 uint32_t cmdtab_category_lookup(const char *name, size_t len);
 
@@ -100,6 +103,25 @@ struct cmdtab_keyspec {
     int16_t keynumidx, firstkey, step; /* FIND_KEYNUM */
 };
 
+/* Which of Redis 7.0's key-extraction functions (getkeys_proc) a command has. Redis runs it
+ * instead of the key specs when a spec cannot be applied (unknown, incomplete, a bad key count)
+ * or when the specs have VARIABLE_FLAGS; cmdtab_get_keys does the same. */
+enum cmdtab_getkeys {
+    CMDTAB_GETKEYS_NONE = 0,
+    CMDTAB_GETKEYS_NUMKEYS_AT1,       /* cmd numkeys key...: ZUNION ZINTER ZDIFF ZINTERCARD
+                                         SINTERCARD LMPOP ZMPOP */
+    CMDTAB_GETKEYS_NUMKEYS_AT2,       /* cmd x numkeys key...: EVAL* FCALL* BLMPOP BZMPOP */
+    CMDTAB_GETKEYS_STORE_NUMKEYS_AT2, /* cmd dest numkeys key...: ZUNIONSTORE ZINTERSTORE
+                                         ZDIFFSTORE */
+    CMDTAB_GETKEYS_SORT,              /* SORT key ... [STORE dest] */
+    CMDTAB_GETKEYS_SORT_RO,           /* SORT_RO key ... */
+    CMDTAB_GETKEYS_MIGRATE,           /* MIGRATE ... KEYS key... */
+    CMDTAB_GETKEYS_GEORADIUS,         /* GEORADIUS[BYMEMBER] ... STORE/STOREDIST dest */
+    CMDTAB_GETKEYS_XREAD,             /* XREAD/XREADGROUP ... STREAMS key... id... */
+    CMDTAB_GETKEYS_SET,               /* SET: key flags depend on GET */
+    CMDTAB_GETKEYS_BITFIELD,          /* BITFIELD: key flags depend on SET/INCRBY */
+};
+
 struct cmdtab_cmd {
     const char *name;          /* lower case; subcommands as "config|get" */
     int16_t arity;             /* Redis's: n exact, -n at least n (name included) */
@@ -109,6 +131,7 @@ struct cmdtab_cmd {
     uint8_t keyspec_count;
     const struct cmdtab_cmd *subcommands; /* sorted by name; NULL when none */
     uint16_t subcommand_count;
+    uint8_t getkeys;           /* enum cmdtab_getkeys */
 };
 
 /* The table: sorted by name. */
@@ -123,7 +146,8 @@ const struct cmdtab_cmd *cmdtab_lookup_sub(const struct cmdtab_cmd *container, c
 /* Arity check as Redis does it (argc includes the command name). */
 bool cmdtab_arity_ok(const struct cmdtab_cmd *cmd, size_t argc);
 
-/* One key found in a command: its argument position and the flags of the spec that found it. */
+/* One key found in a command: its argument position and the flags of the spec that found it
+ * (or, from an extractor, the flags Redis's getkeys_proc gives: possibly 0). */
 struct cmdtab_key {
     uint32_t pos;
     uint16_t flags; /* enum cmdtab_key_flag */
@@ -133,22 +157,46 @@ struct cmdtab_key {
  * entry and argv still starts at the container's name). Writes at most cap keys into keys.
  * Returns the number of keys found (which may exceed cap: then call again with more room), or
  * -1 when extraction fails (a bad key count, a negative or overflowing number, a spec that cannot
- * be applied): the caller must refuse the command. */
+ * be applied): the caller must refuse the command.
+ *
+ * The result is what Redis 7.0's COMMAND GETKEYSANDFLAGS answers (key specs first, the command's
+ * getkeys function when they fail), in the same order and with the same flags, with these
+ * deliberate differences:
+ *  - A key count (EVAL's numkeys...) must be a canonical integer (no sign but '-', no leading
+ *    zeros or spaces, nothing after it) from 0 to what the arguments hold; anything else is -1,
+ *    where Redis would fall back to atoi() or truncate the number to an int. A count of 0 gives
+ *    no keys at all, as in Redis (ZUNIONSTORE dest 0 ...: not even dest).
+ *  - Entries flagged CMDTAB_KEY_NOT_KEY are not keys and are reported only so that the caller
+ *    can see them: the shard channel of SPUBLISH/SSUBSCRIBE/SUNSUBSCRIBE (Redis skips such
+ *    specs) and the BY and GET patterns of SORT/SORT_RO (flags NOT_KEY | RO | ACCESS; Redis's
+ *    SORT refuses them at run time for users without access to all keys). A caller checking key
+ *    patterns skips them; a NOT_KEY spec that cannot be applied is skipped, never an error.
+ * Keywords (STORE, STREAMS, KEYS...) match as Redis's strcasecmp does: case-insensitively, and
+ * an argument with a NUL byte compares as its bytes before the NUL ("STORE\0x" is STORE).
+ * Call after cmdtab_arity_ok; with any argc the function is still memory-safe. */
 int cmdtab_get_keys(const struct cmdtab_cmd *cmd, size_t argc, const struct resp_arg *argv,
-                    struct cmdtab_key *keys, size_t cap);
+                    struct cmdtab_key *keys, size_t cap) __attribute__((warn_unused_result));
 
-/* Channel arguments (pub/sub). flags say how Redis's ACL treats them. */
+/* Channel arguments (pub/sub). flags say how Redis's ACL treats them: Redis 7.0 checks only
+ * the PUBLISH and SUBSCRIBE ones against the user's channel patterns, in argument order (a
+ * PATTERN one must equal a pattern of the user, which Redis compares with strcmp, so up to a
+ * NUL byte); UNSUBSCRIBE and INSPECT ones are not checked by Redis. */
 enum cmdtab_channel_flag {
     CMDTAB_CHANNEL_PATTERN = 1u << 0,    /* the argument is a pattern (PSUBSCRIBE) */
-    CMDTAB_CHANNEL_PUBLISH = 1u << 1,
-    CMDTAB_CHANNEL_SUBSCRIBE = 1u << 2,
-    CMDTAB_CHANNEL_UNSUBSCRIBE = 1u << 3,
+    CMDTAB_CHANNEL_PUBLISH = 1u << 1,    /* PUBLISH, SPUBLISH: argument 1 */
+    CMDTAB_CHANNEL_SUBSCRIBE = 1u << 2,  /* [S|P]SUBSCRIBE: every argument */
+    CMDTAB_CHANNEL_UNSUBSCRIBE = 1u << 3, /* [S|P]UNSUBSCRIBE: every argument */
+    CMDTAB_CHANNEL_INSPECT = 1u << 4,    /* names channels only to count or list them: PUBSUB
+                                            NUMSUB/SHARDNUMSUB (arguments 2...), PUBSUB
+                                            CHANNELS/SHARDCHANNELS (argument 2, with PATTERN);
+                                            not in Redis's ACL, reported for stricter callers */
 };
 struct cmdtab_channel {
     uint32_t pos;
     uint16_t flags;
 };
-/* Like cmdtab_get_keys, for channels. 0 for commands without channel arguments. */
+/* Like cmdtab_get_keys, for channels (Redis 7.0's getChannelsFromCommand, plus the INSPECT
+ * entries above). 0 for commands without channel arguments; never -1. */
 int cmdtab_get_channels(const struct cmdtab_cmd *cmd, size_t argc, const struct resp_arg *argv,
                         struct cmdtab_channel *out, size_t cap);
 
