@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "respguard/acl.h"
+#include "respguard/cmdtab.h"
 #include "respguard/config.h"
 #include "respguard/crypto.h"
 #include "respguard/listener.h"
@@ -39,6 +40,8 @@ static void usage(FILE *out)
             "usage:\n"
             "  respguard -c FILE | --config FILE   run with this configuration\n"
             "  respguard check -c FILE             validate the configuration, print what it sets up\n"
+            "  respguard dryrun -c FILE USER COMMAND [ARG...]\n"
+            "                                      print OK or the exact error USER would get (ACL DRYRUN)\n"
             "  respguard passwd                    read a secret on stdin, print its #<sha256> ACL form\n"
             "  respguard passwd --generate         make a random 256-bit secret, print it and its hash\n"
             "  respguard --version | --help\n"
@@ -59,6 +62,13 @@ struct runtime {
 static int compile_users(struct runtime *rt, char *err, size_t errlen)
 {
     struct config *cfg = rt->cfg;
+    for (size_t i = 0; i < cfg->never_count; i++) {
+        const char *g = cfg->never_by_category[i];
+        if (!acl_command_known(g, strlen(g))) {
+            snprintf(err, errlen, "%s: guard.never_by_category: unknown command '%s'", cfg->path, g);
+            return -EINVAL;
+        }
+    }
     rt->w.users = calloc(cfg->user_count ? cfg->user_count : 1, sizeof *rt->w.users);
     if (!rt->w.users)
         return -ENOMEM;
@@ -66,7 +76,8 @@ static int compile_users(struct runtime *rt, char *err, size_t errlen)
         const struct config_user *u = &cfg->users[i];
         char why[256];
         size_t off = 0;
-        int rc = acl_user_compile(u->name, u->acl, &rt->w.users[i], why, sizeof why, &off);
+        int rc = acl_user_compile(u->name, u->acl, (const char *const *)cfg->never_by_category, cfg->never_count,
+                                  &rt->w.users[i], why, sizeof why, &off);
         rt->w.user_count = i + 1;
         if (rc != 0) {
             snprintf(err, errlen, "%s:%d:%d: users.%s.acl: %s", u->file ? u->file : cfg->path, u->acl_line,
@@ -224,6 +235,51 @@ static int cmd_check(const char *path)
     printf("\n");
     runtime_free(&rt);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* dryrun                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Like ACL DRYRUN: what would USER get for this command? Prints OK or the exact error. */
+static int cmd_dryrun(const char *path, int argc, char **argv)
+{
+    struct runtime rt;
+    if (prepare(&rt, path) != 0)
+        return 2;
+    const struct acl_user *u = worker_find_user(&rt.w, argv[0], strlen(argv[0]));
+    if (!u) {
+        fprintf(stderr, "respguard: no user '%s' in %s\n", argv[0], path);
+        runtime_free(&rt);
+        return 2;
+    }
+    size_t n = (size_t)argc - 1;
+    struct resp_arg *args = calloc(n, sizeof *args);
+    struct cmdtab_key *keys = calloc(n, sizeof *keys);
+    struct cmdtab_channel *chans = calloc(n, sizeof *chans);
+    int status = 2;
+    if (args && keys && chans) {
+        for (size_t i = 0; i < n; i++)
+            args[i] = (struct resp_arg){argv[i + 1], strlen(argv[i + 1])};
+        struct acl_verdict v;
+        if (acl_check_ex(u, n, args, &v, keys, chans, n) == 0) {
+            if (v.result == ACL_OK_APPEND_MATCH)
+                printf("OK (respguard appends MATCH %.*s)\n", (int)v.match_len, v.match);
+            else
+                printf("OK\n");
+            status = 0;
+        } else {
+            char line[ACL_ERROR_MAX];
+            acl_verdict_error(&v, n, args, line, sizeof line);
+            printf("%s\n", line);
+            status = 1;
+        }
+    }
+    free(args);
+    free(keys);
+    free(chans);
+    runtime_free(&rt);
+    return status;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -405,10 +461,13 @@ int main(int argc, char **argv)
         }
         return cmd_passwd(generate);
     }
-    bool check = false;
+    bool check = false, dryrun = false;
     int first = 1;
     if (argc >= 2 && strcmp(argv[1], "check") == 0) {
         check = true;
+        first = 2;
+    } else if (argc >= 2 && strcmp(argv[1], "dryrun") == 0) {
+        dryrun = true;
         first = 2;
     }
     static const struct option opts[] = {
@@ -420,7 +479,8 @@ int main(int argc, char **argv)
     const char *path = NULL;
     optind = first;
     int c;
-    while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+    /* dryrun's USER COMMAND ARGS may look like options ("-1"): stop at the first non-option. */
+    while ((c = getopt_long(argc, argv, dryrun ? "+c:hV" : "c:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             path = optarg;
@@ -435,6 +495,13 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (dryrun) {
+        if (!path || argc - optind < 2) {
+            usage(stderr);
+            return 2;
+        }
+        return cmd_dryrun(path, argc - optind, argv + optind);
     }
     if (!path || optind != argc) {
         usage(stderr);

@@ -83,6 +83,13 @@ struct session {
     struct resp_parser parser;
     struct resp_framer framer;
     struct buf enc;              /* scratch for re-encoded commands */
+    /* ACL scratch for commands with more keys than acl_check holds on its stack, and argv
+     * with an appended MATCH: grown to the largest seen, never per command. */
+    struct cmdtab_key *scratch_keys;
+    struct cmdtab_channel *scratch_channels;
+    size_t scratch_cap;
+    struct resp_arg *scratch_args;
+    size_t scratch_args_cap;
 
     struct pending *q;           /* ring of pending replies */
     size_t q_head, q_len, q_cap;
@@ -104,6 +111,7 @@ struct session {
 
 static void process_input(struct session *s);
 static void unref(struct session *s);
+static void on_user_expired(uv_timer_t *t);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small helpers                                                                            */
@@ -550,6 +558,13 @@ static void login(struct session *s, const struct acl_user *u, const char *reply
     s->user = u;
     s->state = SESSION_ACTIVE;
     uv_timer_stop(&s->login_timer);
+    /* A user with an expiry: the session ends when the user does (the login timer is free now). */
+    const struct config_user *uc = worker_user_config(s->w, u);
+    if (uc->has_expires) {
+        time_t now = time(NULL);
+        uint64_t ms = uc->expires > now ? (uint64_t)(uc->expires - now) * 1000 : 0;
+        uv_timer_start(&s->login_timer, on_user_expired, ms, 0);
+    }
     log_event(LOG_INFO, "login", LOG_STR("result", "ok"), LOG_STR("user", u->name), LOG_STR("peer", s->peer),
               LOG_INT("session", s->id), LOG_END);
     size_t want = s->w->user_login[u - s->w->users];
@@ -753,52 +768,106 @@ static void cmd_hello(struct session *s, const struct resp_request *req)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Guard                                                                                     */
+/* ACL                                                                                       */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Commands whose first argument is a subcommand (Redis 7.0 container commands). */
-static bool is_container(const char *name)
+static const char *refusal_kind(enum acl_result r)
 {
-    static const char *const containers[] = {"acl",    "client", "cluster", "command", "config",
-                                             "function", "latency", "memory", "module", "object",
-                                             "pubsub", "script", "slowlog", "xgroup", "xinfo", NULL};
-    for (size_t i = 0; containers[i]; i++)
-        if (strcmp(containers[i], name) == 0)
-            return true;
+    switch (r) {
+    case ACL_DENIED_KEY: return "key";
+    case ACL_DENIED_CHANNEL: return "channel";
+    case ACL_DENIED_SORT_BY:
+    case ACL_DENIED_SORT_GET: return "key";
+    default: return "command";
+    }
+}
+
+/* Judge the command for the session's user. True: it may run (v says whether respguard must
+ * append MATCH). False: the error has been answered in the command's place in the reply order
+ * and, for a refusal, written to the audit log. */
+static bool acl_allows(struct session *s, const struct resp_request *req, struct acl_verdict *v)
+{
+    int rc;
+    if (req->argc <= ACL_CHECK_STACK_ITEMS) {
+        rc = acl_check(s->user, req->argc, req->argv, v);
+    } else {
+        /* Big multi-key commands: scratch that grows to the largest seen, never per command. */
+        if (s->scratch_cap < req->argc) {
+            void *k = realloc(s->scratch_keys, req->argc * sizeof *s->scratch_keys);
+            if (k)
+                s->scratch_keys = k;
+            void *c = realloc(s->scratch_channels, req->argc * sizeof *s->scratch_channels);
+            if (c)
+                s->scratch_channels = c;
+            if (!k || !c) {
+                session_close(s, "out of memory");
+                return false;
+            }
+            s->scratch_cap = req->argc;
+        }
+        rc = acl_check_ex(s->user, req->argc, req->argv, v, s->scratch_keys, s->scratch_channels, s->scratch_cap);
+    }
+    if (rc == 0)
+        return true;
+
+    char line[ACL_ERROR_MAX + 3];
+    line[0] = '-';
+    size_t n = acl_verdict_error(v, req->argc, req->argv, line + 1, ACL_ERROR_MAX);
+    if (n > ACL_ERROR_MAX - 1)
+        n = ACL_ERROR_MAX - 1;
+    memcpy(line + 1 + n, "\r\n", 2);
+    if (v->result >= ACL_DENIED_COMMAND) {
+        /* The audit line: who, what, why, and where (argument position; 0: the command). Key
+         * names only with log.keys: they may be personal data. */
+        const char *cmd = v->cmd ? v->cmd->name : "?";
+        bool with_key = s->w->cfg->log_keys && v->pos > 0 && v->pos < req->argc;
+        const struct resp_arg *arg = with_key ? &req->argv[v->pos] : NULL;
+        log_event(LOG_WARN, "refused", LOG_STR("user", s->user->name), LOG_STR("peer", s->peer),
+                  LOG_STR("command", cmd), LOG_STR("reason", refusal_kind(v->result)),
+                  LOG_STR("rule", acl_reason_name(v->reason)), LOG_INT("position", (long long)v->pos),
+                  LOG_INT("session", s->id), with_key ? LOG_T_BYTES : LOG_T_END, "argument",
+                  arg ? arg->ptr : NULL, arg ? arg->len : (size_t)0, LOG_END);
+    }
+    if (s->in_multi && v->cmd && strcmp(v->cmd->name, "exec") == 0) {
+        /* A refused EXEC ends the transaction (Redis: EXECABORT ... because of: <error>): the
+         * upstream discards it and its reply is replaced by the error. */
+        static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
+        send_upstream(s, discard, sizeof discard - 1);
+        expect_upstream(s, PENDING_REPLACE, 0, 1, line, n + 3);
+        s->in_multi = s->multi_dirty = false;
+        return false;
+    }
+    /* As in Redis, an error at queue time (unknown command, arity, permissions) dooms the
+     * transaction: its EXEC will be answered EXECABORT. */
+    if (s->in_multi)
+        s->multi_dirty = true;
+    reply_local(s, line, n + 3, 0);
     return false;
 }
 
-/* Is this command never granted to this user? Fills fullname ("flushall", "client|kill"). */
-static bool guard_refuses(const struct session *s, const char *name, const char *sub, char *fullname, size_t cap)
+/* Forward a SCAN (or any command) with "MATCH <pattern>" appended, re-encoded. */
+static void forward_with_match(struct session *s, const struct resp_request *req, const struct acl_verdict *v)
 {
-    const struct config *cfg = s->w->cfg;
-    bool listed = false;
-    size_t nlen = strlen(name);
-    for (size_t i = 0; i < cfg->never_count && !listed; i++) {
-        const char *g = cfg->never_by_category[i];
-        if (strcmp(g, name) == 0)
-            listed = true;
-        else if (sub && strncmp(g, name, nlen) == 0 && g[nlen] == '|' && strcmp(g + nlen + 1, sub) == 0)
-            listed = true;
+    size_t argc = req->argc + 2;
+    if (s->scratch_args_cap < argc) {
+        void *a = realloc(s->scratch_args, argc * sizeof *s->scratch_args);
+        if (!a) {
+            session_close(s, "out of memory");
+            return;
+        }
+        s->scratch_args = a;
+        s->scratch_args_cap = argc;
     }
-    if (!listed || acl_user_names_command(s->user, name, sub))
-        return false;
-    if (sub)
-        snprintf(fullname, cap, "%s|%s", name, sub);
-    else
-        snprintf(fullname, cap, "%s", name);
-    return true;
-}
-
-static void refuse(struct session *s, const char *fullname, const char *reason)
-{
-    log_event(LOG_WARN, "refused", LOG_STR("user", s->user ? s->user->name : NULL), LOG_STR("peer", s->peer),
-              LOG_STR("command", fullname), LOG_STR("reason", reason), LOG_INT("session", s->id), LOG_END);
-    char msg[200];
-    snprintf(msg, sizeof msg, "NOPERM this user has no permissions to run the '%s' command", fullname);
-    if (s->in_multi)
-        s->multi_dirty = true;
-    reply_error(s, msg);
+    memcpy(s->scratch_args, req->argv, req->argc * sizeof *req->argv);
+    s->scratch_args[req->argc] = (struct resp_arg){"MATCH", 5};
+    s->scratch_args[req->argc + 1] = (struct resp_arg){v->match, v->match_len};
+    buf_reset(&s->enc);
+    if (buf_reserve(&s->enc, resp_encoded_size(argc, s->scratch_args)) != 0) {
+        session_close(s, "out of memory");
+        return;
+    }
+    size_t n = resp_encode_command(buf_tail(&s->enc), argc, s->scratch_args);
+    send_upstream(s, buf_head(&s->enc), n);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -864,23 +933,10 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
 
-    char sub[32] = "";
-    bool container = is_container(name);
-    if (container && req->argc >= 2)
-        arg_lower(&req->argv[1], sub, sizeof sub);
-    if (container && req->argc == 1) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "ERR wrong number of arguments for '%s' command", name);
-        reply_error(s, msg);
+    struct acl_verdict v;
+    if (!acl_allows(s, req, &v))
         return;
-    }
-    char fullname[80];
-    if (guard_refuses(s, name, container ? sub : NULL, fullname, sizeof fullname)) {
-        refuse(s, fullname, "guard");
-        return;
-    }
-    if (container && strcmp(name, "client") == 0 && strcmp(sub, "reply") == 0 &&
-        !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
+    if (v.cmd && strcmp(v.cmd->name, "client|reply") == 0 && !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
         /* Replies that never come would shift every later reply: refuse rather than guess. */
         REPLY_LITERAL(s, "-ERR CLIENT REPLY OFF|SKIP is not supported through respguard\r\n");
         return;
@@ -921,7 +977,10 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         s->in_multi = s->multi_dirty = false;
     }
 
-    forward_command(s, frame, req);
+    if (v.result == ACL_OK_APPEND_MATCH)
+        forward_with_match(s, req, &v);
+    else
+        forward_command(s, frame, req);
     expect_upstream(s, PENDING_FORWARD, flags, expected, NULL, 0);
     if (marker) {
         static const char ping[] = "*1\r\n$4\r\nPING\r\n";
@@ -1037,6 +1096,9 @@ static void session_free(struct session *s)
     worker_remove_session(s->w, s);
     resp_parser_deinit(&s->parser);
     buf_free(&s->enc);
+    free(s->scratch_keys);
+    free(s->scratch_channels);
+    free(s->scratch_args);
     buf_free(&s->local);
     buf_free(&s->hold);
     free(s->q);
@@ -1066,6 +1128,16 @@ void session_close(struct session *s, const char *reason)
     if (s->upstream_started)
         upstream_close(&s->up);
     unref(s);
+}
+
+static void on_user_expired(uv_timer_t *t)
+{
+    struct session *s = t->data;
+    if (!authenticated(s))
+        return;
+    log_event(LOG_WARN, "refused", LOG_STR("user", s->user->name), LOG_STR("peer", s->peer),
+              LOG_STR("reason", "expired"), LOG_STR("action", "session closed"), LOG_INT("session", s->id), LOG_END);
+    session_close(s, "user expired");
 }
 
 static void on_login_timeout(uv_timer_t *t)

@@ -131,7 +131,6 @@ def test_shutdown_is_refused(respguard, redis_server_factory):
     d.close()
 
 
-@pytest.mark.xfail(strict=True, reason="key and channel patterns are the ACL engine of issue 3")
 def test_key_patterns(respguard, upstream, direct):
     """Key patterns are checked on every key position (DESIGN: ~pattern rules)."""
     users = {"cache": {"acl": "on >cache-Pw-1 ~cache:* &* +@all"}}

@@ -130,7 +130,6 @@ def test_pipelined_commands_around_pushes(proxy):
 
 
 @pytest.mark.proxy_only
-@pytest.mark.xfail(strict=True, reason="key and channel patterns are the ACL engine of issue 3")
 def test_channel_patterns_are_enforced(respguard, direct, upstream):
     users = {"news": {"acl": "on >news-Pw-1 ~* &news:* +@all"}}
     p = respguard(users=users)
