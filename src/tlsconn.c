@@ -150,10 +150,12 @@ static SSL_CTX *ctx_base(const SSL_METHOD *method, char *err, size_t errlen)
         return NULL;
     }
     SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
-    /* Partial writes stay off: tlsconn_write() accepts everything. The buffer may move
-     * between retries, and idle connections give their record buffers back. */
-    SSL_CTX_clear_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE);
-    SSL_CTX_set_mode(c, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    /* Partial writes stay off: tlsconn_write() accepts everything, and the buffer may move
+     * between retries. SSL_MODE_RELEASE_BUFFERS stays off too: it frees the record buffers
+     * whenever they empty, which on a busy connection means a 16 KB malloc and free per
+     * record (measured: 8 allocations per proxied command). */
+    SSL_CTX_clear_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(c, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_default_passwd_cb(c, no_passphrase_cb);
     return c;
 }
