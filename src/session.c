@@ -32,6 +32,8 @@
 
 /* A pipeline deeper than this waits for replies before more of it is read. */
 #define MAX_PENDING (1u << 20)
+/* Frames held back in case they answer a swallowed command are streamed past this size. */
+#define HOLD_MAX (64u * 1024)
 
 enum session_state {
     SESSION_LOGIN,   /* connected, no user yet: only AUTH, HELLO, QUIT, RESET are served */
@@ -53,7 +55,9 @@ enum pending_flag {
     PENDING_CLOSE_AFTER = 4,/* close the client once this reply is sent (QUIT, protocol error) */
     PENDING_SET_RESP2 = 8,  /* on success the connection speaks RESP2 (HELLO 2, RESET) */
     PENDING_SET_RESP3 = 16, /* on success the connection speaks RESP3 (HELLO 3) */
-    PENDING_RESET = 32,     /* RESET: subscriptions end */
+    PENDING_RESET = 32,     /* RESET: on success subscriptions end and RESP2 is back */
+    PENDING_MULTI = 64,     /* MULTI: an error reply means no transaction was opened */
+    PENDING_SUBSCRIBE = 128,/* a (P|S)SUBSCRIBE: counted in pending_subscribes until answered */
 };
 
 struct pending {
@@ -107,11 +111,15 @@ struct session {
     int reply_proto;             /* 2 or 3, as the upstream speaks at the current reply */
     long long subs, ssubs;       /* subscription counts from the last confirmations */
     bool client_paused, upstream_paused;
+    int req_proto;               /* 2 or 3, as the client asked by the commands read so far */
+    uint32_t pending_subscribes; /* subscribe commands not yet answered */
 };
 
 static void process_input(struct session *s);
+static void maybe_resume_client(struct session *s);
 static void unref(struct session *s);
 static void on_user_expired(uv_timer_t *t);
+static void on_login_timeout(uv_timer_t *t);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small helpers                                                                            */
@@ -207,7 +215,9 @@ static void q_drain_local(struct session *s)
 
 static void reply_local(struct session *s, const char *bytes, size_t len, uint8_t flags)
 {
-    if (s->q_len == 0) {
+    /* Straight out only when nothing is due and no out-of-band frame (a pub/sub message, a
+     * push) is half way through to the client; otherwise it waits its turn in the queue. */
+    if (s->q_len == 0 && !s->frame_open) {
         transport_write(&s->client, bytes, len);
         if (flags & PENDING_CLOSE_AFTER)
             close_after_reply(s);
@@ -286,7 +296,8 @@ static void fail_upstream(struct session *s, const char *stage, const char *reas
             q_pop(s);
             continue;
         }
-        if (e->kind != PENDING_SWALLOW)
+        /* Only entries the client is waiting on get the error: not what respguard injected. */
+        if (e->kind == PENDING_FORWARD || e->kind == PENDING_REPLACE || (e->kind == PENDING_LOGIN && e->local_len))
             transport_write(&s->client, err, errlen);
         buf_consume(&s->local, e->local_len);
         s->q_head = (s->q_head + 1) & (s->q_cap - 1);
@@ -369,9 +380,13 @@ static void complete_entry(struct session *s, struct pending *e, bool error)
             s->reply_proto = 2;
         if (e->flags & PENDING_SET_RESP3)
             s->reply_proto = 3;
+        if (e->flags & PENDING_RESET)
+            s->subs = s->ssubs = 0;
+    } else if (e->flags & PENDING_MULTI) {
+        s->in_multi = s->multi_dirty = false; /* Redis refused the MULTI: no transaction */
     }
-    if (e->flags & PENDING_RESET)
-        s->subs = s->ssubs = 0;
+    if (e->flags & PENDING_SUBSCRIBE)
+        s->pending_subscribes--;
     q_pop(s);
     q_drain_local(s);
 }
@@ -413,12 +428,19 @@ static void on_frame(struct session *s, const struct resp_frame_info *f)
             log_event(LOG_WARN, "unexpected_reply", LOG_INT("session", s->id), LOG_END);
         if (held)
             forward_held(s);
+        q_drain_local(s); /* local replies that waited for this frame to end */
         return;
     }
 
     if (e->flags & PENDING_UNBOUNDED) {
         if (confirm) {
             forward_held(s);
+            return;
+        }
+        if (f->is_error) {
+            /* The argument-less UNSUBSCRIBE itself failed: the error is its reply. */
+            forward_held(s);
+            complete_entry(s, e, true);
             return;
         }
         /* The first reply that is not a confirmation answers the marker after it. */
@@ -486,6 +508,12 @@ static void process_replies(struct session *s)
                 session_close(s, "out of memory");
                 return;
             }
+            /* Swallowed replies (+OK, +PONG, a short error) are small; a frame this big is an
+             * out-of-band message or a confirmation's neighbour: stream the rest. */
+            if (buf_len(&s->hold) > HOLD_MAX && st != RESP_FRAME_DONE) {
+                forward_held(s);
+                s->frame_held = false;
+            }
         } else {
             transport_write(&s->client, buf_head(in), used);
         }
@@ -496,12 +524,7 @@ static void process_replies(struct session *s)
         }
     }
     transport_flush(&s->client);
-    if (s->client_paused && !s->quitting && s->q_len < MAX_PENDING / 2 &&
-        transport_pending(&s->up.t) < s->w->cfg->limits.upstream_output_bytes / 2) {
-        s->client_paused = false;
-        transport_resume(&s->client);
-        process_input(s);
-    }
+    maybe_resume_client(s);
     if (!s->upstream_paused && transport_pending(&s->client) > s->w->cfg->limits.client_output_bytes) {
         s->upstream_paused = true;
         transport_pause(&s->up.t);
@@ -521,12 +544,7 @@ static void on_up_drained(struct upstream *u)
 {
     struct session *s = u->owner;
     s->refs++;
-    if (s->client_paused && !s->quitting && !s->draining && s->q_len < MAX_PENDING / 2 &&
-        transport_pending(&u->t) < s->w->cfg->limits.upstream_output_bytes / 2) {
-        s->client_paused = false;
-        transport_resume(&s->client);
-        process_input(s);
-    }
+    maybe_resume_client(s);
     unref(s);
 }
 
@@ -663,6 +681,14 @@ static void login_from_certificate(struct session *s)
     login(s, u, NULL, 0);
 }
 
+/* As in Redis, a default user without a password logs everyone in at connect. */
+static void login_at_connect(struct session *s)
+{
+    const struct acl_user *d = worker_find_user(s->w, "default", 7);
+    if (d && d->enabled && d->nopass && check_user_allowed(s, d) == LOGIN_OK)
+        login(s, d, NULL, 0);
+}
+
 static void cmd_auth(struct session *s, const struct resp_request *req)
 {
     static const struct resp_arg default_user = {"default", 7};
@@ -764,6 +790,8 @@ static void cmd_hello(struct session *s, const struct resp_request *req)
     size_t n = resp_encode_command(buf_tail(&s->enc), argc, argv);
     send_upstream(s, buf_head(&s->enc), n);
     uint8_t flags = ver == 3 ? PENDING_SET_RESP3 : ver == 2 ? PENDING_SET_RESP2 : 0;
+    if (ver)
+        s->req_proto = (int)ver;
     expect_upstream(s, PENDING_FORWARD, flags, 1, NULL, 0);
 }
 
@@ -886,11 +914,13 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
      * whoever the client now is. */
     const struct acl_user *d = worker_find_user(s->w, "default", 7);
     upstream_login(s, d && d->enabled && d->nopass ? s->w->user_login[d - s->w->users] : 0, NULL, 0);
+    s->req_proto = 2;
     if (d && d->enabled && d->nopass) {
         s->user = d;
     } else {
         s->user = NULL;
         s->state = SESSION_LOGIN;
+        uv_timer_start(&s->login_timer, on_login_timeout, s->w->cfg->limits.login_timeout_ms, 0);
     }
 }
 
@@ -906,10 +936,14 @@ static void handle_command(struct session *s, const struct resp_request *req, co
             cmd_hello(s, req);
         else if (strcmp(name, "quit") == 0) {
             s->quitting = true;
+            transport_pause(&s->client);
             reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
+        } else if (strcmp(name, "reset") == 0) {
+            if (req->argc != 1)
+                REPLY_LITERAL(s, "-ERR wrong number of arguments for 'reset' command\r\n");
+            else
+                REPLY_LITERAL(s, "+RESET\r\n");
         }
-        else if (strcmp(name, "reset") == 0)
-            REPLY_LITERAL(s, "+RESET\r\n");
         else
             REPLY_LITERAL(s, "-NOAUTH Authentication required.\r\n");
         return;
@@ -925,10 +959,17 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     }
     if (strcmp(name, "quit") == 0) {
         s->quitting = true; /* later pipelined commands are not run, as in Redis */
+        transport_pause(&s->client);
         reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
         return;
     }
     if (strcmp(name, "reset") == 0) {
+        if (req->argc != 1) {
+            if (s->in_multi)
+                s->multi_dirty = true;
+            REPLY_LITERAL(s, "-ERR wrong number of arguments for 'reset' command\r\n");
+            return;
+        }
         cmd_reset(s, req, frame);
         return;
     }
@@ -945,13 +986,32 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     uint8_t flags = 0;
     uint32_t expected = 1;
     bool marker = false;
+    bool sub_cmd = strcmp(name, "subscribe") == 0 || strcmp(name, "psubscribe") == 0 ||
+                   strcmp(name, "ssubscribe") == 0;
+    bool unsub_cmd = strcmp(name, "unsubscribe") == 0 || strcmp(name, "punsubscribe") == 0 ||
+                     strcmp(name, "sunsubscribe") == 0;
+    if ((sub_cmd || unsub_cmd) && s->in_multi) {
+        /* Inside MULTI the confirmations would come back inside EXEC's array, where respguard
+         * cannot follow the subscription state: refuse, and the transaction with it. */
+        s->multi_dirty = true;
+        REPLY_LITERAL(s, "-ERR (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE inside MULTI are not supported through respguard\r\n");
+        return;
+    }
+    if (strcmp(name, "multi") == 0 && !s->in_multi && s->req_proto == 2 &&
+        (s->subs > 0 || s->ssubs > 0 || s->pending_subscribes > 0)) {
+        /* A RESP2 connection in subscribed mode: Redis refuses MULTI, and so do we, before a
+         * transaction state we would then have to undo. */
+        REPLY_LITERAL(s, "-ERR Can't execute 'multi': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+                         "RESET are allowed in this context\r\n");
+        return;
+    }
     if (!s->in_multi) {
-        bool sub_cmd = strcmp(name, "subscribe") == 0 || strcmp(name, "psubscribe") == 0 ||
-                       strcmp(name, "ssubscribe") == 0;
-        bool unsub_cmd = strcmp(name, "unsubscribe") == 0 || strcmp(name, "punsubscribe") == 0 ||
-                         strcmp(name, "sunsubscribe") == 0;
         if (sub_cmd || unsub_cmd) {
             flags |= PENDING_PUBSUB;
+            if (sub_cmd) {
+                flags |= PENDING_SUBSCRIBE;
+                s->pending_subscribes++;
+            }
             expected = req->argc > 1 ? (uint32_t)(req->argc - 1) : 1;
             if (unsub_cmd && req->argc == 1) {
                 /* As many confirmations as subscriptions: count them until the reply to a
@@ -962,6 +1022,8 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         }
     }
     if (strcmp(name, "multi") == 0) {
+        if (!s->in_multi)
+            flags |= PENDING_MULTI;
         s->in_multi = true;
     } else if (strcmp(name, "exec") == 0 && s->in_multi) {
         bool dirty = s->multi_dirty;
@@ -993,10 +1055,23 @@ static void handle_command(struct session *s, const struct resp_request *req, co
 /* Client input                                                                              */
 /* ---------------------------------------------------------------------------------------- */
 
-static bool upstream_backlogged(struct session *s)
+/* Reading from the client stops while either side is backlogged (replies respguard makes
+ * itself count too: a client that never reads must not make us buffer without end). */
+static bool backlogged(struct session *s, size_t divisor)
 {
-    return s->q_len >= MAX_PENDING ||
-           (s->upstream_started && transport_pending(&s->up.t) > s->w->cfg->limits.upstream_output_bytes);
+    const struct config_limits *lim = &s->w->cfg->limits;
+    return s->q_len >= MAX_PENDING / divisor ||
+           (s->upstream_started && transport_pending(&s->up.t) > lim->upstream_output_bytes / divisor) ||
+           transport_pending(&s->client) + buf_len(&s->local) > lim->client_output_bytes / divisor;
+}
+
+static void maybe_resume_client(struct session *s)
+{
+    if (!s->client_paused || s->quitting || s->draining || s->state == SESSION_CLOSING || backlogged(s, 2))
+        return;
+    s->client_paused = false;
+    transport_resume(&s->client);
+    process_input(s);
 }
 
 static void process_input(struct session *s)
@@ -1004,7 +1079,7 @@ static void process_input(struct session *s)
     struct buf *in = &s->client.in;
     const struct config_limits *lim = &s->w->cfg->limits;
     while (buf_len(in) > 0 && s->state != SESSION_CLOSING && !s->quitting && !s->draining) {
-        if (upstream_backlogged(s)) {
+        if (backlogged(s, 1)) {
             s->client_paused = true;
             transport_pause(&s->client);
             break;
@@ -1157,6 +1232,8 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
     case TRANSPORT_CONNECTED:
         if (s->listener->cfg->tls.user_from_cert_cn && !authenticated(s))
             login_from_certificate(s);
+        if (!authenticated(s) && s->state != SESSION_CLOSING)
+            login_at_connect(s);
         break;
     case TRANSPORT_DATA:
         process_input(s);
@@ -1168,9 +1245,18 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
             transport_resume(&s->up.t);
             process_replies(s);
         }
+        maybe_resume_client(s);
         break;
     case TRANSPORT_EOF:
-        session_close(s, "client closed the connection");
+        /* A half-close (shutdown(SHUT_WR), nc -N) still gets every reply due, as from Redis. */
+        if (s->state == SESSION_CLOSING)
+            break;
+        if (!authenticated(s) || s->q_len == 0) {
+            session_close(s, "client closed the connection");
+        } else {
+            s->draining = true;
+            transport_pause(&s->client);
+        }
         break;
     case TRANSPORT_ERROR:
         if (!s->client.handshake_done)
@@ -1194,7 +1280,7 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     s->w = w;
     s->listener = l;
     s->id = ++w->next_session_id;
-    s->reply_proto = 2;
+    s->reply_proto = s->req_proto = 2;
     resp_framer_init(&s->framer);
     if (resp_parser_init(&s->parser) != 0) {
         free(s);
@@ -1238,15 +1324,11 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
         return 0;
     }
 
-    /* As in Redis, a default user without a password logs everyone in at connect. */
-    const struct acl_user *d = worker_find_user(w, "default", 7);
-    if (d && d->enabled && d->nopass) {
-        s->refs++;
-        login(s, d, NULL, 0);
-        unref(s);
-    } else {
-        uv_timer_start(&s->login_timer, on_login_timeout, w->cfg->limits.login_timeout_ms, 0);
-    }
+    /* On TLS listeners nothing is decided before the handshake has verified the client (its
+     * certificate may name the user); until then the login timeout runs. */
+    uv_timer_start(&s->login_timer, on_login_timeout, w->cfg->limits.login_timeout_ms, 0);
+    if (!l->tls_ctx)
+        login_at_connect(s);
     return 0;
 }
 

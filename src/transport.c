@@ -24,8 +24,13 @@ static void emit(struct transport *t, enum transport_event ev, const char *reaso
 
 static void fail(struct transport *t, const char *reason)
 {
-    if (t->closing)
+    if (t->closing) {
+        /* Closing after a last reply that can no longer leave: nothing will ever finish that
+         * flush (reading has stopped, so not even the peer's reset is seen). Close now. */
+        if (t->close_when_flushed)
+            transport_close(t);
         return;
+    }
     emit(t, TRANSPORT_ERROR, reason);
 }
 
@@ -55,18 +60,26 @@ static void take_cipher(struct transport *t)
 
 static void on_write(uv_write_t *req, int status);
 
+/* TLS: encrypt the staged plaintext as one batch of records. False when the engine failed. */
+static bool encrypt_hold(struct transport *t)
+{
+    if (!t->tls || !t->handshake_done || buf_len(&t->hold) == 0)
+        return true;
+    if (tlsconn_write(t->tls, buf_head(&t->hold), buf_len(&t->hold)) != TLSCONN_OK) {
+        fail(t, tlsconn_error(t->tls));
+        return false;
+    }
+    buf_reset(&t->hold);
+    take_cipher(t);
+    return true;
+}
+
 void transport_flush(struct transport *t)
 {
     if (!t->tcp_connected)
         return;
-    if (t->tls && t->handshake_done && buf_len(&t->hold)) {
-        if (tlsconn_write(t->tls, buf_head(&t->hold), buf_len(&t->hold)) != TLSCONN_OK) {
-            fail(t, tlsconn_error(t->tls));
-            return;
-        }
-        buf_reset(&t->hold);
-        take_cipher(t);
-    }
+    if (!encrypt_hold(t))
+        return;
     if (t->writing || buf_len(&t->out) == 0)
         return;
     if (t->closing && !t->close_when_flushed)
@@ -237,7 +250,6 @@ int transport_accept(struct transport *t, uv_stream_t *server, struct tlsconn_ct
     int rc = uv_accept(server, (uv_stream_t *)&t->tcp);
     if (rc < 0)
         return rc;
-    t->tcp_connected = true;
     uv_tcp_nodelay(&t->tcp, 1);
     if (tls_ctx) {
         t->tls = tlsconn_new_server(tls_ctx);
@@ -245,6 +257,7 @@ int transport_accept(struct transport *t, uv_stream_t *server, struct tlsconn_ct
             return UV_ENOMEM;
         t->handshake_done = false;
     }
+    t->tcp_connected = true; /* only now: before, a write could not know it must be encrypted */
     return start_reading(t);
 }
 
@@ -355,14 +368,18 @@ void transport_close_when_flushed(struct transport *t)
         uv_read_stop((uv_stream_t *)&t->tcp);
         t->reading = false;
     }
+    t->closing = true;
+    t->close_when_flushed = true;
+    /* The last replies are encrypted before the close_notify that must follow them. */
+    if (!encrypt_hold(t) || !t->close_when_flushed)
+        return;
     if (t->tls && t->handshake_done) {
         tlsconn_shutdown(t->tls);
         take_cipher(t);
     }
-    t->closing = true;
-    t->close_when_flushed = true;
     transport_flush(t);
-    maybe_finish_close(t);
+    if (t->close_when_flushed)
+        maybe_finish_close(t);
 }
 
 void transport_peer_name(struct transport *t, char *buf, size_t cap)
