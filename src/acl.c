@@ -101,29 +101,11 @@ static bool arg_is_zero(const struct resp_arg *a)
     return a->len == 1 && a->ptr[0] == '0';
 }
 
-/* Redis's string2ll: "0", or an optional '-' then [1-9][0-9]* within long long. */
+/* A number as Redis's string2ll accepts it (resp_string2ll is the one rule for that). */
 static bool valid_ll(const struct resp_arg *a)
 {
-    const char *p = a->ptr;
-    size_t n = a->len, i = 0;
-    if (n == 0 || n > 20)
-        return false;
-    if (n == 1 && p[0] == '0')
-        return true;
-    bool neg = p[0] == '-';
-    if (neg)
-        i = 1;
-    if (i >= n || p[i] < '1' || p[i] > '9')
-        return false;
-    unsigned long long v = 0;
-    for (; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return false;
-        if (v > (~0ull) / 10)
-            return false;
-        v = v * 10 + (unsigned)(p[i] - '0');
-    }
-    return neg ? v <= (1ull << 63) : v < (1ull << 63);
+    long long v;
+    return resp_string2ll(a->ptr, a->len, &v);
 }
 
 /* ---------------------------------------------------------------------------------------- */
