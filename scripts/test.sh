@@ -26,5 +26,16 @@ build=${BUILD_DIR:-build-test}
 meson compile -C "$build" >/dev/null
 meson test -C "$build" --suite unit --print-errorlogs
 
+# First the integration suite against an ASan/UBSan build (any sanitizer report in respguard's
+# stderr fails the test that caused it; LeakSanitizer runs at each graceful exit), then against
+# the build users run. The last line is the second run's pytest summary.
+asan=${ASAN_BUILD_DIR:-build-asan}
+[ -f "$asan/build.ninja" ] || meson setup "$asan" -Db_sanitize=address,undefined -Dtests=false >/dev/null
+meson compile -C "$asan" respguard >/dev/null
+echo "integration tests, ASan/UBSan build:"
+UBSAN_OPTIONS=print_stacktrace=1 RESPGUARD_BIN=$PWD/$asan/respguard \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration -k "not differential" | tail -1
+
+echo "integration tests:"
 export RESPGUARD_BIN=$PWD/$build/respguard
 exec /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration

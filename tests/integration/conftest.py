@@ -429,6 +429,13 @@ def respguard(request, tmp_path, certs, upstream):
                 p.assert_no_secrets()
             except AssertionError as e:
                 leaks.append(str(e))
+            # With a sanitizer build (scripts/test.sh runs one), any report fails the test.
+            text = p.stderr_text()
+            for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                if marker in text:
+                    i = text.index(marker)
+                    leaks.append("sanitizer report in respguard's stderr:\n" + text[max(0, i - 200):i + 3000])
+                    break
     assert not leaks, "\n".join(leaks)
 
 
