@@ -274,6 +274,8 @@ static void forward_command(struct session *s, const char *frame, const struct r
     }
     size_t n = resp_encode_command(buf_tail(&s->enc), req->argc, req->argv);
     send_upstream(s, buf_head(&s->enc), n);
+    if (s->enc.cap > 256 * 1024)
+        buf_free(&s->enc); /* a one-off big inline or odd command: do not keep its size */
 }
 
 /* The upstream is gone or never came: every reply still due becomes an error, then close. */

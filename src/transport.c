@@ -16,6 +16,8 @@
 
 #define READ_CHUNK (64 * 1024)
 #define CIPHER_CHUNK (64 * 1024)
+/* An idle buffer larger than this (left over from one big value) is given back. */
+#define SHRINK_ABOVE (256 * 1024)
 
 static void emit(struct transport *t, enum transport_event ev, const char *reason)
 {
@@ -65,12 +67,20 @@ static bool encrypt_hold(struct transport *t)
 {
     if (!t->tls || !t->handshake_done || buf_len(&t->hold) == 0)
         return true;
-    if (tlsconn_write(t->tls, buf_head(&t->hold), buf_len(&t->hold)) != TLSCONN_OK) {
-        fail(t, tlsconn_error(t->tls));
-        return false;
+    /* In slices, taking the ciphertext after each, so the engine's memory BIO never grows
+     * beyond one slice whatever the size of a value. */
+    size_t len = buf_len(&t->hold);
+    for (size_t off = 0; off < len; off += CIPHER_CHUNK) {
+        size_t n = len - off < CIPHER_CHUNK ? len - off : CIPHER_CHUNK;
+        if (tlsconn_write(t->tls, buf_head(&t->hold) + off, n) != TLSCONN_OK) {
+            fail(t, tlsconn_error(t->tls));
+            return false;
+        }
+        take_cipher(t);
     }
     buf_reset(&t->hold);
-    take_cipher(t);
+    if (t->hold.cap > SHRINK_ABOVE)
+        buf_free(&t->hold);
     return true;
 }
 
@@ -106,6 +116,8 @@ static void on_write(uv_write_t *req, int status)
     struct transport *t = req->handle->data;
     t->writing = false;
     buf_reset(&t->inflight);
+    if (t->inflight.cap > SHRINK_ABOVE)
+        buf_free(&t->inflight); /* the two output buffers swap: both shrink in turn */
     if (status < 0) {
         if (status != UV_ECANCELED)
             fail(t, uv_strerror(status));
@@ -208,6 +220,13 @@ static bool tls_pump(struct transport *t, bool *eof)
     return got;
 }
 
+/* After the owner consumed its input: give back a buffer grown for one big value. */
+static void transport_shrink_input(struct transport *t)
+{
+    if (!t->closing && buf_len(&t->in) == 0 && t->in.cap > SHRINK_ABOVE)
+        buf_free(&t->in);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct transport *t = s->data;
@@ -226,6 +245,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     if (!t->tls) {
         t->in.end += (size_t)nread;
         emit(t, TRANSPORT_DATA, NULL);
+        transport_shrink_input(t);
         return;
     }
     tlsconn_feed(t->tls, t->cipher, (size_t)nread);
@@ -233,8 +253,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     bool got = tls_pump(t, &eof);
     if (t->closing)
         return;
-    if (got)
+    if (got) {
         emit(t, TRANSPORT_DATA, NULL);
+        transport_shrink_input(t);
+    }
     if (eof && !t->closing)
         emit(t, TRANSPORT_EOF, NULL);
 }
