@@ -951,6 +951,13 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
 
+    if (s->in_multi && (strcmp(name, "auth") == 0 || strcmp(name, "hello") == 0)) {
+        /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
+         * place its answer inside EXEC's array: refuse, and the transaction with it. */
+        s->multi_dirty = true;
+        REPLY_LITERAL(s, "-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n");
+        return;
+    }
     if (strcmp(name, "auth") == 0) {
         cmd_auth(s, req);
         return;

@@ -411,3 +411,21 @@ def test_idle_sessions_give_back_buffers_grown_for_big_values(respguard):
     for c in conns:
         c.close()
     assert rss < RSS_BOUND_MB, "respguard holds %.0f MB for 20 idle sessions" % rss
+
+
+def test_auth_and_hello_inside_multi_are_refused_and_abort_the_transaction(respguard, direct):
+    p = respguard()
+    c = RawConn(p.port)
+    k = unique()
+    assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
+    assert c.call_raw("MULTI") == b"+OK\r\n"
+    assert c.call_raw("SET", k, "v") == b"+QUEUED\r\n"
+    assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == \
+        b"-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n"
+    assert c.call_raw("EXEC") == b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    assert c.call_raw("MULTI") == b"+OK\r\n"
+    assert c.call_raw("HELLO", "3").startswith(b"-ERR AUTH and HELLO inside MULTI")
+    assert c.call_raw("EXEC").startswith(b"-EXECABORT")
+    assert c.call_raw("PING") == b"+PONG\r\n"
+    c.close()
+    assert direct.get(k) is None
