@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "respguard/acl.h"
+#include "respguard/anomaly.h"
 #include "respguard/buf.h"
 #include "respguard/config.h"
 #include "respguard/listener.h"
@@ -73,6 +74,7 @@ struct session {
     const struct listener *listener;
     uint64_t id;
     char peer[64];
+    struct sockaddr_storage peer_addr; /* for allow_from and per-source anomaly counts */
     enum session_state state;
     int refs;                    /* open handles + one while a function of ours runs */
 
@@ -101,12 +103,14 @@ struct session {
     struct buf hold;             /* upstream frame bytes held until the frame ends */
     bool frame_open;
     bool frame_held;
+    bool frame_unsolicited;      /* the frame began with nothing pending: it answers no command */
 
     /* request side */
     bool in_multi;               /* MULTI sent, no EXEC/DISCARD yet */
     bool multi_dirty;            /* a command was refused inside it: EXEC becomes EXECABORT */
     bool quitting;               /* QUIT or a protocol error: read nothing more */
     bool draining;               /* shutdown: close once the queue is empty */
+    bool peer_closed;            /* the client half-closed: answer what it sent, then close */
     /* reply side */
     int reply_proto;             /* 2 or 3, as the upstream speaks at the current reply */
     long long subs, ssubs;       /* subscription counts from the last confirmations */
@@ -119,6 +123,7 @@ static void process_input(struct session *s);
 static void maybe_resume_client(struct session *s);
 static void unref(struct session *s);
 static void on_user_expired(uv_timer_t *t);
+static void on_close_deadline(uv_timer_t *t);
 static void on_login_timeout(uv_timer_t *t);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -180,8 +185,18 @@ static int q_push(struct session *s, struct pending e)
 /* Reply queue                                                                              */
 /* ---------------------------------------------------------------------------------------- */
 
+/* Whatever is still to be written gets shutdown_timeout to leave; a client that never reads
+ * (or a blocked command that never returns after a half-close) cannot keep the session. */
+static void start_close_deadline(struct session *s)
+{
+    uv_timer_stop(&s->login_timer);
+    uv_timer_start(&s->login_timer, on_close_deadline, s->w->cfg->limits.shutdown_timeout_ms, 0);
+}
+
 static void close_after_reply(struct session *s)
 {
+    if (!s->client.closing)
+        start_close_deadline(s);
     s->quitting = true;
     if (s->upstream_started)
         upstream_close(&s->up);
@@ -209,7 +224,7 @@ static void q_drain_local(struct session *s)
     struct pending *e;
     while ((e = q_front(s)) && e->kind == PENDING_LOCAL && s->state != SESSION_CLOSING && !s->client.closing)
         q_pop(s);
-    if (s->draining && s->q_len == 0)
+    if (s->q_len == 0 && (s->draining || (s->peer_closed && (s->quitting || buf_len(&s->client.in) == 0))))
         close_after_reply(s); /* the last replies are queued, not yet written */
 }
 
@@ -425,6 +440,8 @@ static void on_frame(struct session *s, const struct resp_frame_info *f)
         oob = true;
     }
 
+    if (s->frame_unsolicited)
+        oob = true; /* e.g. MONITOR output or a push arriving while nothing was pending */
     if (oob || !e) {
         if (!e && !oob)
             log_event(LOG_WARN, "unexpected_reply", LOG_INT("session", s->id), LOG_END);
@@ -479,8 +496,10 @@ static void on_frame(struct session *s, const struct resp_frame_info *f)
         buf_reset(&s->hold);
         break;
     case PENDING_LOCAL:
-        /* Cannot be at the front while a reply arrives: local entries are sent on arrival. */
+        /* Only when a frame nobody asked for ends behind it: the frame goes out, then the
+         * local replies that waited for it. */
         forward_held(s);
+        q_drain_local(s);
         return;
     }
     if (f->is_error || e->expected <= 1)
@@ -496,6 +515,7 @@ static void process_replies(struct session *s)
         if (!s->frame_open) {
             s->frame_open = true;
             s->frame_held = must_hold(s);
+            s->frame_unsolicited = s->q_len == 0;
         }
         size_t used = 0;
         struct resp_frame_info info;
@@ -587,6 +607,9 @@ static void login(struct session *s, const struct acl_user *u, const char *reply
     }
     log_event(LOG_INFO, "login", LOG_STR("result", "ok"), LOG_STR("user", u->name), LOG_STR("peer", s->peer),
               LOG_INT("session", s->id), LOG_END);
+    if (s->w->anomaly)
+        anomaly_record_connection(s->w->anomaly, (int)(u - s->w->users), (struct sockaddr *)&s->peer_addr,
+                                  uv_now(s->w->loop));
     size_t want = s->w->user_login[u - s->w->users];
     if (s->upstream_started) {
         if (want != s->up_login)
@@ -644,13 +667,8 @@ static enum login_result check_user_allowed(struct session *s, const struct acl_
     const struct config_user *uc = worker_user_config(s->w, u);
     if (uc->has_expires && time(NULL) >= uc->expires)
         return LOGIN_EXPIRED;
-    if (uc->allow_from.count) {
-        struct sockaddr_storage ss;
-        int len = sizeof ss;
-        if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&ss, &len) != 0 ||
-            !config_cidr_match(&uc->allow_from, (struct sockaddr *)&ss))
-            return LOGIN_SOURCE;
-    }
+    if (uc->allow_from.count && !config_cidr_match(&uc->allow_from, (struct sockaddr *)&s->peer_addr))
+        return LOGIN_SOURCE;
     return LOGIN_OK;
 }
 
@@ -658,6 +676,8 @@ static const char wrongpass[] = "-WRONGPASS invalid username-password pair or us
 
 static void login_failed(struct session *s, const struct resp_arg *user, enum login_result r)
 {
+    if (s->w->anomaly)
+        anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, uv_now(s->w->loop));
     log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", user->ptr, user->len),
               LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_INT("session", s->id),
               LOG_END);
@@ -837,6 +857,15 @@ static bool acl_allows(struct session *s, const struct resp_request *req, struct
         }
         rc = acl_check_ex(s->user, req->argc, req->argv, v, s->scratch_keys, s->scratch_channels, s->scratch_cap);
     }
+    /* What the user does, allowed or not, feeds its baselines: a read-only client trying DEL
+     * is the change in behaviour even when it is refused. */
+    if (s->w->anomaly && v->cmd) {
+        int idx = (int)(s->user - s->w->users);
+        uint64_t now = uv_now(s->w->loop);
+        anomaly_record_command(s->w->anomaly, idx, v->cmd->categories, now);
+        if (rc != 0 && v->result >= ACL_DENIED_COMMAND)
+            anomaly_record_denial(s->w->anomaly, idx, (struct sockaddr *)&s->peer_addr, now);
+    }
     if (rc == 0)
         return true;
 
@@ -906,6 +935,7 @@ static void forward_with_match(struct session *s, const struct resp_request *req
 
 static void cmd_reset(struct session *s, const struct resp_request *req, const char *frame)
 {
+    uv_timer_stop(&s->login_timer); /* the previous user's expiry no longer applies */
     /* Redis resets the upstream connection too (and logs it out): send RESET, then log the
      * upstream back in as respguard and swallow that reply. */
     forward_command(s, frame, req);
@@ -989,6 +1019,12 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     if (v.cmd && strcmp(v.cmd->name, "client|reply") == 0 && !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
         /* Replies that never come would shift every later reply: refuse rather than guess. */
         REPLY_LITERAL(s, "-ERR CLIENT REPLY OFF|SKIP is not supported through respguard\r\n");
+        return;
+    }
+    if (v.cmd && strcmp(v.cmd->name, "monitor") == 0) {
+        /* MONITOR turns the connection into a stream that answers no command; even a user
+         * granted +monitor cannot use it through a proxy that matches replies to commands. */
+        REPLY_LITERAL(s, "-ERR MONITOR is not supported through respguard\r\n");
         return;
     }
 
@@ -1079,7 +1115,8 @@ static void maybe_resume_client(struct session *s)
     if (!s->client_paused || s->quitting || s->draining || s->state == SESSION_CLOSING || backlogged(s, 2))
         return;
     s->client_paused = false;
-    transport_resume(&s->client);
+    if (!s->peer_closed)
+        transport_resume(&s->client);
     process_input(s);
 }
 
@@ -1224,6 +1261,13 @@ static void on_user_expired(uv_timer_t *t)
     session_close(s, "user expired");
 }
 
+static void on_close_deadline(uv_timer_t *t)
+{
+    struct session *s = t->data;
+    log_event(LOG_INFO, "session_close_timeout", LOG_INT("session", s->id), LOG_STR("peer", s->peer), LOG_END);
+    session_close(s, "replies not delivered within shutdown_timeout");
+}
+
 static void on_login_timeout(uv_timer_t *t)
 {
     struct session *s = t->data;
@@ -1260,12 +1304,15 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
         /* A half-close (shutdown(SHUT_WR), nc -N) still gets every reply due, as from Redis. */
         if (s->state == SESSION_CLOSING)
             break;
-        if (!authenticated(s) || s->q_len == 0) {
+        s->peer_closed = true;
+        transport_pause(&s->client);
+        process_input(s); /* what it sent before closing is answered, as by Redis */
+        if (s->state == SESSION_CLOSING || s->client.closing)
+            break;
+        if (s->q_len == 0 && (s->quitting || buf_len(&s->client.in) == 0))
             session_close(s, "client closed the connection");
-        } else {
-            s->draining = true;
-            transport_pause(&s->client);
-        }
+        else
+            start_close_deadline(s);
         break;
     case TRANSPORT_ERROR:
         if (!s->client.handshake_done)
@@ -1309,6 +1356,9 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
 
     rc = transport_accept(&s->client, server, l->tls_ctx);
     transport_peer_name(&s->client, s->peer, sizeof s->peer);
+    int addrlen = sizeof s->peer_addr;
+    if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&s->peer_addr, &addrlen) != 0)
+        s->peer_addr.ss_family = AF_UNSPEC;
     if (rc < 0) {
         session_close(s, uv_strerror(rc));
         return rc;
@@ -1316,10 +1366,7 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     log_event(LOG_DEBUG, "accept", LOG_INT("session", s->id), LOG_STR("peer", s->peer), LOG_END);
 
     if (l->cfg->allow_from.count) {
-        struct sockaddr_storage ss;
-        int len = sizeof ss;
-        if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&ss, &len) != 0 ||
-            !config_cidr_match(&l->cfg->allow_from, (struct sockaddr *)&ss)) {
+        if (!config_cidr_match(&l->cfg->allow_from, (struct sockaddr *)&s->peer_addr)) {
             log_event(LOG_WARN, "refused_source", LOG_STR("peer", s->peer), LOG_STR("bind", l->bound), LOG_END);
             session_close(s, "source not allowed");
             return 0;

@@ -429,3 +429,29 @@ def test_auth_and_hello_inside_multi_are_refused_and_abort_the_transaction(respg
     assert c.call_raw("PING") == b"+PONG\r\n"
     c.close()
     assert direct.get(k) is None
+
+
+def test_client_closing_during_blocking_command_frees_the_session(respguard, direct):
+    """A client that times out and closes during BLPOP 0 must not leave its session and its
+    upstream connection blocked forever: they go within shutdown_timeout."""
+    from helpers import blocked_clients
+    p = respguard(limits={"shutdown_timeout": "1s"})
+    base = blocked_clients(direct)
+    for i in range(3):
+        c = RawConn(p.port)
+        assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
+        c.send(encode("BLPOP", unique("never"), "0"))
+        wait_until(lambda: blocked_clients(direct) >= base + i + 1, 5, what="BLPOP blocked upstream")
+        c.close()
+    wait_until(lambda: blocked_clients(direct) <= base, 10, what="upstream sessions released")
+    assert p.proc.poll() is None
+
+
+def test_monitor_is_refused_even_when_granted(respguard):
+    users = {"watcher": {"acl": "on >watchpass ~* &* +@all +monitor"}}
+    p = respguard(users=users)
+    c = RawConn(p.port)
+    assert c.call_raw("AUTH", "watcher", "watchpass") == b"+OK\r\n"
+    assert c.call_raw("MONITOR") == b"-ERR MONITOR is not supported through respguard\r\n"
+    assert c.call_raw("PING") == b"+PONG\r\n"
+    c.close()
