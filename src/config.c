@@ -33,6 +33,8 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "respguard/anomaly.h"
+
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #define CONFIG_FILE_MAX (16u << 20) /* the configuration file itself */
@@ -68,6 +70,9 @@ struct loader {
     size_t errlen;
     const yaml_node_t **user_cred;  /* per user: its upstream_credential value, checked last */
     bool never_set;                 /* guard.never_by_category was given */
+    const yaml_node_t *anomaly_key; /* the top-level anomaly key, NULL when absent */
+    const yaml_node_t **user_anomaly_key; /* per user: its anomaly key, NULL when absent */
+    uint32_t *user_anomaly_set;     /* per user: bit i = user_anomaly_fields[i] was given */
 };
 
 /* Overwrite and free a string that may hold a secret. Used for every string of the snapshot:
@@ -465,6 +470,35 @@ static int parse_u64(const char *s, uint64_t *v)
     return n == 0 || s[n] != '\0' ? -EINVAL : 0;
 }
 
+/* "20", "0.5", "1.25": decimal digits with an optional fraction; no sign, exponent, hex, inf
+ * or nan, so a value means what it reads as. 0 or -EINVAL. */
+static int parse_number(const char *s, double *v)
+{
+    size_t i = 0, int_digits = 0, frac_digits = 0;
+    while (s[i] >= '0' && s[i] <= '9') {
+        i++;
+        int_digits++;
+    }
+    if (s[i] == '.') {
+        i++;
+        while (s[i] >= '0' && s[i] <= '9') {
+            i++;
+            frac_digits++;
+        }
+        if (frac_digits == 0)
+            return -EINVAL;
+    }
+    if (int_digits == 0 || s[i] != '\0' || i > 64)
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (*end != '\0' || errno == ERANGE || !(x >= 0.0 && x <= 1e300))
+        return -EINVAL;
+    *v = x;
+    return 0;
+}
+
 static int scale(uint64_t v, uint64_t unit, uint64_t *out)
 {
     if (v > UINT64_MAX / unit)
@@ -714,6 +748,10 @@ enum ftype {
     T_COUNT,       /* uint64_t in [min, max] */
     T_DURATION,    /* uint64_t milliseconds in [min, max] */
     T_SIZE,        /* uint64_t bytes in [min, max] */
+    T_U32,         /* uint32_t in [min, max] */
+    T_SECONDS,     /* uint32_t seconds from a duration in whole seconds */
+    T_NUMBER,      /* double, a non-negative decimal number ("20", "0.5"); ranges are the
+                      consumer's (anomaly_config_check) */
     T_CIDRS,       /* struct config_cidr_list */
     T_CUSTOM,      /* load() */
 };
@@ -836,6 +874,29 @@ static int load_value(struct loader *ld, const struct field *f, const yaml_node_
         else
             *(uint64_t *)dst = x;
         break;
+    case T_U32:
+        if (parse_u64(s, &x) < 0 || x < f->min || x > f->max || x > UINT32_MAX)
+            rc = fail(ld, v, "%s: expected a whole number from %" PRIu64 " to %" PRIu64, path,
+                      f->min, f->max);
+        else
+            *(uint32_t *)dst = (uint32_t)x;
+        break;
+    case T_SECONDS:
+        if (config_parse_duration(s, &x) < 0 || x % 1000 != 0 || x / 1000 > UINT32_MAX)
+            rc = fail(ld, v, "%s: expected a duration in whole seconds, like 30s, 10m or 1h",
+                      path);
+        else
+            *(uint32_t *)dst = (uint32_t)(x / 1000);
+        break;
+    case T_NUMBER: {
+        double d;
+        if (parse_number(s, &d) < 0)
+            rc = fail(ld, v, "%s: expected a number that is not negative, like 20 or 0.5",
+                      path);
+        else
+            *(double *)dst = d;
+        break;
+    }
     default:
         rc = fail(ld, v, "%s: internal error: bad field type", path);
         break;
@@ -1296,7 +1357,58 @@ static int load_expires(struct loader *ld, const yaml_node_t *v, void *obj, cons
     return rc;
 }
 
-enum { US_ACL, US_ACL_FILE, US_CRED, US_EXPIRES, US_ALLOW, US_N };
+/* users.<name>.anomaly: the per-user settings; each key given replaces the anomaly section's
+ * value for this user. The values are merged in finish(), once the section (which may come
+ * later in the file) is known. */
+#define UA(name, type, member) \
+    {name, type, offsetof(struct anomaly_user_config, member), 0, 0, UINT32_MAX, NULL, NULL}
+static const struct field user_anomaly_fields[] = {
+    UA("disabled", T_BOOL, disabled),
+    UA("min_rate", T_NUMBER, min_rate),
+    UA("factor", T_NUMBER, factor),
+    UA("k", T_NUMBER, k),
+    UA("sustain", T_SECONDS, sustain_s),
+    UA("denial_burst", T_U32, denial_burst),
+    UA("connection_surge_min", T_U32, connection_surge_min),
+    UA("connection_surge_factor", T_NUMBER, connection_surge_factor),
+};
+#undef UA
+#define UA_N ARRAY_SIZE(user_anomaly_fields)
+_Static_assert(UA_N <= 32, "user_anomaly_set is a 32-bit mask");
+
+static size_t field_size(enum ftype t)
+{
+    switch (t) {
+    case T_BOOL:
+        return sizeof(bool);
+    case T_U32:
+    case T_SECONDS:
+        return sizeof(uint32_t);
+    case T_NUMBER:
+        return sizeof(double);
+    default:
+        return 0; /* not used in user_anomaly_fields */
+    }
+}
+
+static int load_user_anomaly(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_user *u = obj;
+    struct found f[UA_N];
+    size_t i = (size_t)(u - ld->c->users);
+    int rc = load_fields(ld, v, path, user_anomaly_fields, UA_N, &u->anomaly, f);
+    if (rc < 0)
+        return rc;
+    uint32_t set = 0;
+    for (size_t j = 0; j < UA_N; j++)
+        if (f[j].key)
+            set |= 1u << j;
+    ld->user_anomaly_set[i] = set;
+    u->has_anomaly_override = true;
+    return 0;
+}
+
+enum { US_ACL, US_ACL_FILE, US_CRED, US_EXPIRES, US_ALLOW, US_ANOMALY, US_N };
 static const struct field user_fields[US_N] = {
     [US_ACL] = {.name = "acl", .type = T_STRING, .off = offsetof(struct config_user, acl),
                 .excludes = "acl_file"},
@@ -1307,6 +1419,7 @@ static const struct field user_fields[US_N] = {
     [US_EXPIRES] = {.name = "expires", .type = T_CUSTOM, .load = load_expires},
     [US_ALLOW] = {.name = "allow_from", .type = T_CIDRS,
                   .off = offsetof(struct config_user, allow_from)},
+    [US_ANOMALY] = {.name = "anomaly", .type = T_CUSTOM, .load = load_user_anomaly},
 };
 
 static int load_users(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
@@ -1319,7 +1432,9 @@ static int load_users(struct loader *ld, const yaml_node_t *v, void *obj, const 
         return fail(ld, v, "%s: at least one user is required", path);
     c->users = calloc(n, sizeof *c->users);
     ld->user_cred = calloc(n, sizeof *ld->user_cred);
-    if (!c->users || !ld->user_cred)
+    ld->user_anomaly_key = calloc(n, sizeof *ld->user_anomaly_key);
+    ld->user_anomaly_set = calloc(n, sizeof *ld->user_anomaly_set);
+    if (!c->users || !ld->user_cred || !ld->user_anomaly_key || !ld->user_anomaly_set)
         return oom(ld, v);
     c->user_count = n;
     for (size_t i = 0; i < n; i++) {
@@ -1346,6 +1461,7 @@ static int load_users(struct loader *ld, const yaml_node_t *v, void *obj, const 
         u->acl_line = (int)acl->start_mark.line + 1;
         u->acl_column = (int)acl->start_mark.column + 1 + quoted;
         ld->user_cred[i] = f[US_CRED].value;
+        ld->user_anomaly_key[i] = f[US_ANOMALY].key;
     }
     return 0;
 }
@@ -1463,7 +1579,48 @@ static int load_log(struct loader *ld, const yaml_node_t *v, void *obj, const ch
     return load_fields(ld, v, path, log_fields, LG_N, obj, f);
 }
 
-enum { TOP_LISTENERS, TOP_UPSTREAM, TOP_USERS, TOP_GUARD, TOP_LIMITS, TOP_LOG, TOP_N };
+/* The anomaly section. Offsets are into struct config: enabled is config.anomaly_enabled, the
+ * rest goes into config.anomaly (the per-user keys into its per-user defaults, anomaly.user).
+ * Ranges are anomaly_config_check's, applied in finish(); here only the form is checked. */
+enum {
+    AN_ENABLED, AN_HALF_LIFE, AN_WARMUP, AN_SUSTAIN, AN_RECOVERY, AN_MIN_RATE, AN_FACTOR, AN_K,
+    AN_DENIAL, AN_AUTH_FAILURE, AN_SURGE_MIN, AN_SURGE_FACTOR, AN_N
+};
+#define AN(id, name, type, member) \
+    [id] = {name, type, offsetof(struct config, member), 0, 0, UINT32_MAX, NULL, NULL}
+static const struct field anomaly_fields[AN_N] = {
+    AN(AN_ENABLED, "enabled", T_BOOL, anomaly_enabled),
+    AN(AN_HALF_LIFE, "half_life", T_SECONDS, anomaly.half_life_s),
+    AN(AN_WARMUP, "warmup", T_SECONDS, anomaly.warmup_s),
+    AN(AN_SUSTAIN, "sustain", T_SECONDS, anomaly.user.sustain_s),
+    AN(AN_RECOVERY, "recovery", T_SECONDS, anomaly.recovery_s),
+    AN(AN_MIN_RATE, "min_rate", T_NUMBER, anomaly.user.min_rate),
+    AN(AN_FACTOR, "factor", T_NUMBER, anomaly.user.factor),
+    AN(AN_K, "k", T_NUMBER, anomaly.user.k),
+    AN(AN_DENIAL, "denial_burst", T_U32, anomaly.user.denial_burst),
+    AN(AN_AUTH_FAILURE, "auth_failure_burst", T_U32, anomaly.auth_failure_burst),
+    AN(AN_SURGE_MIN, "connection_surge_min", T_U32, anomaly.user.connection_surge_min),
+    AN(AN_SURGE_FACTOR, "connection_surge_factor", T_NUMBER,
+       anomaly.user.connection_surge_factor),
+};
+#undef AN
+
+static int load_anomaly(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config *c = obj;
+    struct found f[AN_N];
+    int rc = load_fields(ld, v, path, anomaly_fields, AN_N, c, f);
+    if (rc < 0)
+        return rc;
+    /* denial_burst and the connection surge apply per user and per source alike. */
+    c->anomaly.denial_burst_source = c->anomaly.user.denial_burst;
+    c->anomaly.connection_surge_min_source = c->anomaly.user.connection_surge_min;
+    c->anomaly.connection_surge_factor_source = c->anomaly.user.connection_surge_factor;
+    return 0;
+}
+
+enum { TOP_LISTENERS, TOP_UPSTREAM, TOP_USERS, TOP_GUARD, TOP_LIMITS, TOP_LOG, TOP_ANOMALY,
+       TOP_N };
 static const struct field top_fields[TOP_N] = {
     [TOP_LISTENERS] = {.name = "listeners", .type = T_CUSTOM, .flags = REQUIRED,
                        .load = load_listeners},
@@ -1473,7 +1630,54 @@ static const struct field top_fields[TOP_N] = {
     [TOP_GUARD] = {.name = "guard", .type = T_CUSTOM, .load = load_guard},
     [TOP_LIMITS] = {.name = "limits", .type = T_CUSTOM, .load = load_limits},
     [TOP_LOG] = {.name = "log", .type = T_CUSTOM, .load = load_log},
+    [TOP_ANOMALY] = {.name = "anomaly", .type = T_CUSTOM, .load = load_anomaly},
 };
+
+/* Apply each user's anomaly keys over the section's per-user settings, build the overrides
+ * array, and check the whole with anomaly_config_check. A failure is reported at the anomaly
+ * key it comes from: the user's when only that user's settings are wrong, else the section's
+ * (1:1 when there is none). */
+static int finish_anomaly(struct loader *ld, struct config *c)
+{
+    char msg[256];
+    bool any = false;
+    for (size_t i = 0; i < c->user_count; i++) {
+        struct config_user *u = &c->users[i];
+        struct anomaly_user_config m = c->anomaly.user;
+        for (size_t j = 0; j < UA_N; j++)
+            if (ld->user_anomaly_set[i] & (1u << j))
+                memcpy((char *)&m + user_anomaly_fields[j].off,
+                       (const char *)&u->anomaly + user_anomaly_fields[j].off,
+                       field_size(user_anomaly_fields[j].type));
+        u->anomaly = m;
+        any |= u->has_anomaly_override;
+    }
+    if (any) {
+        struct anomaly_user_config *o = calloc(c->user_count, sizeof *o);
+        if (!o)
+            return oom(ld, ld->anomaly_key);
+        for (size_t i = 0; i < c->user_count; i++)
+            o[i] = c->users[i].anomaly;
+        c->anomaly.overrides = o;
+    }
+    if (anomaly_config_check(&c->anomaly, c->user_count, msg, sizeof msg) == 0)
+        return 0;
+    /* The check stops at the first problem: the section's settings, then users in order. */
+    const yaml_node_t *at = ld->anomaly_key;
+    struct anomaly_config one = c->anomaly;
+    one.overrides = NULL;
+    if (anomaly_config_check(&one, c->user_count, NULL, 0) == 0) {
+        for (size_t i = 0; i < c->user_count; i++) {
+            one.user = c->users[i].anomaly;
+            if (c->users[i].has_anomaly_override &&
+                anomaly_config_check(&one, c->user_count, NULL, 0) != 0) {
+                at = ld->user_anomaly_key[i];
+                break;
+            }
+        }
+    }
+    return fail(ld, at, "anomaly: %s", msg);
+}
 
 /* Checks that span sections, and defaults that depend on what was given. */
 static int finish(struct loader *ld, struct config *c)
@@ -1506,7 +1710,7 @@ static int finish(struct loader *ld, struct config *c)
                 return oom(ld, NULL);
         }
     }
-    return 0;
+    return finish_anomaly(ld, c);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1577,6 +1781,7 @@ static int load_document(struct loader *ld, yaml_parser_t *parser)
     if (rc == 0) {
         struct found f[TOP_N];
         rc = load_fields(ld, root, "", top_fields, TOP_N, ld->c, f);
+        ld->anomaly_key = f[TOP_ANOMALY].key;
     }
     if (rc == 0)
         rc = finish(ld, ld->c);
@@ -1616,6 +1821,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
         .shutdown_timeout_ms = 10000,
     };
     c->log_level = CONFIG_LOG_INFO;
+    anomaly_config_defaults(&c->anomaly);
+    c->anomaly_enabled = true;
     ld.c = c;
 
     const char *slash = strrchr(path, '/');
@@ -1645,6 +1852,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 
     free(ld.dir);
     free(ld.user_cred);
+    free(ld.user_anomaly_key);
+    free(ld.user_anomaly_set);
     if (rc < 0) {
         config_free(c);
         return rc;
@@ -1700,6 +1909,7 @@ void config_free(struct config *c)
     for (size_t i = 0; c->never_by_category && i < c->never_count; i++)
         sfree(c->never_by_category[i]);
     free(c->never_by_category);
+    free((void *)c->anomaly.overrides);
     sfree(c->path);
     explicit_bzero(c, sizeof *c);
     free(c);

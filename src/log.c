@@ -109,6 +109,13 @@ void log_event(enum log_level level, const char *event, ...)
             put(&l, num, (size_t)m);
             break;
         }
+        case LOG_T_NUM: {
+            char num[48];
+            double v = va_arg(ap, double);
+            int m = v == v && v - v == 0 ? snprintf(num, sizeof num, "%.6g", v) : snprintf(num, sizeof num, "null");
+            put(&l, num, (size_t)m);
+            break;
+        }
         case LOG_T_BOOL:
             if (va_arg(ap, int))
                 put(&l, "true", 4);

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "respguard/acl.h"
+#include "respguard/anomaly.h"
 #include "respguard/cmdtab.h"
 #include "respguard/config.h"
 #include "respguard/crypto.h"
@@ -57,6 +58,7 @@ struct runtime {
     struct listener *listeners;
     struct tlsconn_ctx **listener_tls;
     uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t anomaly_timer;      /* once a second: close the second, report anomalies */
 };
 
 static int compile_users(struct runtime *rt, char *err, size_t errlen)
@@ -182,6 +184,7 @@ static void runtime_free(struct runtime *rt)
         free(rt->listener_tls);
     }
     free(rt->listeners);
+    anomaly_free(rt->w.anomaly);
     config_free(rt->cfg);
 }
 
@@ -332,8 +335,46 @@ static int cmd_passwd(bool generate)
 /* run                                                                                       */
 /* ---------------------------------------------------------------------------------------- */
 
+/* One JSON line per anomaly onset and recovery: never one per command. */
+static void log_anomaly(const struct anomaly_event *ev, void *ctx)
+{
+    struct runtime *rt = ctx;
+    const char *user = ev->user >= 0 && (size_t)ev->user < rt->w.user_count ? rt->w.users[ev->user].name : NULL;
+    log_event(ev->phase == ANOMALY_ONSET ? LOG_WARN : LOG_INFO, "anomaly",
+              LOG_STR("type", anomaly_type_name(ev->type)), LOG_STR("phase", anomaly_phase_name(ev->phase)),
+              LOG_STR("user", user), LOG_STR("source", ev->source[0] ? ev->source : NULL),
+              LOG_STR("category", ev->category), LOG_NUM("observed", ev->observed),
+              LOG_NUM("baseline", ev->baseline), LOG_NUM("threshold", ev->threshold), LOG_NUM("peak", ev->peak),
+              LOG_INT("duration_s", (long long)ev->duration_s), LOG_END);
+}
+
+static void on_anomaly_tick(uv_timer_t *t)
+{
+    struct runtime *rt = t->data;
+    anomaly_tick(rt->w.anomaly, uv_now(rt->w.loop), log_anomaly, rt);
+}
+
+/* The detector, with a random seed for its source table. 0, or -1 after printing why. */
+static int start_anomaly(struct runtime *rt)
+{
+    if (!rt->cfg->anomaly_enabled)
+        return 0;
+    struct anomaly_config ac = rt->cfg->anomaly;
+    if (crypto_random(&ac.hash_seed, sizeof ac.hash_seed) != 0 ||
+        anomaly_new(&ac, rt->w.user_count, &rt->w.anomaly) != 0) {
+        fprintf(stderr, "respguard: cannot start the anomaly detector\n");
+        return -1;
+    }
+    uv_timer_init(rt->w.loop, &rt->anomaly_timer);
+    rt->anomaly_timer.data = rt;
+    uv_timer_start(&rt->anomaly_timer, on_anomaly_tick, 1000, 1000);
+    return 0;
+}
+
 static void close_signals(struct runtime *rt)
 {
+    if (rt->w.anomaly && !uv_is_closing((uv_handle_t *)&rt->anomaly_timer))
+        uv_close((uv_handle_t *)&rt->anomaly_timer, NULL);
     uv_close((uv_handle_t *)&rt->sig_term, NULL);
     uv_close((uv_handle_t *)&rt->sig_int, NULL);
     uv_close((uv_handle_t *)&rt->sig_hup, NULL);
@@ -422,6 +463,8 @@ static int cmd_run(const char *path)
                   LOG_BOOL("tls", rt.cfg->listeners[i].tls_enabled), LOG_END);
     }
     if (!rt.listeners)
+        status = 1;
+    if (status == 0 && start_anomaly(&rt) != 0)
         status = 1;
 
     uv_signal_init(&loop, &rt.sig_term);

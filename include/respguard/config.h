@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "respguard/anomaly.h"
+
 struct acl_user; /* acl.h */
 
 struct config_cidr {
@@ -78,6 +80,10 @@ struct config_user {
     const char *file;        /* config file name, for errors found later (acl parsing) */
     int acl_line, acl_column;/* position of the acl value, 1-based: its first character, after
                               * an opening quote (for acl_file: the file name's position) */
+    /* This user's anomaly settings, always complete: the anomaly section's per-user settings
+     * (config.anomaly.user) with the keys of users.<name>.anomaly applied on top. */
+    struct anomaly_user_config anomaly;
+    bool has_anomaly_override; /* users.<name>.anomaly was given */
 };
 
 struct config_limits {
@@ -104,6 +110,12 @@ struct config {
     struct config_limits limits;
     enum config_log_level log_level;
     bool log_keys;
+    /* The anomaly section: anomaly_config_defaults() with the file's keys applied, checked with
+     * anomaly_config_check. overrides is NULL when no user has an anomaly key, else user_count
+     * entries in user order (users[i].anomaly), owned by the snapshot. hash_seed keeps the
+     * default: the caller puts random bytes there before anomaly_new. */
+    struct anomaly_config anomaly;
+    bool anomaly_enabled;          /* anomaly.enabled, default true */
 };
 
 /* The default guard list (lower case, NULL-terminated). */

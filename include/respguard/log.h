@@ -16,11 +16,12 @@
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 
-enum log_field_type { LOG_T_END = 0, LOG_T_STR, LOG_T_INT, LOG_T_BOOL, LOG_T_BYTES };
+enum log_field_type { LOG_T_END = 0, LOG_T_STR, LOG_T_INT, LOG_T_BOOL, LOG_T_BYTES, LOG_T_NUM };
 
 #define LOG_STR(k, v) LOG_T_STR, (const char *)(k), (const char *)(v)
 #define LOG_INT(k, v) LOG_T_INT, (const char *)(k), (long long)(v)
 #define LOG_BOOL(k, v) LOG_T_BOOL, (const char *)(k), (int)(v)
+#define LOG_NUM(k, v) LOG_T_NUM, (const char *)(k), (double)(v)
 /* A byte string that may hold anything (a key name): escaped, cut at 128 bytes. */
 #define LOG_BYTES(k, p, n) LOG_T_BYTES, (const char *)(k), (const char *)(p), (size_t)(n)
 #define LOG_END LOG_T_END

@@ -19,6 +19,7 @@ struct tlsconn_ctx;
 struct listener;
 struct session;
 struct config_user;
+struct anomaly;
 
 struct worker_login {
     char *cmd; /* encoded AUTH (or PING when there is no password) */
@@ -39,6 +40,7 @@ struct worker {
     size_t *user_login;
     struct listener *listeners;
     size_t listener_count;
+    struct anomaly *anomaly;       /* rate baselines and anomaly events; NULL when disabled */
     struct session *sessions;      /* intrusive list of live sessions */
     size_t session_count;
     uint64_t next_session_id;

@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "respguard/anomaly.h"
 #include "respguard/config.h"
 
 #ifndef TEST_DATA_DIR
@@ -129,6 +130,8 @@ static void run_errors(const struct err_case *cases, size_t n)
     }
     assert_int_equal(bad, 0);
 }
+
+static void assert_anomaly_equal(const struct anomaly_config *a, const struct anomaly_config *b);
 
 static const struct config_user *find_user(const struct config *c, const char *name)
 {
@@ -333,6 +336,16 @@ static void test_example_file(void **state)
         print_error("%s\n", err);
     assert_int_equal(rc, 0);
     assert_true(c->listener_count >= 2);
+    /* Its anomaly section shows the defaults; web has an override. */
+    struct anomaly_config def;
+    anomaly_config_defaults(&def);
+    assert_true(c->anomaly_enabled);
+    assert_anomaly_equal(&c->anomaly, &def);
+    assert_non_null(c->anomaly.overrides);
+    assert_true(c->users[0].has_anomaly_override);
+    assert_true(c->anomaly.overrides[0].min_rate == 200);
+    assert_int_equal(c->anomaly.overrides[0].sustain_s, 30);
+    assert_false(c->users[1].has_anomaly_override);
     config_free(c);
 }
 
@@ -506,6 +519,342 @@ static void test_guard_and_log(void **state)
     assert_true(c->log_keys);
     config_free(c);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* anomaly                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static void assert_user_anomaly_equal(const struct anomaly_user_config *a,
+                                      const struct anomaly_user_config *b)
+{
+    assert_int_equal(a->disabled, b->disabled);
+    assert_true(a->min_rate == b->min_rate);
+    assert_true(a->factor == b->factor);
+    assert_true(a->k == b->k);
+    assert_int_equal(a->sustain_s, b->sustain_s);
+    assert_int_equal(a->denial_burst, b->denial_burst);
+    assert_int_equal(a->connection_surge_min, b->connection_surge_min);
+    assert_true(a->connection_surge_factor == b->connection_surge_factor);
+}
+
+static void assert_anomaly_equal(const struct anomaly_config *a, const struct anomaly_config *b)
+{
+    assert_int_equal(a->half_life_s, b->half_life_s);
+    assert_int_equal(a->active_half_life_s, b->active_half_life_s);
+    assert_int_equal(a->warmup_s, b->warmup_s);
+    assert_int_equal(a->recovery_s, b->recovery_s);
+    assert_true(a->recovery_ratio == b->recovery_ratio);
+    assert_int_equal(a->categories, b->categories);
+    assert_user_anomaly_equal(&a->user, &b->user);
+    assert_int_equal(a->denial_burst_source, b->denial_burst_source);
+    assert_int_equal(a->auth_failure_burst, b->auth_failure_burst);
+    assert_int_equal(a->connection_surge_min_source, b->connection_surge_min_source);
+    assert_true(a->connection_surge_factor_source == b->connection_surge_factor_source);
+    assert_int_equal(a->source_table_size, b->source_table_size);
+    assert_true(a->hash_seed == b->hash_seed);
+}
+
+/* No anomaly section (or an empty one): the detector's defaults, enabled, no overrides. */
+static void test_anomaly_defaults(void **state)
+{
+    (void)state;
+    struct anomaly_config def;
+    anomaly_config_defaults(&def);
+    static const char *const files[] = {
+        "listeners: [{bind: 127.0.0.1:1}]\nupstream: {url: rediss://h}\n"
+        "users: {w: {acl: on}, r: {acl: on}}\n",
+        "listeners: [{bind: 127.0.0.1:1}]\nupstream: {url: rediss://h}\n"
+        "users: {w: {acl: on}, r: {acl: on}}\nanomaly: {}\n",
+    };
+    for (size_t f = 0; f < ARRAY_SIZE(files); f++) {
+        struct config *c = load_ok(files[f]);
+        assert_true(c->anomaly_enabled);
+        assert_anomaly_equal(&c->anomaly, &def);
+        assert_null(c->anomaly.overrides);
+        assert_int_equal(c->user_count, 2);
+        for (size_t i = 0; i < c->user_count; i++) {
+            assert_false(c->users[i].has_anomaly_override);
+            assert_user_anomaly_equal(&c->users[i].anomaly, &def.user);
+        }
+        config_free(c);
+    }
+    /* The shipped minimal file too. */
+    char err[512];
+    struct config *c = NULL;
+    assert_int_equal(config_load(DATA "/minimal.yaml", &c, err, sizeof err), 0);
+    assert_true(c->anomaly_enabled);
+    assert_anomaly_equal(&c->anomaly, &def);
+    assert_null(c->anomaly.overrides);
+    config_free(c);
+}
+
+/* Every key, the section after the users, overrides in user order. */
+static void test_anomaly_file(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *c = NULL;
+    int rc = config_load(DATA "/anomaly.yaml", &c, err, sizeof err);
+    if (rc)
+        print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+
+    struct anomaly_config want;
+    anomaly_config_defaults(&want);
+    want.half_life_s = 900;
+    want.warmup_s = 3600;
+    want.user.sustain_s = 20;
+    want.recovery_s = 45;
+    want.user.min_rate = 12.75;
+    want.user.factor = 4;
+    want.user.k = 3.5;
+    want.user.denial_burst = 40;
+    want.denial_burst_source = 40;
+    want.auth_failure_burst = 0;
+    want.user.connection_surge_min = 200;
+    want.connection_surge_min_source = 200;
+    want.user.connection_surge_factor = 12;
+    want.connection_surge_factor_source = 12;
+    assert_false(c->anomaly_enabled);
+    assert_anomaly_equal(&c->anomaly, &want);
+
+    assert_int_equal(c->user_count, 3);
+    assert_string_equal(c->users[0].name, "web");
+    assert_string_equal(c->users[1].name, "batch");
+    assert_string_equal(c->users[2].name, "ro");
+
+    struct anomaly_user_config web = {
+        .disabled = false, .min_rate = 0.5, .factor = 2.5, .k = 6, .sustain_s = 60,
+        .denial_burst = 7, .connection_surge_min = 8, .connection_surge_factor = 1.5};
+    struct anomaly_user_config ro = want.user; /* the section's values, then its two keys */
+    ro.disabled = true;
+    ro.min_rate = 1000;
+
+    assert_true(c->users[0].has_anomaly_override);
+    assert_false(c->users[1].has_anomaly_override);
+    assert_true(c->users[2].has_anomaly_override);
+    assert_user_anomaly_equal(&c->users[0].anomaly, &web);
+    assert_user_anomaly_equal(&c->users[1].anomaly, &want.user);
+    assert_user_anomaly_equal(&c->users[2].anomaly, &ro);
+
+    const struct anomaly_user_config *o = c->anomaly.overrides;
+    assert_non_null(o);
+    assert_user_anomaly_equal(&o[0], &web);
+    assert_user_anomaly_equal(&o[1], &want.user);
+    assert_user_anomaly_equal(&o[2], &ro);
+    assert_int_equal(anomaly_config_check(&c->anomaly, c->user_count, err, sizeof err), 0);
+    /* The snapshot is directly usable by the detector. */
+    struct anomaly *d = NULL;
+    assert_int_equal(anomaly_new(&c->anomaly, c->user_count, &d), 0);
+    anomaly_free(d);
+    config_free(c);
+}
+
+/* One override among several users, section before the users, value forms. */
+static void test_anomaly_overrides(void **state)
+{
+    (void)state;
+    struct anomaly_config def;
+    anomaly_config_defaults(&def);
+    struct config *c = load_ok("listeners: [{bind: 127.0.0.1:1}]\n"
+                               "upstream: {url: rediss://h}\n"
+                               "anomaly: {enabled: yes, min_rate: \"7\", half_life: 600,\n"
+                               "          k: 0, factor: 1.0, sustain: 1s, warmup: 0s}\n"
+                               "users:\n"
+                               "  a: {acl: on}\n"
+                               "  b: {acl: on}\n"
+                               "  c: {acl: on, anomaly: {k: 2, denial_burst: 0}}\n"
+                               "  d: {acl: on, anomaly: {}}\n");
+    assert_true(c->anomaly_enabled);
+    assert_int_equal(c->anomaly.half_life_s, 600);
+    assert_int_equal(c->anomaly.warmup_s, 0);
+    assert_true(c->anomaly.user.min_rate == 7.0);
+    assert_true(c->anomaly.user.k == 0.0);
+    assert_true(c->anomaly.user.factor == 1.0);
+    assert_int_equal(c->anomaly.user.sustain_s, 1);
+    /* Keys not given keep their defaults, the per-source values included. */
+    assert_int_equal(c->anomaly.user.denial_burst, def.user.denial_burst);
+    assert_int_equal(c->anomaly.denial_burst_source, def.denial_burst_source);
+    assert_int_equal(c->anomaly.recovery_s, def.recovery_s);
+
+    const struct anomaly_user_config *o = c->anomaly.overrides;
+    assert_non_null(o);
+    for (size_t i = 0; i < 4; i++) {
+        struct anomaly_user_config w = c->anomaly.user;
+        if (i == 2) {
+            w.k = 2;
+            w.denial_burst = 0;
+        }
+        assert_user_anomaly_equal(&o[i], &w);
+        assert_user_anomaly_equal(&c->users[i].anomaly, &w);
+        assert_int_equal(c->users[i].has_anomaly_override, i >= 2);
+    }
+    config_free(c);
+
+    /* Large but representable values pass the loader (ranges are the detector's). */
+    c = load_ok("listeners: [{bind: 127.0.0.1:1}]\nupstream: {url: rediss://h}\n"
+                "users: {w: {acl: on}}\n"
+                "anomaly: {denial_burst: 4294967295, auth_failure_burst: 4294967295,\n"
+                "          connection_surge_min: 4294967295, half_life: 720h,\n"
+                "          min_rate: 1000000000, factor: 1000000}\n");
+    assert_int_equal(c->anomaly.user.denial_burst, UINT32_MAX);
+    assert_int_equal(c->anomaly.denial_burst_source, UINT32_MAX);
+    assert_int_equal(c->anomaly.auth_failure_burst, UINT32_MAX);
+    assert_int_equal(c->anomaly.connection_surge_min_source, UINT32_MAX);
+    assert_int_equal(c->anomaly.half_life_s, 720 * 3600);
+    assert_null(c->anomaly.overrides);
+    config_free(c);
+}
+
+#define L "listeners:\n  - bind: 127.0.0.1:6379\n" /* lines 1-2 */
+#define UP "upstream:\n  url: rediss://h\n"       /* 2 lines */
+#define US "users:\n  web:\n    acl: \"on\"\n"   /* 3 lines */
+
+static void test_errors_anomaly(void **state)
+{
+    (void)state;
+#define NUM "expected a number that is not negative, like 20 or 0.5"
+#define SECS "expected a duration in whole seconds, like 30s, 10m or 1h"
+#define U32 "expected a whole number from 0 to 4294967295"
+    static const struct err_case cases[] = {
+        /* The section: form and type of each key. */
+        {"anomaly scalar", "anomaly: on\n",
+         "1:10: anomaly: expected a mapping, found a single value"},
+        {"anomaly list", "anomaly: [a]\n", "1:10: anomaly: expected a mapping, found a list"},
+        {"anomaly empty value", "anomaly:\n",
+         "1:9: anomaly: expected a mapping, found a single value"},
+        {"unknown key", "anomaly:\n  threshold: 5\n", "2:3: unknown key 'threshold' in anomaly"},
+        {"source key is not a key", "anomaly:\n  denial_burst_source: 5\n",
+         "2:3: unknown key 'denial_burst_source' in anomaly"},
+        {"disabled is per user only", "anomaly:\n  disabled: yes\n",
+         "2:3: unknown key 'disabled' in anomaly"},
+        {"duplicate key", "anomaly: {k: 1, k: 2}\n", "1:17: duplicate key 'k' in anomaly"},
+        {"enabled maybe", "anomaly:\n  enabled: maybe\n",
+         "2:12: anomaly.enabled: expected yes, no, true or false"},
+        {"enabled list", "anomaly:\n  enabled: [yes]\n",
+         "2:12: anomaly.enabled: expected a single value, found a list"},
+        {"half_life ms", "anomaly:\n  half_life: 1500ms\n", "2:14: anomaly.half_life: " SECS},
+        {"half_life negative", "anomaly:\n  half_life: -5m\n", "2:14: anomaly.half_life: " SECS},
+        {"half_life unit", "anomaly:\n  half_life: 1d\n", "2:14: anomaly.half_life: " SECS},
+        {"half_life fraction", "anomaly:\n  half_life: 1.5m\n",
+         "2:14: anomaly.half_life: " SECS},
+        {"half_life too big for 32 bits", "anomaly:\n  half_life: 4294967296s\n",
+         "2:14: anomaly.half_life: " SECS},
+        {"half_life null", "anomaly:\n  half_life: ~\n", "2:14: anomaly.half_life: missing value"},
+        {"warmup mapping", "anomaly:\n  warmup: {m: 10}\n",
+         "2:11: anomaly.warmup: expected a single value, found a mapping"},
+        {"sustain text", "anomaly:\n  sustain: ten\n", "2:12: anomaly.sustain: " SECS},
+        {"recovery negative", "anomaly:\n  recovery: -30s\n", "2:13: anomaly.recovery: " SECS},
+        {"min_rate negative", "anomaly:\n  min_rate: -1\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate plus", "anomaly:\n  min_rate: +1\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate exponent", "anomaly:\n  min_rate: 1e3\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate inf", "anomaly:\n  min_rate: .inf\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate nan", "anomaly:\n  min_rate: nan\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate hex", "anomaly:\n  min_rate: 0x10\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate leading dot", "anomaly:\n  min_rate: .5\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate trailing dot", "anomaly:\n  min_rate: \"5.\"\n",
+         "2:13: anomaly.min_rate: " NUM},
+        {"min_rate unit", "anomaly:\n  min_rate: 20/s\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate space", "anomaly:\n  min_rate: \" 20\"\n", "2:13: anomaly.min_rate: " NUM},
+        {"min_rate list", "anomaly:\n  min_rate: [20]\n",
+         "2:13: anomaly.min_rate: expected a single value, found a list"},
+        {"factor text", "anomaly:\n  factor: three\n", "2:11: anomaly.factor: " NUM},
+        {"k negative", "anomaly:\n  k: -4\n", "2:6: anomaly.k: " NUM},
+        {"denial_burst negative", "anomaly:\n  denial_burst: -1\n",
+         "2:17: anomaly.denial_burst: " U32},
+        {"denial_burst fraction", "anomaly:\n  denial_burst: 1.5\n",
+         "2:17: anomaly.denial_burst: " U32},
+        {"auth_failure_burst overflow", "anomaly:\n  auth_failure_burst: 4294967296\n",
+         "2:23: anomaly.auth_failure_burst: " U32},
+        {"connection_surge_min text", "anomaly:\n  connection_surge_min: many\n",
+         "2:25: anomaly.connection_surge_min: " U32},
+        {"connection_surge_factor negative", "anomaly:\n  connection_surge_factor: -10\n",
+         "2:28: anomaly.connection_surge_factor: " NUM},
+        {"env unset", "anomaly:\n  k: ${RG_TEST_UNSET}\n",
+         "2:6: environment variable RG_TEST_UNSET is not set"},
+
+        /* users.<name>.anomaly */
+        {"user anomaly scalar", L UP US "    anomaly: off\n",
+         "8:14: users.web.anomaly: expected a mapping, found a single value"},
+        {"user unknown key", L UP US "    anomaly:\n      half_life: 5m\n",
+         "9:7: unknown key 'half_life' in users.web.anomaly"},
+        {"user enabled is not a key", L UP US "    anomaly: {enabled: no}\n",
+         "8:15: unknown key 'enabled' in users.web.anomaly"},
+        {"user duplicate anomaly", L UP US "    anomaly: {}\n    anomaly: {}\n",
+         "9:5: duplicate key 'anomaly' in users.web"},
+        {"user disabled", L UP US "    anomaly:\n      disabled: 2\n",
+         "9:17: users.web.anomaly.disabled: expected yes, no, true or false"},
+        {"user min_rate negative", L UP US "    anomaly:\n      min_rate: -0.5\n",
+         "9:17: users.web.anomaly.min_rate: " NUM},
+        {"user factor list", L UP US "    anomaly:\n      factor: [2]\n",
+         "9:15: users.web.anomaly.factor: expected a single value, found a list"},
+        {"user k text", L UP US "    anomaly:\n      k: x\n", "9:10: users.web.anomaly.k: " NUM},
+        {"user sustain ms", L UP US "    anomaly:\n      sustain: 100ms\n",
+         "9:16: users.web.anomaly.sustain: " SECS},
+        {"user denial_burst negative", L UP US "    anomaly:\n      denial_burst: -3\n",
+         "9:21: users.web.anomaly.denial_burst: " U32},
+        {"user connection_surge_min fraction",
+         L UP US "    anomaly:\n      connection_surge_min: 0.5\n",
+         "9:29: users.web.anomaly.connection_surge_min: " U32},
+        {"user connection_surge_factor text",
+         L UP US "    anomaly:\n      connection_surge_factor: lots\n",
+         "9:32: users.web.anomaly.connection_surge_factor: " NUM},
+
+        /* anomaly_config_check, after the whole file: at the anomaly key. */
+        {"check half_life 0", L UP US "anomaly:\n  half_life: 0s\n",
+         "8:1: anomaly: half_life_s must be from 1 to 2592000"},
+        {"check half_life above 30 days", L UP US "anomaly:\n  half_life: 721h\n",
+         "8:1: anomaly: half_life_s must be from 1 to 2592000"},
+        {"check warmup above 30 days", L UP US "anomaly:\n  warmup: 2592001\n",
+         "8:1: anomaly: warmup_s must be at most 2592000"},
+        {"check recovery 0", L UP US "anomaly:\n  recovery: 0\n",
+         "8:1: anomaly: recovery_s must be from 1 to 2592000"},
+        {"check sustain 0", L UP US "anomaly:\n  sustain: 0s\n",
+         "8:1: anomaly: user.sustain_s must be from 1 to 2592000"},
+        {"check factor below 1", L UP US "anomaly:\n  factor: 0.5\n",
+         "8:1: anomaly: user.factor must be a number from 1 to 1e6"},
+        {"check min_rate above 1e9", L UP US "anomaly:\n  min_rate: 1000000000.5\n",
+         "8:1: anomaly: user.min_rate must be a number from 0 to 1e9"},
+        {"check k above 1e6", L UP US "anomaly:\n  k: 1000001\n",
+         "8:1: anomaly: user.k must be a number from 0 to 1e6"},
+        {"check connection_surge_factor below 1", L UP US "anomaly:\n"
+         "  connection_surge_factor: 0\n",
+         "8:1: anomaly: connection_surge_factor_source must be a number from 1 to 1e6"},
+        {"check while disabled", L UP US "anomaly:\n  enabled: no\n  factor: 0\n",
+         "8:1: anomaly: user.factor must be a number from 1 to 1e6"},
+        {"check section before users", L UP "anomaly: {sustain: 0}\n" US,
+         "5:1: anomaly: user.sustain_s must be from 1 to 2592000"},
+        {"check section wins over a user", L UP
+         "users:\n  web:\n    acl: \"on\"\n    anomaly: {factor: 0.5}\n"
+         "anomaly:\n  factor: 0.5\n",
+         "9:1: anomaly: user.factor must be a number from 1 to 1e6"},
+        /* ... and at the user's anomaly key when only that user's settings are wrong. */
+        {"check user factor", L UP US "  ro:\n    acl: \"on\"\n    anomaly:\n"
+         "      factor: 0.5\n",
+         "10:5: anomaly: overrides[1].factor must be a number from 1 to 1e6"},
+        {"check user sustain, section present", L UP
+         "anomaly: {sustain: 20s}\n"
+         "users:\n  web:\n    acl: \"on\"\n    anomaly: {k: 1}\n"
+         "  ro:\n    acl: \"on\"\n    anomaly: {sustain: 0s}\n",
+         "12:5: anomaly: overrides[1].sustain_s must be from 1 to 2592000"},
+        {"check first bad user", L UP
+         "users:\n  a: {acl: on, anomaly: {min_rate: 1}}\n"
+         "  b: {acl: on, anomaly: {k: 2000000}}\n"
+         "  c: {acl: on, anomaly: {factor: 0}}\n",
+         "7:16: anomaly: overrides[1].k must be a number from 0 to 1e6"},
+        {"check user connection_surge_factor", L UP
+         "users:\n  a: {acl: on, anomaly: {connection_surge_factor: 0.99}}\n",
+         "6:16: anomaly: overrides[0].connection_surge_factor must be a number from 1 to 1e6"},
+    };
+#undef NUM
+#undef SECS
+#undef U32
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+#undef L
+#undef UP
+#undef US
 
 /* ---------------------------------------------------------------------------------------- */
 /* Errors                                                                                   */
@@ -1219,6 +1568,10 @@ int main(void)
         cmocka_unit_test(test_ipv6_binds),
         cmocka_unit_test(test_upstream_urls),
         cmocka_unit_test(test_guard_and_log),
+        cmocka_unit_test(test_anomaly_defaults),
+        cmocka_unit_test(test_anomaly_file),
+        cmocka_unit_test(test_anomaly_overrides),
+        cmocka_unit_test(test_errors_anomaly),
         cmocka_unit_test(test_errors_top),
         cmocka_unit_test(test_errors_listeners),
         cmocka_unit_test(test_errors_upstream),
