@@ -155,3 +155,16 @@ def respguard_bin():
         "respguard binary not found at %s (build it: meson setup build && meson compile -C build," \
         " or set RESPGUARD_BIN)" % b
     return b
+
+
+def built_tool(name, env_var):
+    """Path of a test tool built by meson (tests/tools/NAME): $env_var, or the test build dirs.
+    A missing tool fails the test (CI builds it), it never skips."""
+    import pytest
+    env = os.environ.get(env_var)
+    candidates = [env] if env else [os.path.join(ROOT, b, "tests", "tools", name) for b in ("build-test", "build")]
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    pytest.fail("%s not found (tried %s): build it (meson compile -C build-test) or set %s"
+                % (name, ", ".join(c for c in candidates if c), env_var))

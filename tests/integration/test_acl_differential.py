@@ -41,7 +41,7 @@ import threading
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import ROOT, free_port, wait_port  # noqa: E402
+from helpers import built_tool, ROOT, free_port, wait_port  # noqa: E402
 from resp_util import encode  # noqa: E402
 import test_cmdtab_differential as cmdgen  # noqa: E402  (argument vectors, shared)
 
@@ -94,16 +94,7 @@ CHANNELS_TEXT = "NOPERM this user has no permissions to access one of the channe
 
 
 def probe_path():
-    env = os.environ.get("ACL_PROBE")
-    candidates = [env] if env else [
-        os.path.join(ROOT, "build-test", "tests", "tools", "acl_probe"),
-        os.path.join(ROOT, "build", "tests", "tools", "acl_probe"),
-    ]
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    pytest.fail("acl_probe not found (tried %s): build it (meson compile -C build-test) or set "
-                "ACL_PROBE" % ", ".join(c for c in candidates if c))
+    return built_tool("acl_probe", "ACL_PROBE")
 
 
 # ---------------------------------------------------------------------------------------------

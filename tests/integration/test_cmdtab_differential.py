@@ -46,21 +46,12 @@ import tempfile
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import ROOT, free_port, wait_port  # noqa: E402
+from helpers import built_tool, ROOT, free_port, wait_port  # noqa: E402
 from resp_util import ErrorReply, RawConn, encode  # noqa: E402
 
 
 def probe_path():
-    env = os.environ.get("CMDTAB_PROBE")
-    candidates = [env] if env else [
-        os.path.join(ROOT, "build-test", "tests", "tools", "cmdtab_probe"),
-        os.path.join(ROOT, "build", "tests", "tools", "cmdtab_probe"),
-    ]
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    pytest.fail("cmdtab_probe not found (tried %s): build it (meson compile -C build-test) or "
-                "set CMDTAB_PROBE" % ", ".join(c for c in candidates if c))
+    return built_tool("cmdtab_probe", "CMDTAB_PROBE")
 
 
 # ---------------------------------------------------------------------------------------------
