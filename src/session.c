@@ -66,6 +66,7 @@ struct pending {
     uint8_t flags;
     uint32_t expected;  /* replies still due from the upstream */
     uint32_t local_len; /* bytes of s->local owned by this entry */
+    uint32_t multi_seq; /* PENDING_MULTI: which MULTI this is (a later one may have replaced it) */
 };
 
 struct session {
@@ -107,6 +108,7 @@ struct session {
 
     /* request side */
     bool in_multi;               /* MULTI sent, no EXEC/DISCARD yet */
+    uint32_t multi_seq;          /* counts MULTIs that opened a transaction here */
     bool multi_dirty;            /* a command was refused inside it: EXEC becomes EXECABORT */
     bool quitting;               /* QUIT or a protocol error: read nothing more */
     bool draining;               /* shutdown: close once the queue is empty */
@@ -399,7 +401,7 @@ static void complete_entry(struct session *s, struct pending *e, bool error)
             s->reply_proto = 3;
         if (e->flags & PENDING_RESET)
             s->subs = s->ssubs = 0;
-    } else if (e->flags & PENDING_MULTI) {
+    } else if ((e->flags & PENDING_MULTI) && e->multi_seq == s->multi_seq) {
         s->in_multi = s->multi_dirty = false; /* Redis refused the MULTI: no transaction */
     }
     if (e->flags & PENDING_SUBSCRIBE)
@@ -1067,8 +1069,10 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         }
     }
     if (strcmp(name, "multi") == 0) {
-        if (!s->in_multi)
+        if (!s->in_multi) {
             flags |= PENDING_MULTI;
+            s->multi_seq++;
+        }
         s->in_multi = true;
     } else if (strcmp(name, "exec") == 0 && s->in_multi) {
         bool dirty = s->multi_dirty;
@@ -1089,6 +1093,8 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     else
         forward_command(s, frame, req);
     expect_upstream(s, PENDING_FORWARD, flags, expected, NULL, 0);
+    if ((flags & PENDING_MULTI) && s->q_len)
+        q_at(s, s->q_len - 1)->multi_seq = s->multi_seq;
     if (marker) {
         static const char ping[] = "*1\r\n$4\r\nPING\r\n";
         send_upstream(s, ping, sizeof ping - 1);
@@ -1118,6 +1124,7 @@ static void maybe_resume_client(struct session *s)
     if (!s->peer_closed)
         transport_resume(&s->client);
     process_input(s);
+    transport_shrink_input(&s->client);
 }
 
 static void process_input(struct session *s)

@@ -220,8 +220,7 @@ static bool tls_pump(struct transport *t, bool *eof)
     return got;
 }
 
-/* After the owner consumed its input: give back a buffer grown for one big value. */
-static void transport_shrink_input(struct transport *t)
+void transport_shrink_input(struct transport *t)
 {
     if (!t->closing && buf_len(&t->in) == 0 && t->in.cap > SHRINK_ABOVE)
         buf_free(&t->in);

@@ -78,6 +78,10 @@ void transport_flush(struct transport *t);
 /* Bytes queued or in flight towards the socket. */
 size_t transport_pending(const struct transport *t);
 
+/* Give back an input buffer grown for one big value once the owner has consumed it all. The
+ * transport does this after every TRANSPORT_DATA; owners call it after consuming input later. */
+void transport_shrink_input(struct transport *t);
+
 void transport_pause(struct transport *t);
 void transport_resume(struct transport *t);
 
