@@ -168,3 +168,30 @@ def built_tool(name, env_var):
             return c
     pytest.fail("%s not found (tried %s): build it (meson compile -C build-test) or set %s"
                 % (name, ", ".join(c for c in candidates if c), env_var))
+
+
+def plain_redis_server(prefix):
+    """Generator for a module fixture: a throwaway plaintext redis-server on a free loopback
+    port (the differential tests ask Redis itself); yields the port, stops it afterwards."""
+    import shutil
+    import subprocess
+    import tempfile
+    d = tempfile.mkdtemp(prefix=prefix)
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", d,
+                             "--logfile", os.path.join(d, "redis.log")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 10, proc, "redis-server")
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)

@@ -27,21 +27,18 @@ Further tests: glob matching against Redis (ACL DRYRUN on random patterns and ke
 errors against ACL SETUSER's errors, the guard, and each documented difference.
 """
 
-import json
 import os
 import random
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import built_tool, ROOT, free_port, wait_port  # noqa: E402
+from helpers import built_tool, plain_redis_server  # noqa: E402
 from resp_util import encode  # noqa: E402
 import test_cmdtab_differential as cmdgen  # noqa: E402  (argument vectors, shared)
 
@@ -103,25 +100,7 @@ def probe_path():
 
 @pytest.fixture(scope="module")
 def port():
-    d = tempfile.mkdtemp(prefix="acl-diff-")
-    p = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(p), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", d,
-                             "--logfile", os.path.join(d, "redis.log")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_port(p, 10, proc, "redis-server")
-        yield p
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        shutil.rmtree(d, ignore_errors=True)
+    yield from plain_redis_server("acl-diff-")
 
 
 class Reader:

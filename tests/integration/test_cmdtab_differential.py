@@ -38,15 +38,13 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import built_tool, ROOT, free_port, wait_port  # noqa: E402
+from helpers import built_tool, plain_redis_server  # noqa: E402
 from resp_util import ErrorReply, RawConn, encode  # noqa: E402
 
 
@@ -60,25 +58,7 @@ def probe_path():
 
 @pytest.fixture(scope="module")
 def server():
-    d = tempfile.mkdtemp(prefix="cmdtab-diff-")
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", d,
-                             "--logfile", os.path.join(d, "redis.log")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, 10, proc, "redis-server")
-        yield port
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        shutil.rmtree(d, ignore_errors=True)
+    yield from plain_redis_server("cmdtab-diff-")
 
 
 def pipeline(port, commands, chunk=500):
