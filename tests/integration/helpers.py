@@ -195,3 +195,28 @@ def plain_redis_server(prefix):
                 proc.kill()
                 proc.wait(10)
         shutil.rmtree(d, ignore_errors=True)
+
+
+class _Summary:
+    """Shows counts in pytest's terminal summary, where -q or captured output do not hide them
+    (registered as a plugin, one per section, the first time a count is reported)."""
+
+    def __init__(self, section):
+        self.section = section
+        self.lines = []
+
+    def pytest_terminal_summary(self, terminalreporter):
+        terminalreporter.section(self.section)
+        for line in self.lines:
+            terminalreporter.write_line(line)
+
+
+def report_summary(request, section, text):
+    print(text)
+    pm = request.config.pluginmanager
+    name = section.replace(" ", "-") + "-summary"
+    plugin = pm.get_plugin(name)
+    if plugin is None:
+        plugin = _Summary(section)
+        pm.register(plugin, name)
+    plugin.lines.append(text)

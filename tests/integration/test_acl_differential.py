@@ -38,7 +38,7 @@ import threading
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import built_tool, plain_redis_server  # noqa: E402
+from helpers import built_tool, plain_redis_server, report_summary  # noqa: E402
 from resp_util import encode  # noqa: E402
 import test_cmdtab_differential as cmdgen  # noqa: E402  (argument vectors, shared)
 
@@ -280,24 +280,8 @@ def classify_dryrun(reply):
 # shared data
 # ---------------------------------------------------------------------------------------------
 
-class _Summary:
-    def __init__(self):
-        self.lines = []
-
-    def pytest_terminal_summary(self, terminalreporter):
-        terminalreporter.section("acl differential")
-        for line in self.lines:
-            terminalreporter.write_line(line)
-
-
 def report(request, text):
-    print(text)
-    pm = request.config.pluginmanager
-    plugin = pm.get_plugin("acl-differential-summary")
-    if plugin is None:
-        plugin = _Summary()
-        pm.register(plugin, "acl-differential-summary")
-    plugin.lines.append(text)
+    report_summary(request, "acl differential", text)
 
 
 @pytest.fixture(scope="module")

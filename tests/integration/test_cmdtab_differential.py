@@ -44,7 +44,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import built_tool, plain_redis_server  # noqa: E402
+from helpers import built_tool, plain_redis_server, report_summary  # noqa: E402
 from resp_util import ErrorReply, RawConn, encode  # noqa: E402
 
 
@@ -386,27 +386,8 @@ def deliberate_count(cmd, v):
     return False
 
 
-class _Summary:
-    """Shows the counts in pytest's terminal summary, where -q or captured output do not hide
-    them (registered as a plugin the first time a count is reported)."""
-
-    def __init__(self):
-        self.lines = []
-
-    def pytest_terminal_summary(self, terminalreporter):
-        terminalreporter.section("cmdtab differential")
-        for line in self.lines:
-            terminalreporter.write_line(line)
-
-
 def report(request, text):
-    print(text)
-    pm = request.config.pluginmanager
-    plugin = pm.get_plugin("cmdtab-differential-summary")
-    if plugin is None:
-        plugin = _Summary()
-        pm.register(plugin, "cmdtab-differential-summary")
-    plugin.lines.append(text)
+    report_summary(request, "cmdtab differential", text)
 
 
 # ---------------------------------------------------------------------------------------------
