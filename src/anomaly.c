@@ -14,17 +14,15 @@
  */
 #include "respguard/anomaly.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "respguard/cmdtab.h"
+#include "respguard/source.h"
 
 #define WAYS 8            /* entries per set of the source table */
 #define NBUCKETS 6        /* buckets of a minute window */
@@ -80,14 +78,8 @@ struct user_state {
     struct surge conn;
 };
 
-/* A source address: family 4, 6 or 1 (AF_UNIX, no address). No padding: compared by memcmp. */
-struct src_key {
-    uint8_t family;
-    uint8_t addr[16];
-};
-
 struct source {
-    struct src_key key;
+    struct source_key key;
     bool in_use;
     uint64_t last_ms; /* last fact: the least recent inactive entry of a set is replaced */
     struct burst denial, auth;
@@ -309,50 +301,6 @@ static void event_init(struct anomaly_event *ev, enum anomaly_type type, enum an
     ev->at_ms = at_ms;
 }
 
-static bool source_key(const struct sockaddr *sa, struct src_key *k)
-{
-    memset(k, 0, sizeof *k);
-    if (sa == NULL)
-        return false;
-    switch (sa->sa_family) {
-    case AF_INET: {
-        struct sockaddr_in in;
-        memcpy(&in, sa, sizeof in); /* the caller's storage need not be aligned for it */
-        k->family = 4;
-        memcpy(k->addr, &in.sin_addr, 4);
-        return true;
-    }
-    case AF_INET6: {
-        struct sockaddr_in6 in6;
-        memcpy(&in6, sa, sizeof in6);
-        /* A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: one client, one source. */
-        if (IN6_IS_ADDR_V4MAPPED(&in6.sin6_addr)) {
-            k->family = 4;
-            memcpy(k->addr, &in6.sin6_addr.s6_addr[12], 4);
-        } else {
-            k->family = 6;
-            memcpy(k->addr, in6.sin6_addr.s6_addr, 16);
-        }
-        return true;
-    }
-    case AF_UNIX:
-        k->family = 1;
-        return true;
-    default:
-        return false;
-    }
-}
-
-static void source_text(const struct src_key *k, char *out, size_t len)
-{
-    if (k->family == 4)
-        inet_ntop(AF_INET, k->addr, out, (socklen_t)len);
-    else if (k->family == 6)
-        inet_ntop(AF_INET6, k->addr, out, (socklen_t)len);
-    else
-        snprintf(out, len, "unix");
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* minute windows                                                                           */
 /* ---------------------------------------------------------------------------------------- */
@@ -403,7 +351,7 @@ static void burst_add(struct burst *b, uint64_t sec)
 }
 
 static void burst_eval(struct anomaly *d, struct burst *b, uint32_t threshold, uint64_t now_ms,
-                       enum anomaly_type type, int user, const struct src_key *source, anomaly_event_cb cb,
+                       enum anomaly_type type, int user, const struct source_key *source, anomaly_event_cb cb,
                        void *ctx)
 {
     uint32_t closed;
@@ -428,7 +376,7 @@ static void burst_eval(struct anomaly *d, struct burst *b, uint32_t threshold, u
         ev.duration_s = (now_ms - b->onset_ms) / 1000;
     }
     if (source != NULL)
-        source_text(source, ev.source, sizeof ev.source);
+        source_key_text(source, ev.source, sizeof ev.source);
     ev.observed = sum;
     ev.threshold = b->onset_threshold;
     ev.peak = b->peak;
@@ -468,7 +416,7 @@ static void surge_advance(struct anomaly *d, struct surge *s, uint64_t sec, uint
 }
 
 static void surge_eval(struct anomaly *d, struct surge *s, uint32_t min, double factor, bool eligible,
-                       uint64_t now_ms, int user, const struct src_key *source, anomaly_event_cb cb,
+                       uint64_t now_ms, int user, const struct source_key *source, anomaly_event_cb cb,
                        void *ctx)
 {
     surge_advance(d, s, now_ms / 1000, min, factor, eligible);
@@ -494,7 +442,7 @@ static void surge_eval(struct anomaly *d, struct surge *s, uint32_t min, double 
         ev.duration_s = (now_ms - s->onset_ms) / 1000;
     }
     if (source != NULL)
-        source_text(source, ev.source, sizeof ev.source);
+        source_key_text(source, ev.source, sizeof ev.source);
     ev.observed = sum;
     ev.baseline = s->mean;
     ev.threshold = threshold;
@@ -506,26 +454,6 @@ static void surge_eval(struct anomaly *d, struct surge *s, uint32_t min, double 
 /* sources                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
-}
-
-static uint64_t source_hash(const struct anomaly *d, const struct src_key *k)
-{
-    uint64_t a, b;
-    memcpy(&a, k->addr, 8);
-    memcpy(&b, k->addr + 8, 8);
-    uint64_t h = mix64(d->cfg.hash_seed ^ k->family);
-    h = mix64(h ^ a);
-    return mix64(h ^ b);
-}
-
 static bool source_open(const struct source *s)
 {
     return s->denial.active || s->auth.active || s->conn.active;
@@ -534,13 +462,13 @@ static bool source_open(const struct source *s)
 /* The entry of a source, created if needed. NULL: no address, or its set is all open events. */
 static struct source *source_get(struct anomaly *d, const struct sockaddr *sa, uint64_t now_ms)
 {
-    struct src_key k;
-    if (!source_key(sa, &k))
+    struct source_key k;
+    if (!source_key_from(sa, &k))
         return NULL;
-    struct source *set = &d->sources[(source_hash(d, &k) & (d->nsets - 1)) * WAYS];
+    struct source *set = &d->sources[(source_key_hash(&k, d->cfg.hash_seed) & (d->nsets - 1)) * WAYS];
     struct source *victim = NULL;
     for (int w = 0; w < WAYS; w++) {
-        if (set[w].in_use && memcmp(&set[w].key, &k, sizeof k) == 0) {
+        if (set[w].in_use && source_key_equal(&set[w].key, &k)) {
             if (now_ms > set[w].last_ms)
                 set[w].last_ms = now_ms;
             return &set[w];
