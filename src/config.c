@@ -1408,7 +1408,41 @@ static int load_user_anomaly(struct loader *ld, const yaml_node_t *v, void *obj,
     return 0;
 }
 
-enum { US_ACL, US_ACL_FILE, US_CRED, US_EXPIRES, US_ALLOW, US_ANOMALY, US_N };
+/* rate_limit: {commands_per_second: N, burst: M}. 0 commands a second means no limit (a user
+ * can opt out of limits.rate_limit that way); burst defaults to one second's worth. */
+enum { RL_RATE, RL_BURST, RL_N };
+static const struct field rate_limit_fields[RL_N] = {
+    [RL_RATE] = {.name = "commands_per_second", .type = T_NUMBER, .flags = REQUIRED,
+                 .off = offsetof(struct config_rate_limit, rate)},
+    [RL_BURST] = {.name = "burst", .type = T_NUMBER, .off = offsetof(struct config_rate_limit, burst)},
+};
+
+static int load_rate_limit(struct loader *ld, const yaml_node_t *v, const char *path,
+                           struct config_rate_limit *rl)
+{
+    struct found f[RL_N];
+    *rl = (struct config_rate_limit){0};
+    int rc = load_fields(ld, v, path, rate_limit_fields, RL_N, rl, f);
+    if (rc < 0)
+        return rc;
+    if (rl->rate > 1e9)
+        return fail(ld, f[RL_RATE].value, "%s.commands_per_second: at most 1000000000", path);
+    if (f[RL_BURST].key && (rl->burst < 1 || rl->burst > 1e9))
+        return fail(ld, f[RL_BURST].value, "%s.burst: expected a number from 1 to 1000000000", path);
+    rl->enabled = rl->rate > 0;
+    if (!f[RL_BURST].key)
+        rl->burst = rl->rate < 1 ? 1 : rl->rate;
+    return 0;
+}
+
+static int load_user_rate_limit(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_user *u = obj;
+    u->has_rate_limit = true;
+    return load_rate_limit(ld, v, path, &u->rate_limit);
+}
+
+enum { US_ACL, US_ACL_FILE, US_CRED, US_EXPIRES, US_ALLOW, US_ANOMALY, US_RATE, US_N };
 static const struct field user_fields[US_N] = {
     [US_ACL] = {.name = "acl", .type = T_STRING, .off = offsetof(struct config_user, acl),
                 .excludes = "acl_file"},
@@ -1420,6 +1454,7 @@ static const struct field user_fields[US_N] = {
     [US_ALLOW] = {.name = "allow_from", .type = T_CIDRS,
                   .off = offsetof(struct config_user, allow_from)},
     [US_ANOMALY] = {.name = "anomaly", .type = T_CUSTOM, .load = load_user_anomaly},
+    [US_RATE] = {.name = "rate_limit", .type = T_CUSTOM, .load = load_user_rate_limit},
 };
 
 static int load_users(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
@@ -1527,6 +1562,31 @@ static int load_guard(struct loader *ld, const yaml_node_t *v, void *obj, const 
     return load_fields(ld, v, path, guard_fields, GU_N, obj, f);
 }
 
+static int load_limits_rate_limit(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_limits *l = obj;
+    return load_rate_limit(ld, v, path, &l->rate_limit);
+}
+
+#define LO(name, type, member, min, max) \
+    {name, type, offsetof(struct config_login_lockout, member), 0, min, max, NULL, NULL}
+static const struct field lockout_fields[] = {
+    LO("failures", T_U32, failures, 1, 1000000),
+    LO("window", T_DURATION, window_ms, 1000, 86400000),
+    LO("duration", T_DURATION, duration_ms, 1000, 86400000),
+};
+#undef LO
+
+/* limits.login_lockout: giving the key turns the lockout on; its keys have defaults. */
+static int load_lockout(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_limits *l = obj;
+    struct found f[ARRAY_SIZE(lockout_fields)];
+    l->login_lockout = (struct config_login_lockout){
+        .enabled = true, .failures = 10, .window_ms = 60000, .duration_ms = 300000};
+    return load_fields(ld, v, path, lockout_fields, ARRAY_SIZE(lockout_fields), &l->login_lockout, f);
+}
+
 #define LIMIT(name, type, member, min, max) \
     {name, type, offsetof(struct config_limits, member), 0, min, max, NULL, NULL}
 static const struct field limits_fields[] = {
@@ -1537,6 +1597,8 @@ static const struct field limits_fields[] = {
     LIMIT("client_output_bytes", T_SIZE, client_output_bytes, 1ull << 10, 64ull << 30),
     LIMIT("upstream_output_bytes", T_SIZE, upstream_output_bytes, 1ull << 10, 64ull << 30),
     LIMIT("shutdown_timeout", T_DURATION, shutdown_timeout_ms, 1, 3600000),
+    {"rate_limit", T_CUSTOM, 0, 0, 0, 0, NULL, load_limits_rate_limit},
+    {"login_lockout", T_CUSTOM, 0, 0, 0, 0, NULL, load_lockout},
 };
 #undef LIMIT
 
@@ -1619,8 +1681,40 @@ static int load_anomaly(struct loader *ld, const yaml_node_t *v, void *obj, cons
     return 0;
 }
 
+/* admin: the HTTP listener for /metrics, /healthz and /readyz. Giving the key turns it on. It
+ * has no authentication, so an address other than loopback needs allow_from. */
+enum { AD_BIND, AD_ALLOW, AD_PROBE, AD_N };
+static const struct field admin_fields[AD_N] = {
+    [AD_BIND] = {.name = "bind", .type = T_STRING, .off = offsetof(struct config_admin, listen.bind)},
+    [AD_ALLOW] = {.name = "allow_from", .type = T_CIDRS, .off = offsetof(struct config_admin, allow_from)},
+    [AD_PROBE] = {.name = "probe_interval", .type = T_DURATION, .min = 100, .max = 3600000,
+                  .off = offsetof(struct config_admin, probe_interval_ms)},
+};
+
+static int load_admin(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config *c = obj;
+    struct config_admin *a = &c->admin;
+    struct found f[AD_N];
+    a->enabled = true;
+    a->probe_interval_ms = 5000;
+    int rc = load_fields(ld, v, path, admin_fields, AD_N, a, f);
+    if (rc < 0)
+        return rc;
+    if (!a->listen.bind && !(a->listen.bind = strdup("127.0.0.1:9736")))
+        return oom(ld, v);
+    const yaml_node_t *at = f[AD_BIND].value ? f[AD_BIND].value : v;
+    rc = parse_bind(ld, at, "admin.bind", &a->listen);
+    if (rc < 0)
+        return rc;
+    if (!is_loopback(&a->listen.addr) && a->allow_from.count == 0)
+        return fail(ld, at, "admin.bind: the admin listener has no authentication; a non-loopback "
+                    "address needs admin.allow_from");
+    return 0;
+}
+
 enum { TOP_LISTENERS, TOP_UPSTREAM, TOP_USERS, TOP_GUARD, TOP_LIMITS, TOP_LOG, TOP_ANOMALY,
-       TOP_N };
+       TOP_ADMIN, TOP_N };
 static const struct field top_fields[TOP_N] = {
     [TOP_LISTENERS] = {.name = "listeners", .type = T_CUSTOM, .flags = REQUIRED,
                        .load = load_listeners},
@@ -1631,6 +1725,7 @@ static const struct field top_fields[TOP_N] = {
     [TOP_LIMITS] = {.name = "limits", .type = T_CUSTOM, .load = load_limits},
     [TOP_LOG] = {.name = "log", .type = T_CUSTOM, .load = load_log},
     [TOP_ANOMALY] = {.name = "anomaly", .type = T_CUSTOM, .load = load_anomaly},
+    [TOP_ADMIN] = {.name = "admin", .type = T_CUSTOM, .load = load_admin},
 };
 
 /* Apply each user's anomaly keys over the section's per-user settings, build the overrides
@@ -1710,6 +1805,9 @@ static int finish(struct loader *ld, struct config *c)
                 return oom(ld, NULL);
         }
     }
+    for (size_t i = 0; i < c->user_count; i++)
+        if (!c->users[i].has_rate_limit)
+            c->users[i].rate_limit = c->limits.rate_limit;
     return finish_anomaly(ld, c);
 }
 
@@ -1910,6 +2008,9 @@ void config_free(struct config *c)
         sfree(c->never_by_category[i]);
     free(c->never_by_category);
     free((void *)c->anomaly.overrides);
+    sfree(c->admin.listen.bind);
+    sfree(c->admin.listen.host);
+    free_cidrs(&c->admin.allow_from);
     sfree(c->path);
     explicit_bzero(c, sizeof *c);
     free(c);

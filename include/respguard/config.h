@@ -70,6 +70,29 @@ struct config_upstream {
     size_t credential_count;
 };
 
+/* A command rate limit (token bucket, see ratelimit.h). */
+struct config_rate_limit {
+    bool enabled;  /* false: no limit */
+    double rate;   /* commands per second, > 0 when enabled */
+    double burst;  /* bucket size, >= 1: commands a quiet client may send at once */
+};
+
+/* limits.login_lockout: per source address; off unless the key is given. */
+struct config_login_lockout {
+    bool enabled;
+    uint32_t failures;    /* failed logins that start a lockout, default 10 */
+    uint64_t window_ms;   /* ... within this time of the first, default 60000 */
+    uint64_t duration_ms; /* how long logins from the source are refused, default 300000 */
+};
+
+/* The admin HTTP listener (metrics, health); off unless the admin key is given. */
+struct config_admin {
+    bool enabled;
+    struct config_listener listen;      /* bind/host/port/addr only; default 127.0.0.1:9736 */
+    struct config_cidr_list allow_from; /* required for a non-loopback bind */
+    uint64_t probe_interval_ms;         /* readiness probe of the upstream, default 5000 */
+};
+
 struct config_user {
     char *name;
     char *acl;               /* the ACL string as written after ${VAR} expansion (secret!) */
@@ -84,6 +107,9 @@ struct config_user {
      * (config.anomaly.user) with the keys of users.<name>.anomaly applied on top. */
     struct anomaly_user_config anomaly;
     bool has_anomaly_override; /* users.<name>.anomaly was given */
+    /* This user's command rate limit: users.<name>.rate_limit, else limits.rate_limit. */
+    struct config_rate_limit rate_limit;
+    bool has_rate_limit;       /* users.<name>.rate_limit was given */
 };
 
 struct config_limits {
@@ -94,6 +120,8 @@ struct config_limits {
     uint64_t client_output_bytes;  /* default 64 MiB: above it, stop reading upstream */
     uint64_t upstream_output_bytes;/* default 64 MiB: above it, stop reading the client */
     uint64_t shutdown_timeout_ms;  /* default 10000: drain bound on SIGTERM */
+    struct config_rate_limit rate_limit;      /* every user's, unless overridden; default off */
+    struct config_login_lockout login_lockout;/* default off */
 };
 
 enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARN, CONFIG_LOG_ERROR };
@@ -116,6 +144,7 @@ struct config {
      * default: the caller puts random bytes there before anomaly_new. */
     struct anomaly_config anomaly;
     bool anomaly_enabled;          /* anomaly.enabled, default true */
+    struct config_admin admin;
 };
 
 /* The default guard list (lower case, NULL-terminated). */

@@ -864,12 +864,91 @@ static void test_errors_anomaly(void **state)
 #define UP "upstream:\n  url: rediss://h\n"       /* 2 lines */
 #define US "users:\n  web:\n    acl: \"on\"\n"   /* 3 lines */
 
+/* Enforcement and admin: off by default; each key turns its feature on with documented defaults. */
+static void test_enforcement_and_admin(void **state)
+{
+    (void)state;
+    struct config *c = load_ok(L UP US);
+    assert_false(c->admin.enabled);
+    assert_false(c->limits.login_lockout.enabled);
+    assert_false(c->limits.rate_limit.enabled);
+    assert_false(c->users[0].rate_limit.enabled);
+    config_free(c);
+
+    c = load_ok(L UP
+                "users:\n"
+                "  web:\n    acl: \"on\"\n"
+                "  batch:\n    acl: \"on\"\n    rate_limit:\n      commands_per_second: 50\n      burst: 500\n"
+                "  admin:\n    acl: \"on\"\n    rate_limit:\n      commands_per_second: 0\n"
+                "limits:\n"
+                "  rate_limit:\n    commands_per_second: 2.5\n"
+                "  login_lockout: {}\n"
+                "admin: {}\n");
+    assert_true(c->limits.rate_limit.enabled);
+    /* web inherits limits.rate_limit; burst defaults to one second's worth (at least 1) */
+    assert_true(c->users[0].rate_limit.enabled);
+    assert_true(c->users[0].rate_limit.rate == 2.5);
+    assert_true(c->users[0].rate_limit.burst == 2.5);
+    assert_true(c->users[1].rate_limit.rate == 50);
+    assert_true(c->users[1].rate_limit.burst == 500);
+    assert_false(c->users[2].rate_limit.enabled); /* 0: this user opts out */
+    assert_true(c->limits.login_lockout.enabled);
+    assert_int_equal(c->limits.login_lockout.failures, 10);
+    assert_int_equal(c->limits.login_lockout.window_ms, 60000);
+    assert_int_equal(c->limits.login_lockout.duration_ms, 300000);
+    assert_true(c->admin.enabled);
+    assert_string_equal(c->admin.listen.bind, "127.0.0.1:9736");
+    assert_int_equal(c->admin.listen.port, 9736);
+    assert_int_equal(c->admin.probe_interval_ms, 5000);
+    config_free(c);
+
+    c = load_ok(L UP US
+                "limits:\n  login_lockout:\n    failures: 3\n    window: 10s\n    duration: 2m\n"
+                "admin:\n  bind: \"[::]:9100\"\n  allow_from: [10.0.0.0/8]\n  probe_interval: 500ms\n");
+    assert_int_equal(c->limits.login_lockout.failures, 3);
+    assert_int_equal(c->limits.login_lockout.window_ms, 10000);
+    assert_int_equal(c->limits.login_lockout.duration_ms, 120000);
+    assert_int_equal(c->admin.listen.addr.ss_family, AF_INET6);
+    assert_int_equal(c->admin.allow_from.count, 1);
+    assert_int_equal(c->admin.probe_interval_ms, 500);
+    config_free(c);
+}
+
+static void test_errors_enforcement_and_admin(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"admin on another address without allow_from", L UP US "admin:\n  bind: 0.0.0.0:9736\n",
+         "9:9: admin.bind: the admin listener has no authentication; a non-loopback address needs "
+         "admin.allow_from"},
+        {"admin bad bind", L UP US "admin:\n  bind: nowhere\n",
+         "9:9: admin.bind: expected host:port with a numeric IPv4 address, [IPv6]:port or localhost:port"},
+        {"admin unknown key", L UP US "admin:\n  port: 1\n", "9:3: unknown key 'port' in admin"},
+        {"admin probe too fast", L UP US "admin:\n  probe_interval: 1ms\n",
+         "9:19: admin.probe_interval: expected a duration from 100ms to 1h, like 250ms, 5s, 2m or 1h"},
+        {"rate limit without rate", L UP US "limits:\n  rate_limit:\n    burst: 5\n",
+         "10:5: missing required key 'commands_per_second' in limits.rate_limit"},
+        {"rate limit negative", L UP US "limits:\n  rate_limit:\n    commands_per_second: -1\n",
+         "10:26: limits.rate_limit.commands_per_second: expected a number that is not negative, like 20 or 0.5"},
+        {"rate limit burst below 1", L UP
+         "users:\n  web:\n    acl: \"on\"\n    rate_limit:\n      commands_per_second: 5\n      burst: 0.5\n",
+         "10:14: users.web.rate_limit.burst: expected a number from 1 to 1000000000"},
+        {"rate limit too high", L UP US "limits:\n  rate_limit:\n    commands_per_second: 2000000000\n",
+         "10:26: limits.rate_limit.commands_per_second: at most 1000000000"},
+        {"lockout zero failures", L UP US "limits:\n  login_lockout:\n    failures: 0\n",
+         "10:15: limits.login_lockout.failures: expected a whole number from 1 to 1000000"},
+        {"lockout unknown key", L UP US "limits:\n  login_lockout:\n    attempts: 3\n",
+         "10:5: unknown key 'attempts' in limits.login_lockout"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
 static void test_errors_top(void **state)
 {
     (void)state;
     static const struct err_case cases[] = {
-        {"unknown top key", L UP US "admin:\n  bind: 127.0.0.1:9121\n",
-         "8:1: unknown key 'admin'"},
+        {"unknown top key", L UP US "metrics:\n  bind: 127.0.0.1:9121\n",
+         "8:1: unknown key 'metrics'"},
         {"unknown before values", "users: 5\nbogus: 1\n", "2:1: unknown key 'bogus'"},
         {"unknown key with newline", "\"a\\nb\": 1\n", "1:1: unknown key 'a?b'"},
         {"long unknown key",
@@ -1572,6 +1651,8 @@ int main(void)
         cmocka_unit_test(test_anomaly_file),
         cmocka_unit_test(test_anomaly_overrides),
         cmocka_unit_test(test_errors_anomaly),
+        cmocka_unit_test(test_enforcement_and_admin),
+        cmocka_unit_test(test_errors_enforcement_and_admin),
         cmocka_unit_test(test_errors_top),
         cmocka_unit_test(test_errors_listeners),
         cmocka_unit_test(test_errors_upstream),
