@@ -2,9 +2,10 @@
 # Installs what respguard needs to build and test on Debian 12, and nothing when it is all there.
 set -euo pipefail
 pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libssl-dev libhiredis-dev libyaml-dev
-      libcmocka-dev redis-server redis-tools openssl python3-pytest python3-redis nodejs npm)
+      libmicrohttpd-dev libcmocka-dev redis-server redis-tools openssl python3-pytest python3-redis
+      python3-prometheus-client nodejs npm)
 [ "${1:-}" = "--runtime-only" ] && pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libssl-dev
-      libhiredis-dev libyaml-dev redis-server redis-tools openssl)
+      libhiredis-dev libyaml-dev libmicrohttpd-dev redis-server redis-tools openssl)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,9 +13,11 @@ bad=$( { grep -l '#include <openssl/' src/*.c include/respguard/*.h | grep -v -e
          grep -l '#include <hiredis' src/*.c include/respguard/*.h | grep -v 'src/resp.c' || true
          grep -l '#include <uv.h>' src/*.c include/respguard/*.h |
              grep -v -e 'src/main.c' -e 'src/listener.c' -e 'src/session.c' -e 'src/upstream.c' \
-                     -e 'src/transport.c' -e 'src/worker.c' -e 'include/respguard/transport.h' \
+                     -e 'src/transport.c' -e 'src/worker.c' -e 'src/probe.c' -e 'include/respguard/transport.h' \
                      -e 'include/respguard/upstream.h' -e 'include/respguard/worker.h' \
-                     -e 'include/respguard/session.h' -e 'include/respguard/listener.h' || true; } )
+                     -e 'include/respguard/session.h' -e 'include/respguard/listener.h' \
+                     -e 'include/respguard/probe.h' || true
+         grep -l '#include <microhttpd' src/*.c include/respguard/*.h | grep -v 'src/admin.c' || true; } )
 if [ -n "$bad" ]; then
     echo "layering violation in: $bad" >&2
     exit 1

@@ -15,16 +15,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "respguard/acl.h"
+#include "respguard/admin.h"
 #include "respguard/anomaly.h"
 #include "respguard/cmdtab.h"
 #include "respguard/config.h"
 #include "respguard/crypto.h"
 #include "respguard/listener.h"
 #include "respguard/log.h"
+#include "respguard/metrics.h"
+#include "respguard/probe.h"
+#include "respguard/ratelimit.h"
 #include "respguard/resp.h"
 #include "respguard/tlsconn.h"
 #include "respguard/worker.h"
@@ -59,6 +64,14 @@ struct runtime {
     struct tlsconn_ctx **listener_tls;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t anomaly_timer;      /* once a second: close the second, report anomalies */
+    struct metrics *metrics;
+    struct admin *admin;           /* NULL unless the admin key is given */
+    struct probe probe;            /* the upstream readiness probe (with admin) */
+    bool probe_started;
+    bool upstream_ok;              /* last probe result, for logging changes only */
+    bool upstream_probed;
+    double config_loaded_at;       /* UTC epoch seconds */
+    double config_load_seconds;
 };
 
 static int compile_users(struct runtime *rt, char *err, size_t errlen)
@@ -185,6 +198,9 @@ static void runtime_free(struct runtime *rt)
     }
     free(rt->listeners);
     anomaly_free(rt->w.anomaly);
+    lockout_free(rt->w.lockout);
+    free(rt->w.rates);
+    metrics_free(rt->metrics);
     config_free(rt->cfg);
 }
 
@@ -192,7 +208,9 @@ static void runtime_free(struct runtime *rt)
 static int prepare(struct runtime *rt, const char *path)
 {
     char err[1024];
+    struct timespec t0, t1;
     memset(rt, 0, sizeof *rt);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (config_load(path, &rt->cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         return -1;
@@ -204,6 +222,9 @@ static int prepare(struct runtime *rt, const char *path)
         runtime_free(rt);
         return -1;
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    rt->config_loaded_at = (double)time(NULL);
+    rt->config_load_seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     return 0;
 }
 
@@ -346,6 +367,8 @@ static void log_anomaly(const struct anomaly_event *ev, void *ctx)
               LOG_STR("category", ev->category), LOG_NUM("observed", ev->observed),
               LOG_NUM("baseline", ev->baseline), LOG_NUM("threshold", ev->threshold), LOG_NUM("peak", ev->peak),
               LOG_INT("duration_s", (long long)ev->duration_s), LOG_END);
+    if (ev->phase == ANOMALY_ONSET)
+        metrics_count_anomaly(rt->w.metrics, (int)ev->type, ev->user);
 }
 
 static void on_anomaly_tick(uv_timer_t *t)
@@ -371,8 +394,107 @@ static int start_anomaly(struct runtime *rt)
     return 0;
 }
 
+/* Metrics (one shard: one worker), the users' rate-limit buckets and the login lockout table.
+ * 0, or -1 after printing why. */
+static int start_enforcement(struct runtime *rt)
+{
+    const char **names = calloc(rt->w.user_count ? rt->w.user_count : 1, sizeof *names);
+    if (!names)
+        goto oom;
+    for (size_t i = 0; i < rt->w.user_count; i++)
+        names[i] = rt->w.users[i].name;
+    int rc = metrics_new(rt->w.user_count, names, 1, &rt->metrics);
+    free(names);
+    if (rc != 0)
+        goto oom;
+    rt->w.metrics = metrics_shard(rt->metrics, 0);
+    rt->w.rates = calloc(rt->w.user_count ? rt->w.user_count : 1, sizeof *rt->w.rates);
+    if (!rt->w.rates)
+        goto oom;
+    const struct config_login_lockout *lo = &rt->cfg->limits.login_lockout;
+    if (lo->enabled) {
+        struct lockout_config lc = {.max_failures = lo->failures, .window_ms = lo->window_ms,
+                                    .duration_ms = lo->duration_ms, .table_size = 4096};
+        if (crypto_random(&lc.hash_seed, sizeof lc.hash_seed) != 0 || lockout_new(&lc, &rt->w.lockout) != 0)
+            goto oom;
+    }
+    return 0;
+oom:
+    fprintf(stderr, "respguard: out of memory\n");
+    return -1;
+}
+
+/* The probe's verdict goes to /readyz; the log hears about changes only. */
+static void on_probe(const struct probe_result *r, void *ctx)
+{
+    struct runtime *rt = ctx;
+    metrics_inc(rt->w.metrics, r->ok ? MC_PROBE_OK : MC_PROBE_FAILED);
+    if (!r->ok)
+        metrics_inc(rt->w.metrics, metrics_upstream_failure(r->stage, r->reason));
+    time_t not_after = r->has_cert_expiry ? time(NULL) + (time_t)r->cert_seconds_left : 0;
+    char reason[200];
+    snprintf(reason, sizeof reason, "%s: %s", r->stage ? r->stage : "", r->reason ? r->reason : "");
+    admin_set_upstream(rt->admin, r->ok, r->ok ? NULL : reason, not_after);
+    if (!rt->upstream_probed || rt->upstream_ok != r->ok) {
+        if (r->ok)
+            log_event(LOG_INFO, "upstream_probe", LOG_STR("result", "ok"), LOG_END);
+        else
+            log_event(LOG_WARN, "upstream_probe", LOG_STR("result", "fail"), LOG_STR("stage", r->stage),
+                      LOG_STR("reason", r->reason), LOG_END);
+    }
+    rt->upstream_probed = true;
+    rt->upstream_ok = r->ok;
+}
+
+/* The admin listener and, for its /readyz, the upstream probe. 0, or -1 after printing why. */
+static int start_admin(struct runtime *rt)
+{
+    const struct config *cfg = rt->cfg;
+    if (!cfg->admin.enabled)
+        return 0;
+    struct admin_cert *certs = calloc(cfg->listener_count + 1, sizeof *certs);
+    char (*names)[300] = calloc(cfg->listener_count + 1, sizeof *names);
+    size_t n = 0;
+    if (!certs || !names) {
+        free(certs);
+        free(names);
+        fprintf(stderr, "respguard: out of memory\n");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->listener_count; i++) {
+        long long left;
+        const struct config_listener *l = &cfg->listeners[i];
+        if (!l->tls_enabled || tlsconn_cert_file_expiry(l->tls.cert_file, &left) != 0)
+            continue;
+        snprintf(names[n], sizeof names[n], "listener %s", l->bind);
+        certs[n] = (struct admin_cert){.name = names[n], .not_after = time(NULL) + (time_t)left};
+        n++;
+    }
+    struct admin_start_info info = {.cfg = cfg, .metrics = rt->metrics, .config_loaded_at = rt->config_loaded_at,
+                                    .config_load_seconds = rt->config_load_seconds, .certs = certs,
+                                    .cert_count = n};
+    char err[300];
+    int rc = admin_start(&info, &rt->admin, err, sizeof err);
+    free(certs);
+    free(names);
+    if (rc != 0) {
+        log_event(LOG_ERROR, "listen_error", LOG_STR("reason", err), LOG_END);
+        fprintf(stderr, "respguard: %s\n", err);
+        return -1;
+    }
+    log_event(LOG_INFO, "listening", LOG_STR("bind", cfg->admin.listen.bind), LOG_STR("role", "admin"), LOG_END);
+    if (probe_start(&rt->probe, &rt->w, cfg->admin.probe_interval_ms, on_probe, rt) != 0) {
+        fprintf(stderr, "respguard: cannot start the upstream probe\n");
+        return -1;
+    }
+    rt->probe_started = true;
+    return 0;
+}
+
 static void close_signals(struct runtime *rt)
 {
+    if (rt->probe_started)
+        probe_stop(&rt->probe);
     if (rt->w.anomaly && !uv_is_closing((uv_handle_t *)&rt->anomaly_timer))
         uv_close((uv_handle_t *)&rt->anomaly_timer, NULL);
     uv_close((uv_handle_t *)&rt->sig_term, NULL);
@@ -404,6 +526,9 @@ static void begin_shutdown(struct runtime *rt, const char *signame)
     if (w->shutting_down)
         return;
     w->shutting_down = true;
+    admin_set_draining(rt->admin);
+    if (rt->probe_started)
+        probe_stop(&rt->probe);
     log_event(LOG_INFO, "shutdown", LOG_STR("phase", "begin"), LOG_STR("signal", signame),
               LOG_INT("sessions", (long long)w->session_count), LOG_END);
     for (size_t i = 0; i < rt->cfg->listener_count; i++)
@@ -449,8 +574,8 @@ static int cmd_run(const char *path)
               LOG_INT("pid", getpid()), LOG_END);
 
     rt.listeners = calloc(rt.cfg->listener_count, sizeof *rt.listeners);
-    int status = 0;
-    for (size_t i = 0; rt.listeners && i < rt.cfg->listener_count; i++) {
+    int status = start_enforcement(&rt) == 0 ? 0 : 1;
+    for (size_t i = 0; status == 0 && rt.listeners && i < rt.cfg->listener_count; i++) {
         char err[256];
         rt.listeners[i].tls_ctx = rt.listener_tls[i];
         if (listener_start(&rt.listeners[i], &rt.w, &rt.cfg->listeners[i], err, sizeof err) != 0) {
@@ -465,6 +590,8 @@ static int cmd_run(const char *path)
     if (!rt.listeners)
         status = 1;
     if (status == 0 && start_anomaly(&rt) != 0)
+        status = 1;
+    if (status == 0 && start_admin(&rt) != 0)
         status = 1;
 
     uv_signal_init(&loop, &rt.sig_term);
@@ -483,6 +610,8 @@ static int cmd_run(const char *path)
         close_signals(&rt);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
+    admin_stop(rt.admin); /* after the loop: scrapes keep working while sessions drain */
+    rt.admin = NULL;
     int rc = uv_loop_close(&loop);
     if (rc != 0) {
         log_event(LOG_ERROR, "shutdown", LOG_STR("phase", "end"), LOG_STR("reason", "handles left open"), LOG_END);

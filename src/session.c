@@ -25,6 +25,8 @@
 #include "respguard/config.h"
 #include "respguard/listener.h"
 #include "respguard/log.h"
+#include "respguard/metrics.h"
+#include "respguard/ratelimit.h"
 #include "respguard/resp.h"
 #include "respguard/tlsconn.h"
 #include "respguard/transport.h"
@@ -67,6 +69,10 @@ struct pending {
     uint32_t expected;  /* replies still due from the upstream */
     uint32_t local_len; /* bytes of s->local owned by this entry */
     uint32_t multi_seq; /* PENDING_MULTI: which MULTI this is (a later one may have replaced it) */
+    /* Latency (uv_hrtime ns): when the read that delivered the command began, and when the
+     * command was handed to the upstream connection (0: not measured, e.g. sent before the
+     * upstream was up, when connecting would count as round trip). */
+    uint64_t t_in, t_sent;
 };
 
 struct session {
@@ -119,6 +125,12 @@ struct session {
     bool client_paused, upstream_paused;
     int req_proto;               /* 2 or 3, as the client asked by the commands read so far */
     uint32_t pending_subscribes; /* subscribe commands not yet answered */
+    /* metrics */
+    bool counted;                /* counted as an accepted connection: count its close too */
+    bool up_opened;              /* counted as an open upstream connection */
+    uint64_t batch_t;            /* uv_hrtime at the start of the current client read batch */
+    size_t batch_pushed;         /* queue entries added in the current batch */
+    uint64_t reply_t;            /* uv_hrtime at the start of the current upstream read batch */
 };
 
 static void process_input(struct session *s);
@@ -178,8 +190,10 @@ static int q_push(struct session *s, struct pending e)
         s->q_cap = cap;
         s->q_head = 0;
     }
+    e.t_in = s->batch_t;
     *q_at(s, s->q_len) = e;
     s->q_len++;
+    s->batch_pushed++;
     return 0;
 }
 
@@ -301,6 +315,7 @@ static void fail_upstream(struct session *s, const char *stage, const char *reas
     log_event(LOG_WARN, "upstream_error", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
               LOG_STR("user", s->user ? s->user->name : NULL), LOG_STR("stage", stage),
               LOG_STR("reason", reason), LOG_END);
+    metrics_inc(s->w->metrics, metrics_upstream_failure(stage, reason));
     static const char lost[] = "-ERR respguard: upstream connection lost\r\n";
     static const char failed[] = "-ERR respguard: upstream connection failed\r\n";
     const char *err = strcmp(stage, "lost") == 0 ? lost : failed;
@@ -331,6 +346,8 @@ static void on_up_ready(struct upstream *u)
 {
     struct session *s = u->owner;
     log_event(LOG_DEBUG, "upstream_connected", LOG_INT("session", s->id), LOG_END);
+    metrics_inc(s->w->metrics, MC_UPSTREAM_OPENED);
+    s->up_opened = true;
     /* The login command and any commands already queued were held by the transport until the
      * handshake completed; they leave now. */
     transport_flush(&u->t);
@@ -346,7 +363,12 @@ static void on_up_failed(struct upstream *u, const char *stage, const char *reas
 
 static void on_up_closed(struct upstream *u)
 {
-    unref(u->owner);
+    struct session *s = u->owner;
+    if (s->up_opened) {
+        s->up_opened = false;
+        metrics_inc(s->w->metrics, MC_UPSTREAM_CLOSED);
+    }
+    unref(s);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -392,8 +414,19 @@ static void forward_held(struct session *s)
     buf_reset(&s->hold);
 }
 
+/* A forwarded command's reply is complete and handed to the client connection. */
+static void observe_latency(struct session *s, const struct pending *e)
+{
+    if (e->kind != PENDING_FORWARD || !e->t_sent || s->reply_t < e->t_sent)
+        return;
+    uint64_t now = uv_hrtime();
+    metrics_observe(s->w->metrics, MH_UPSTREAM_RTT, s->reply_t - e->t_sent);
+    metrics_observe(s->w->metrics, MH_ADDED_LATENCY, (e->t_sent - e->t_in) + (now - s->reply_t));
+}
+
 static void complete_entry(struct session *s, struct pending *e, bool error)
 {
+    observe_latency(s, e);
     if (!error) {
         if (e->flags & (PENDING_SET_RESP2 | PENDING_RESET))
             s->reply_proto = 2;
@@ -513,6 +546,7 @@ static void on_frame(struct session *s, const struct resp_frame_info *f)
 static void process_replies(struct session *s)
 {
     struct buf *in = &s->up.t.in;
+    s->reply_t = uv_hrtime();
     while (buf_len(in) > 0 && s->state != SESSION_CLOSING && !s->client.closing) {
         if (!s->frame_open) {
             s->frame_open = true;
@@ -609,6 +643,7 @@ static void login(struct session *s, const struct acl_user *u, const char *reply
     }
     log_event(LOG_INFO, "login", LOG_STR("result", "ok"), LOG_STR("user", u->name), LOG_STR("peer", s->peer),
               LOG_INT("session", s->id), LOG_END);
+    metrics_inc(s->w->metrics, MC_LOGIN_OK);
     if (s->w->anomaly)
         anomaly_record_connection(s->w->anomaly, (int)(u - s->w->users), (struct sockaddr *)&s->peer_addr,
                                   uv_now(s->w->loop));
@@ -626,6 +661,8 @@ static void login(struct session *s, const struct acl_user *u, const char *reply
         fail_upstream(s, "connect", "cannot start the connection");
         return;
     }
+    s->up.t.bytes_in_counter = &s->w->metrics->c[MC_UPSTREAM_BYTES_IN];
+    s->up.t.bytes_out_counter = &s->w->metrics->c[MC_UPSTREAM_BYTES_OUT];
     upstream_login(s, want, reply, reply_len);
 }
 
@@ -641,6 +678,18 @@ static const char *login_result_name(enum login_result r)
     case LOGIN_SOURCE: return "source not allowed";
     }
     return "?";
+}
+
+static enum metrics_counter login_result_counter(enum login_result r)
+{
+    switch (r) {
+    case LOGIN_OK: return MC_LOGIN_OK;
+    case LOGIN_UNKNOWN_USER: return MC_LOGIN_UNKNOWN_USER;
+    case LOGIN_BAD_PASSWORD: return MC_LOGIN_WRONG_PASSWORD;
+    case LOGIN_EXPIRED: return MC_LOGIN_EXPIRED;
+    case LOGIN_SOURCE: return MC_LOGIN_SOURCE;
+    }
+    return MC_LOGIN_WRONG_PASSWORD;
 }
 
 static enum login_result check_user_allowed(struct session *s, const struct acl_user *u);
@@ -678,12 +727,39 @@ static const char wrongpass[] = "-WRONGPASS invalid username-password pair or us
 
 static void login_failed(struct session *s, const struct resp_arg *user, enum login_result r)
 {
+    uint64_t now = uv_now(s->w->loop);
     if (s->w->anomaly)
-        anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, uv_now(s->w->loop));
+        anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, now);
     log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", user->ptr, user->len),
               LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_INT("session", s->id),
               LOG_END);
+    metrics_inc(s->w->metrics, login_result_counter(r));
+    if (s->w->lockout && lockout_record_failure(s->w->lockout, (struct sockaddr *)&s->peer_addr, now)) {
+        const struct config_login_lockout *lo = &s->w->cfg->limits.login_lockout;
+        log_event(LOG_WARN, "login_lockout", LOG_STR("peer", s->peer), LOG_INT("failures", lo->failures),
+                  LOG_INT("window_ms", (long long)lo->window_ms), LOG_INT("duration_ms", (long long)lo->duration_ms),
+                  LOG_END);
+        metrics_inc(s->w->metrics, MC_LOCKOUTS);
+    }
     REPLY_LITERAL(s, wrongpass);
+}
+
+/* login_lockout: a source with too many recent failures is refused before its password is
+ * looked at (each attempt still counts as a failed login for the anomaly detector, not in the
+ * log: the lockout's start was logged once). */
+static bool login_locked_out(struct session *s)
+{
+    uint64_t retry_ms = 0, now = uv_now(s->w->loop);
+    if (!s->w->lockout || !lockout_locked(s->w->lockout, (struct sockaddr *)&s->peer_addr, now, &retry_ms))
+        return false;
+    if (s->w->anomaly)
+        anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, now);
+    metrics_inc(s->w->metrics, MC_LOGIN_LOCKED_OUT);
+    char line[160];
+    snprintf(line, sizeof line, "WRONGPASS too many failed logins from this address, try again in %llu seconds",
+             (unsigned long long)((retry_ms + 999) / 1000));
+    reply_error(s, line);
+    return true;
 }
 
 /* user_from_cert: cn. The verified client certificate's CN names the user; no password. A CN
@@ -700,6 +776,7 @@ static void login_from_certificate(struct session *s)
         log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", name.ptr, name.len),
                   LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_STR("method", "certificate"),
                   LOG_INT("session", s->id), LOG_END);
+        metrics_inc(s->w->metrics, login_result_counter(r));
         return;
     }
     login(s, u, NULL, 0);
@@ -727,6 +804,8 @@ static void cmd_auth(struct session *s, const struct resp_request *req)
     const struct resp_arg *user = req->argc == 3 ? &req->argv[1] : &default_user;
     const struct resp_arg *pass = &req->argv[req->argc - 1];
     const struct acl_user *u = NULL;
+    if (login_locked_out(s))
+        return;
     enum login_result r = check_login(s, user, pass, &u);
     if (r != LOGIN_OK) {
         login_failed(s, user, r);
@@ -780,6 +859,8 @@ static void cmd_hello(struct session *s, const struct resp_request *req)
     }
     if (user) {
         const struct acl_user *u = NULL;
+        if (login_locked_out(s))
+            return;
         enum login_result r = check_login(s, user, pass, &u);
         if (r != LOGIN_OK) {
             login_failed(s, user, r);
@@ -822,6 +903,32 @@ static void cmd_hello(struct session *s, const struct resp_request *req)
 /* ---------------------------------------------------------------------------------------- */
 /* ACL                                                                                       */
 /* ---------------------------------------------------------------------------------------- */
+
+static size_t user_index(const struct session *s) { return (size_t)(s->user - s->w->users); }
+
+/* Every command of a logged-in user is counted once, under its category and verdict. */
+static void count_command(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_verdict v)
+{
+    metrics_count_command(s->w->metrics, user_index(s), cmd ? metrics_category_of(cmd->categories) : MCAT_UNKNOWN,
+                          v);
+}
+
+static void count_refusal(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_counter reason)
+{
+    count_command(s, cmd, MV_DENIED);
+    metrics_inc(s->w->metrics, reason);
+}
+
+static enum metrics_counter refusal_counter(enum acl_result r)
+{
+    switch (r) {
+    case ACL_DENIED_KEY: return MC_REFUSED_KEY;
+    case ACL_DENIED_CHANNEL: return MC_REFUSED_CHANNEL;
+    case ACL_DENIED_SORT_BY:
+    case ACL_DENIED_SORT_GET: return MC_REFUSED_SORT;
+    default: return MC_REFUSED_COMMAND;
+    }
+}
 
 static const char *refusal_kind(enum acl_result r)
 {
@@ -869,7 +976,11 @@ static bool acl_allows(struct session *s, const struct resp_request *req, struct
             anomaly_record_denial(s->w->anomaly, idx, (struct sockaddr *)&s->peer_addr, now);
     }
     if (rc == 0)
-        return true;
+        return true; /* counted by the caller, which may still refuse it */
+    if (v->result >= ACL_DENIED_COMMAND)
+        count_refusal(s, v->cmd, refusal_counter(v->result));
+    else
+        count_command(s, v->cmd, MV_ERROR);
 
     char line[ACL_ERROR_MAX + 3];
     line[0] = '-';
@@ -958,6 +1069,47 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
     }
 }
 
+/* The user's command rate limit (token bucket, shared by all its sessions in this worker). True:
+ * the command was refused and answered. EXEC and DISCARD that end a transaction always pass, so
+ * a client can always get out of MULTI. A refusal inside MULTI dooms the transaction, like any
+ * error at queue time. The log gets one line when a user starts being limited and one when a
+ * command passes again, never one per refused command. */
+static bool rate_limited(struct session *s, const struct resp_request *req, const char *name)
+{
+    const struct config_user *uc = worker_user_config(s->w, s->user);
+    if (!uc->rate_limit.enabled || (s->in_multi && (strcmp(name, "exec") == 0 || strcmp(name, "discard") == 0)))
+        return false;
+    struct worker_user_rate *r = &s->w->rates[user_index(s)];
+    if (token_bucket_take(&r->bucket, uc->rate_limit.rate, uc->rate_limit.burst, uv_now(s->w->loop))) {
+        if (r->limiting) {
+            log_event(LOG_INFO, "rate_limit", LOG_STR("phase", "end"), LOG_STR("user", s->user->name),
+                      LOG_INT("refused", (long long)r->refused), LOG_END);
+            r->limiting = false;
+        }
+        return false;
+    }
+    if (!r->limiting) {
+        log_event(LOG_WARN, "rate_limit", LOG_STR("phase", "begin"), LOG_STR("user", s->user->name),
+                  LOG_STR("peer", s->peer), LOG_NUM("commands_per_second", uc->rate_limit.rate),
+                  LOG_NUM("burst", uc->rate_limit.burst), LOG_END);
+        r->limiting = true;
+        r->refused = 0;
+    }
+    r->refused++;
+    const struct cmdtab_cmd *cmd = cmdtab_lookup(req->argv[0].ptr, req->argv[0].len);
+    count_command(s, cmd, MV_RATE_LIMITED);
+    metrics_inc(s->w->metrics, MC_REFUSED_RATE_LIMIT);
+    /* What the user tries is still its behaviour: the detector sees the attempted rate. */
+    if (s->w->anomaly && cmd)
+        anomaly_record_command(s->w->anomaly, (int)user_index(s), cmd->categories, uv_now(s->w->loop));
+    if (s->in_multi)
+        s->multi_dirty = true;
+    char line[ACL_ERROR_MAX];
+    snprintf(line, sizeof line, "ERR rate limit exceeded for user '%s'", s->user->name);
+    reply_error(s, line);
+    return true;
+}
+
 static void handle_command(struct session *s, const struct resp_request *req, const char *frame)
 {
     char name[32];
@@ -983,13 +1135,21 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
 
-    if (s->in_multi && (strcmp(name, "auth") == 0 || strcmp(name, "hello") == 0)) {
+    /* The connection commands respguard answers itself: counted here, never rate limited (a
+     * client can always log in again, reset or quit). */
+    bool login_cmd = strcmp(name, "auth") == 0 || strcmp(name, "hello") == 0;
+    bool connection_cmd = login_cmd || strcmp(name, "quit") == 0 || strcmp(name, "reset") == 0;
+    if (s->in_multi && login_cmd) {
         /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
          * place its answer inside EXEC's array: refuse, and the transaction with it. */
+        metrics_count_command(s->w->metrics, user_index(s), MCAT_CONNECTION, MV_DENIED);
+        metrics_inc(s->w->metrics, MC_REFUSED_UNSUPPORTED);
         s->multi_dirty = true;
         REPLY_LITERAL(s, "-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n");
         return;
     }
+    if (connection_cmd)
+        metrics_count_command(s->w->metrics, user_index(s), MCAT_CONNECTION, MV_ALLOWED);
     if (strcmp(name, "auth") == 0) {
         cmd_auth(s, req);
         return;
@@ -1015,17 +1175,21 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
 
+    if (rate_limited(s, req, name))
+        return;
     struct acl_verdict v;
     if (!acl_allows(s, req, &v))
         return;
     if (v.cmd && strcmp(v.cmd->name, "client|reply") == 0 && !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
         /* Replies that never come would shift every later reply: refuse rather than guess. */
+        count_refusal(s, v.cmd, MC_REFUSED_UNSUPPORTED);
         REPLY_LITERAL(s, "-ERR CLIENT REPLY OFF|SKIP is not supported through respguard\r\n");
         return;
     }
     if (v.cmd && strcmp(v.cmd->name, "monitor") == 0) {
         /* MONITOR turns the connection into a stream that answers no command; even a user
          * granted +monitor cannot use it through a proxy that matches replies to commands. */
+        count_refusal(s, v.cmd, MC_REFUSED_UNSUPPORTED);
         REPLY_LITERAL(s, "-ERR MONITOR is not supported through respguard\r\n");
         return;
     }
@@ -1040,6 +1204,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     if ((sub_cmd || unsub_cmd) && s->in_multi) {
         /* Inside MULTI the confirmations would come back inside EXEC's array, where respguard
          * cannot follow the subscription state: refuse, and the transaction with it. */
+        count_refusal(s, v.cmd, MC_REFUSED_UNSUPPORTED);
         s->multi_dirty = true;
         REPLY_LITERAL(s, "-ERR (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE inside MULTI are not supported through respguard\r\n");
         return;
@@ -1048,6 +1213,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         (s->subs > 0 || s->ssubs > 0 || s->pending_subscribes > 0)) {
         /* A RESP2 connection in subscribed mode: Redis refuses MULTI, and so do we, before a
          * transaction state we would then have to undo. */
+        count_command(s, v.cmd, MV_ERROR);
         REPLY_LITERAL(s, "-ERR Can't execute 'multi': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
                          "RESET are allowed in this context\r\n");
         return;
@@ -1078,6 +1244,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         bool dirty = s->multi_dirty;
         s->in_multi = s->multi_dirty = false;
         if (dirty) {
+            count_command(s, v.cmd, MV_ALLOWED); /* it runs: as DISCARD, answered EXECABORT */
             static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
             static const char abort[] = "-EXECABORT Transaction discarded because of previous errors.\r\n";
             send_upstream(s, discard, sizeof discard - 1);
@@ -1088,6 +1255,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         s->in_multi = s->multi_dirty = false;
     }
 
+    count_command(s, v.cmd, MV_ALLOWED);
     if (v.result == ACL_OK_APPEND_MATCH)
         forward_with_match(s, req, &v);
     else
@@ -1127,10 +1295,25 @@ static void maybe_resume_client(struct session *s)
     transport_shrink_input(&s->client);
 }
 
+/* The batch's commands were handed to the upstream connection just now: stamp them for the
+ * latency histograms. Only over an established upstream (before, the round trip would include
+ * connecting); one clock read per batch. */
+static void stamp_sent(struct session *s)
+{
+    size_t n = s->batch_pushed < s->q_len ? s->batch_pushed : s->q_len;
+    if (n == 0 || s->up.state != UPSTREAM_READY)
+        return;
+    uint64_t now = uv_hrtime();
+    for (size_t i = s->q_len - n; i < s->q_len; i++)
+        q_at(s, i)->t_sent = now;
+}
+
 static void process_input(struct session *s)
 {
     struct buf *in = &s->client.in;
     const struct config_limits *lim = &s->w->cfg->limits;
+    s->batch_t = uv_hrtime();
+    s->batch_pushed = 0;
     while (buf_len(in) > 0 && s->state != SESSION_CLOSING && !s->quitting && !s->draining) {
         if (backlogged(s, 1)) {
             s->client_paused = true;
@@ -1167,8 +1350,10 @@ static void process_input(struct session *s)
             handle_command(s, &req, buf_head(in));
         buf_consume(in, req.frame_len);
     }
-    if (s->upstream_started)
+    if (s->upstream_started) {
         transport_flush(&s->up.t);
+        stamp_sent(s);
+    }
     transport_flush(&s->client);
 }
 
@@ -1221,6 +1406,8 @@ void worker_close_sessions(struct worker *w)
 
 static void session_free(struct session *s)
 {
+    if (s->counted)
+        metrics_inc(s->w->metrics, MC_CONN_CLOSED);
     worker_remove_session(s->w, s);
     resp_parser_deinit(&s->parser);
     buf_free(&s->enc);
@@ -1281,6 +1468,7 @@ static void on_login_timeout(uv_timer_t *t)
     if (authenticated(s))
         return;
     log_event(LOG_INFO, "login_timeout", LOG_INT("session", s->id), LOG_STR("peer", s->peer), LOG_END);
+    metrics_inc(s->w->metrics, MC_CONN_REFUSED_LOGIN_TIMEOUT);
     session_close(s, "login timeout");
 }
 
@@ -1322,9 +1510,11 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
             start_close_deadline(s);
         break;
     case TRANSPORT_ERROR:
-        if (!s->client.handshake_done)
+        if (!s->client.handshake_done) {
             log_event(LOG_INFO, "client_tls_error", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
                       LOG_STR("reason", reason), LOG_END);
+            metrics_inc(s->w->metrics, MC_CONN_REFUSED_TLS);
+        }
         session_close(s, reason);
         break;
     case TRANSPORT_CLOSED:
@@ -1371,10 +1561,15 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
         return rc;
     }
     log_event(LOG_DEBUG, "accept", LOG_INT("session", s->id), LOG_STR("peer", s->peer), LOG_END);
+    s->counted = true;
+    metrics_inc(w->metrics, MC_CONN_ACCEPTED);
+    s->client.bytes_in_counter = &w->metrics->c[MC_CLIENT_BYTES_IN];
+    s->client.bytes_out_counter = &w->metrics->c[MC_CLIENT_BYTES_OUT];
 
     if (l->cfg->allow_from.count) {
         if (!config_cidr_match(&l->cfg->allow_from, (struct sockaddr *)&s->peer_addr)) {
             log_event(LOG_WARN, "refused_source", LOG_STR("peer", s->peer), LOG_STR("bind", l->bound), LOG_END);
+            metrics_inc(w->metrics, MC_CONN_REFUSED_SOURCE);
             session_close(s, "source not allowed");
             return 0;
         }
@@ -1382,6 +1577,7 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     if (w->session_count > w->cfg->limits.max_clients) {
         /* Redis's words, then close: the client's retry logic takes over. */
         log_event(LOG_WARN, "refused_max_clients", LOG_STR("peer", s->peer), LOG_END);
+        metrics_inc(w->metrics, MC_CONN_REFUSED_MAX_CLIENTS);
         REPLY_LITERAL(s, "-ERR max number of clients reached\r\n");
         close_after_reply(s);
         return 0;

@@ -606,6 +606,20 @@ const char *tlsconn_server_name(const struct tlsconn *t)
     return SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
 }
 
+int tlsconn_peer_cert_expiry(const struct tlsconn *t, long long *seconds_left)
+{
+    int day = 0, sec = 0;
+    if (!t->done || t->failed || SSL_get_verify_result(t->ssl) != X509_V_OK) {
+        return -1;
+    }
+    X509 *peer = SSL_get0_peer_certificate(t->ssl);
+    if (peer == NULL || ASN1_TIME_diff(&day, &sec, NULL, X509_get0_notAfter(peer)) != 1) {
+        return -1;
+    }
+    *seconds_left = (long long)day * 86400 + sec;
+    return 0;
+}
+
 int tlsconn_peer_cn(const struct tlsconn *t, char *buf, size_t cap)
 {
     X509 *peer;

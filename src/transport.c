@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "respguard/metrics.h"
 #include "respguard/tlsconn.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -142,8 +143,12 @@ void transport_write(struct transport *t, const void *data, size_t len)
      * connection is up (and for TLS, verified) bytes wait there too: nothing may leave before
      * the engine that must encrypt it exists. */
     struct buf *dst = (t->tls || !t->tcp_connected) ? &t->hold : &t->out;
-    if (buf_append(dst, data, len) != 0)
+    if (buf_append(dst, data, len) != 0) {
         fail(t, "out of memory");
+        return;
+    }
+    if (t->bytes_out_counter)
+        metrics_add(t->bytes_out_counter, len);
 }
 
 size_t transport_pending(const struct transport *t)
@@ -202,6 +207,8 @@ static bool tls_pump(struct transport *t, bool *eof)
         enum tlsconn_status st = tlsconn_read(t->tls, buf_tail(&t->in), buf_room(&t->in), &n);
         t->in.end += n;
         got |= n > 0;
+        if (t->bytes_in_counter)
+            metrics_add(t->bytes_in_counter, n);
         if (st == TLSCONN_OK && n > 0)
             continue;
         if (st == TLSCONN_CLOSED)
@@ -243,6 +250,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     if (!t->tls) {
         t->in.end += (size_t)nread;
+        if (t->bytes_in_counter)
+            metrics_add(t->bytes_in_counter, (uint64_t)nread);
         emit(t, TRANSPORT_DATA, NULL);
         transport_shrink_input(t);
         return;

@@ -77,6 +77,9 @@ const char *tlsconn_error(const struct tlsconn *t);
 /* Server side with client certificates: the peer certificate's subject CN into buf.
  * 0 on success, -1 when there is none. */
 int tlsconn_peer_cn(const struct tlsconn *t, char *buf, size_t cap);
+/* Seconds until the verified peer certificate expires (negative: expired), 0 on success; -1
+ * when the handshake is not done or not verified. */
+int tlsconn_peer_cert_expiry(const struct tlsconn *t, long long *seconds_left);
 
 /* The SNI host name: on a server engine the one the client sent (NULL if none, e.g. for IP
  * literals), on a client engine the one it sends. Owned by the engine; for logging and tests. */

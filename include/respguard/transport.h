@@ -11,8 +11,10 @@
 #ifndef RESPGUARD_TRANSPORT_H
 #define RESPGUARD_TRANSPORT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "respguard/buf.h"
@@ -46,6 +48,10 @@ struct transport {
     size_t cipher_cap;
     transport_event_cb cb;
     void *owner;
+    /* Optional metric slots (metrics.h, written by this thread only): plaintext bytes received
+     * and queued for sending. NULL: not counted. */
+    _Atomic uint64_t *bytes_in_counter;
+    _Atomic uint64_t *bytes_out_counter;
     bool reading;        /* the owner wants input */
     bool writing;        /* a uv_write is in flight */
     bool closing;        /* transport_close was called */

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "respguard/ratelimit.h"
+
 struct config;
 struct acl_user;
 struct tlsconn_ctx;
@@ -20,10 +22,20 @@ struct listener;
 struct session;
 struct config_user;
 struct anomaly;
+struct metrics_shard;
+struct lockout;
 
 struct worker_login {
     char *cmd; /* encoded AUTH (or PING when there is no password) */
     size_t len;
+};
+
+/* A user's command rate limit in this worker: its bucket, and whether it is refusing commands
+ * now (an episode is logged once when it starts and once when it ends). */
+struct worker_user_rate {
+    struct token_bucket bucket;
+    bool limiting;
+    uint64_t refused; /* commands refused in the current episode */
 };
 
 struct worker {
@@ -41,6 +53,9 @@ struct worker {
     struct listener *listeners;
     size_t listener_count;
     struct anomaly *anomaly;       /* rate baselines and anomaly events; NULL when disabled */
+    struct metrics_shard *metrics; /* this worker's counters (never NULL while running) */
+    struct worker_user_rate *rates;/* per compiled user (used when its rate_limit is enabled) */
+    struct lockout *lockout;       /* failed logins per source; NULL when login_lockout is off */
     struct session *sessions;      /* intrusive list of live sessions */
     size_t session_count;
     uint64_t next_session_id;

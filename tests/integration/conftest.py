@@ -13,6 +13,7 @@ Tests marked ``proxy_only`` (log lines, guard rules, upstream handling, CLI,
 downstream TLS) are skipped in that mode, with a reason, and only in that mode.
 """
 
+import http.client
 import json
 import os
 import secrets
@@ -234,6 +235,9 @@ class Proxy:
         self.stdout_path = os.path.join(self.dir, "stdout.log")
         self.port = None
         self.tls_port = None
+        self.admin_port = None
+        if "admin" in config:
+            self.admin_port = int(config["admin"]["bind"].rsplit(":", 1)[1])
         for lst in config["listeners"]:
             port = int(lst["bind"].rsplit(":", 1)[1])
             if "tls" in lst:
@@ -248,7 +252,7 @@ class Proxy:
             return
         self.proc = subprocess.Popen([respguard_bin(), "-c", config_path], stdin=subprocess.DEVNULL,
                                      stdout=self._out, stderr=self._err, env=env, cwd=self.dir)
-        for p in (self.port, self.tls_port):
+        for p in (self.port, self.tls_port, self.admin_port):
             if p is not None:
                 try:
                     wait_port(p, 10, self.proc, "respguard")
@@ -339,6 +343,29 @@ class Proxy:
         kw.setdefault("socket_connect_timeout", 5)
         return redis.Redis(host="127.0.0.1", port=self.port, username=user, password=password, **kw)
 
+    # -- admin HTTP ---------------------------------------------------------------
+    def http(self, path, method="GET"):
+        """(status, headers, body text) from the admin listener."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read().decode("utf-8")
+        finally:
+            conn.close()
+
+    def metrics(self):
+        """/metrics parsed by prometheus_client: {(name, frozenset(labels.items())): value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+        status, headers, body = self.http("/metrics")
+        assert status == 200, (status, body)
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers
+        out = {}
+        for fam in text_string_to_metric_families(body):
+            for s in fam.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
     # -- lifecycle ------------------------------------------------------------
     def signal(self, sig):
         self.proc.send_signal(sig)
@@ -371,12 +398,13 @@ def respguard(request, tmp_path, certs, upstream):
       limits=None             merged into limits
       overrides=None          deep-merged into the whole config (DELETE removes keys)
       upstream_password=None  the password given to respguard (default: the server's)
+      admin=False             an admin listener on a free port, probing the upstream every 200ms
     """
     started = []
 
     def make(tls_listener=False, client_ca=False, user_from_cert=False, upstream_server=None,
              upstream_host="localhost", server_name=None, ca_file=None, users=None,
-             limits=None, overrides=None, upstream_password=None):
+             limits=None, overrides=None, upstream_password=None, admin=False):
         srv = upstream_server or upstream
         d = tmp_path / ("rg%d" % len(started))
         d.mkdir()
@@ -403,6 +431,8 @@ def respguard(request, tmp_path, certs, upstream):
             "users": users if users is not None else default_users(),
             "limits": deep_merge({"login_timeout": "2s", "shutdown_timeout": "5s"}, limits or {}),
         }
+        if admin:
+            cfg["admin"] = {"bind": "127.0.0.1:%d" % free_port(), "probe_interval": "200ms"}
         if overrides:
             cfg = deep_merge(cfg, overrides)
         path = str(d / "respguard.yaml")

@@ -53,7 +53,7 @@ def anomalies(p, **match):
 
 
 def test_rate_spike_and_new_behaviour_onset_and_recovery(respguard):
-    p = respguard(overrides={"anomaly": ANOMALY})
+    p = respguard(admin=True, overrides={"anomaly": ANOMALY})
     c = RawConn(p.port, timeout=10)
     assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
     paced(c, 20, 6)                      # steady reads through the warm-up and beyond
@@ -81,10 +81,15 @@ def test_rate_spike_and_new_behaviour_onset_and_recovery(respguard):
     c.close()
     # thousands of commands, a handful of lines
     assert len(anomalies(p)) == 4, anomalies(p)
+    # /metrics counts the same onsets, per type and user
+    m = p.metrics()
+    counted = {(dict(k[1])["type"], dict(k[1])["user"]): v for k, v in m.items()
+               if k[0] == "respguard_anomalies_total" and v}
+    assert counted == {("rate_spike", "web"): 1, ("new_behaviour", "web"): 2}, counted
 
 
 def test_denial_and_auth_failure_bursts(respguard):
-    p = respguard(overrides={"anomaly": ANOMALY})
+    p = respguard(admin=True, overrides={"anomaly": ANOMALY})
     c = RawConn(p.port, timeout=10)
     assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
     for _ in range(8):
@@ -100,6 +105,11 @@ def test_denial_and_auth_failure_bursts(respguard):
     a = anomalies(p, type="auth_failure_burst")
     assert len(a) == 1 and a[0]["source"] == "127.0.0.1" and a[0]["user"] is None, a
     c.close()
+    m = p.metrics()
+    counted = {(dict(k[1])["type"], dict(k[1])["user"]): v for k, v in m.items()
+               if k[0] == "respguard_anomalies_total" and v}
+    # per-source events have no user: user=""
+    assert counted == {("denial_burst", "web"): 1, ("denial_burst", ""): 1, ("auth_failure_burst", ""): 1}, counted
     assert "not-the-pw-7f3a" not in p.stderr_text()
 
 

@@ -1,0 +1,263 @@
+/*
+ * admin: /metrics, /healthz and /readyz over HTTP with libmicrohttpd (its own thread, its own
+ * poll loop), so an operator's scrape never runs on, or waits for, the data plane's loop.
+ *
+ * Thread rules: the request handler runs on libmicrohttpd's thread. It reads the immutable
+ * configuration, sums the metric shards (relaxed atomic loads, see metrics.h) and copies the
+ * status under a mutex; the worker thread writes that status once per probe result.
+ */
+#include "respguard/admin.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "respguard/config.h"
+#include "respguard/metrics.h"
+
+#ifndef RESPGUARD_VERSION
+#define RESPGUARD_VERSION "dev"
+#endif
+
+/* Bounds for a listener nobody but operators should reach. */
+#define ADMIN_MAX_CONNECTIONS 32
+#define ADMIN_CONNECTION_TIMEOUT_S 10
+/* Certificates exported besides the listeners': the upstream server's. */
+#define ADMIN_MAX_CERTS 64
+
+struct admin {
+    struct MHD_Daemon *daemon;
+    const struct config *cfg;
+    struct metrics *metrics;
+    double config_loaded_at;
+    double config_load_seconds;
+    struct admin_cert *certs;
+    size_t cert_count;
+    char **cert_names; /* owned copies of certs[i].name */
+    char upstream_cert_name[300];
+
+    pthread_mutex_t lock; /* guards the fields below */
+    bool probed;          /* a probe has reported */
+    bool upstream_ok;
+    char upstream_reason[200];
+    time_t upstream_cert_not_after; /* 0: not known */
+    bool draining;
+};
+
+struct status {
+    bool probed, upstream_ok, draining;
+    char reason[200];
+    time_t upstream_cert_not_after;
+};
+
+static void read_status(struct admin *a, struct status *st)
+{
+    pthread_mutex_lock(&a->lock);
+    st->probed = a->probed;
+    st->upstream_ok = a->upstream_ok;
+    st->draining = a->draining;
+    memcpy(st->reason, a->upstream_reason, sizeof st->reason);
+    st->upstream_cert_not_after = a->upstream_cert_not_after;
+    pthread_mutex_unlock(&a->lock);
+}
+
+static bool ready(const struct status *st) { return st->probed && st->upstream_ok && !st->draining; }
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned code, char *body, size_t len,
+                               enum MHD_ResponseMemoryMode mode, const char *type)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
+    if (!r) {
+        if (mode == MHD_RESPMEM_MUST_FREE)
+            free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (code == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    enum MHD_Result ret = MHD_queue_response(c, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned code, const char *text)
+{
+    return respond(c, code, (char *)text, strlen(text), MHD_RESPMEM_PERSISTENT, "text/plain; charset=utf-8");
+}
+
+static enum MHD_Result serve_readyz(struct admin *a, struct MHD_Connection *c)
+{
+    struct status st;
+    read_status(a, &st);
+    if (ready(&st))
+        return respond_text(c, MHD_HTTP_OK, "ready\n");
+    char *body = malloc(320);
+    if (!body)
+        return MHD_NO;
+    int n;
+    if (st.draining)
+        n = snprintf(body, 320, "not ready: shutting down\n");
+    else if (!st.probed)
+        n = snprintf(body, 320, "not ready: the upstream has not been probed yet\n");
+    else
+        n = snprintf(body, 320, "not ready: upstream: %s\n", st.reason);
+    return respond(c, MHD_HTTP_SERVICE_UNAVAILABLE, body, (size_t)n, MHD_RESPMEM_MUST_FREE,
+                   "text/plain; charset=utf-8");
+}
+
+static enum MHD_Result serve_metrics(struct admin *a, struct MHD_Connection *c)
+{
+    struct status st;
+    read_status(a, &st);
+    double now = (double)time(NULL);
+    struct metrics_gauge g[ADMIN_MAX_CERTS + 8];
+    size_t n = 0;
+    g[n++] = (struct metrics_gauge){"respguard_ready", "1 when /readyz answers 200: config loaded, not draining, "
+                                    "last upstream probe succeeded.", NULL, NULL, ready(&st) ? 1 : 0};
+    for (size_t i = 0; i < a->cert_count; i++)
+        g[n++] = (struct metrics_gauge){"respguard_cert_expiry_seconds",
+                                        "Seconds until the certificate expires (negative: expired).", "cert",
+                                        a->certs[i].name, (double)a->certs[i].not_after - now};
+    if (st.upstream_cert_not_after)
+        g[n++] = (struct metrics_gauge){"respguard_cert_expiry_seconds",
+                                        "Seconds until the certificate expires (negative: expired).", "cert",
+                                        a->upstream_cert_name, (double)st.upstream_cert_not_after - now};
+    g[n++] = (struct metrics_gauge){"respguard_config_load_success",
+                                    "1 when the configuration in use loaded without error.", NULL, NULL, 1};
+    g[n++] = (struct metrics_gauge){"respguard_config_load_timestamp_seconds",
+                                    "When the configuration in use was loaded (UTC epoch seconds).", NULL, NULL,
+                                    a->config_loaded_at};
+    g[n++] = (struct metrics_gauge){"respguard_config_load_duration_seconds",
+                                    "How long loading and compiling the configuration took.", NULL, NULL,
+                                    a->config_load_seconds};
+    g[n++] = (struct metrics_gauge){"respguard_build_info", "respguard's version.", "version", RESPGUARD_VERSION,
+                                    1};
+    char *text = NULL;
+    size_t len = 0;
+    if (metrics_render(a->metrics, g, n, &text, &len) != 0)
+        return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+    return respond(c, MHD_HTTP_OK, text, len, MHD_RESPMEM_MUST_FREE, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct admin *a = cls;
+    (void)version;
+    (void)upload_data;
+    if (*upload_data_size != 0)
+        return MHD_NO; /* no endpoint takes a body */
+    (void)con_cls;
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+        return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+    if (strcmp(url, "/metrics") == 0)
+        return serve_metrics(a, c);
+    if (strcmp(url, "/healthz") == 0)
+        return respond_text(c, MHD_HTTP_OK, "ok\n");
+    if (strcmp(url, "/readyz") == 0)
+        return serve_readyz(a, c);
+    return respond_text(c, MHD_HTTP_NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n");
+}
+
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct admin *a = cls;
+    (void)addrlen;
+    return config_cidr_match(&a->cfg->admin.allow_from, addr) ? MHD_YES : MHD_NO;
+}
+
+static void admin_free(struct admin *a)
+{
+    for (size_t i = 0; a->cert_names && i < a->cert_count; i++)
+        free(a->cert_names[i]);
+    free(a->cert_names);
+    free(a->certs);
+    pthread_mutex_destroy(&a->lock);
+    free(a);
+}
+
+int admin_start(const struct admin_start_info *info, struct admin **out, char *err, size_t errlen)
+{
+    const struct config_admin *ac = &info->cfg->admin;
+    struct admin *a = calloc(1, sizeof *a);
+    if (!a || pthread_mutex_init(&a->lock, NULL) != 0) {
+        free(a);
+        snprintf(err, errlen, "admin: out of memory");
+        return -1;
+    }
+    a->cfg = info->cfg;
+    a->metrics = info->metrics;
+    a->config_loaded_at = info->config_loaded_at;
+    a->config_load_seconds = info->config_load_seconds;
+    a->cert_count = info->cert_count < ADMIN_MAX_CERTS ? info->cert_count : ADMIN_MAX_CERTS;
+    a->certs = calloc(a->cert_count + 1, sizeof *a->certs);
+    a->cert_names = calloc(a->cert_count + 1, sizeof *a->cert_names);
+    bool oom = !a->certs || !a->cert_names;
+    for (size_t i = 0; !oom && i < a->cert_count; i++) {
+        a->certs[i] = info->certs[i];
+        oom = !(a->cert_names[i] = strdup(info->certs[i].name));
+        a->certs[i].name = a->cert_names[i];
+    }
+    if (oom) {
+        admin_free(a);
+        snprintf(err, errlen, "admin: out of memory");
+        return -1;
+    }
+    const struct config_upstream *up = &info->cfg->upstream;
+    snprintf(a->upstream_cert_name, sizeof a->upstream_cert_name, "upstream %s:%u",
+             up->server_name ? up->server_name : up->host, (unsigned)up->port);
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+    if (ac->listen.addr.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    errno = 0;
+    a->daemon = MHD_start_daemon(flags, ac->listen.port, on_accept, a, on_request, a,
+                                 MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&ac->listen.addr,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)ADMIN_MAX_CONNECTIONS,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_CONNECTION_TIMEOUT_S,
+                                 MHD_OPTION_END);
+    if (!a->daemon) {
+        int e = errno;
+        snprintf(err, errlen, "admin: cannot listen on %s: %s", ac->listen.bind,
+                 e ? strerror(e) : "the HTTP server did not start");
+        admin_free(a);
+        return -1;
+    }
+    *out = a;
+    return 0;
+}
+
+void admin_set_upstream(struct admin *a, bool ok, const char *reason, time_t upstream_cert_not_after)
+{
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->lock);
+    a->probed = true;
+    a->upstream_ok = ok;
+    snprintf(a->upstream_reason, sizeof a->upstream_reason, "%s", reason ? reason : "");
+    if (upstream_cert_not_after)
+        a->upstream_cert_not_after = upstream_cert_not_after;
+    pthread_mutex_unlock(&a->lock);
+}
+
+void admin_set_draining(struct admin *a)
+{
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->lock);
+    a->draining = true;
+    pthread_mutex_unlock(&a->lock);
+}
+
+void admin_stop(struct admin *a)
+{
+    if (!a)
+        return;
+    MHD_stop_daemon(a->daemon);
+    admin_free(a);
+}

@@ -1,0 +1,133 @@
+"""Optional enforcement, off by default: per-user command rate limits (token bucket; excess
+commands get "-ERR rate limit exceeded for user '<name>'" and the connection stays usable) and a
+per-source login lockout after repeated failures. Both are logged once per episode and counted
+in /metrics."""
+
+import time
+
+import pytest
+import redis
+
+from helpers import PASSWORDS, wait_until
+from resp_util import RawConn, encode
+
+pytestmark = pytest.mark.proxy_only
+
+LIMITED = b"-ERR rate limit exceeded for user 'web'\r\n"
+
+
+def val(m, name, **labels):
+    return m.get((name, frozenset(labels.items())), 0.0)
+
+
+def pipeline(c, cmds):
+    c.send(b"".join(encode(*a) for a in cmds))
+    return [c.read_raw() for _ in cmds]
+
+
+def test_rate_limit_refuses_the_excess_and_the_connection_stays_usable(respguard):
+    p = respguard(admin=True, overrides={"users": {"web": {"rate_limit": {"commands_per_second": 5,
+                                                                           "burst": 10}}}})
+    c = p.login("web")
+    replies = pipeline(c, [("GET", "rl:k%d" % i) for i in range(30)])
+    # the bucket starts full: 10 pass at once (a few more may have refilled meanwhile)
+    passed = [r for r in replies if r != LIMITED]
+    assert 10 <= len(passed) <= 12, replies
+    assert all(r == b"$-1\r\n" for r in passed)
+    assert replies[:10] == [b"$-1\r\n"] * 10 and replies[-1] == LIMITED
+    refused = len(replies) - len(passed)
+
+    # other users are not affected
+    ops = p.login("ops")
+    assert ops.call_raw("PING") == b"+PONG\r\n"
+
+    # the connection stays usable: after a pause the bucket has refilled
+    time.sleep(0.5)
+    assert c.call_raw("SET", "rl:k", "v") == b"+OK\r\n"
+
+    # one log line when limiting began, one when a command passed again; never one per command
+    begin = p.events("rate_limit", phase="begin")
+    end = p.events("rate_limit", phase="end")
+    assert len(begin) == 1 and begin[0]["user"] == "web" and begin[0]["commands_per_second"] == 5, begin
+    assert len(end) == 1 and end[0]["refused"] == refused, end
+    assert not p.events("refused")  # rate limiting is not an ACL refusal
+
+    m = p.metrics()
+    assert val(m, "respguard_rate_limited_commands_total", user="web") == refused
+    assert val(m, "respguard_refusals_total", reason="rate_limit") == refused
+    assert val(m, "respguard_commands_total", user="web", category="read", verdict="rate_limited") == refused
+    assert val(m, "respguard_rate_limited_commands_total", user="ops") == 0
+
+
+def test_rate_limit_in_multi_aborts_the_transaction_and_exec_still_ends_it(respguard):
+    p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 1, "burst": 3}}}})
+    c = p.login("web")
+    # MULTI, INCR, INCR take the 3 tokens; the next INCR is refused at queue time, so EXEC
+    # (never limited: a client must always be able to end a transaction) answers EXECABORT
+    replies = pipeline(c, [("MULTI",), ("INCR", "rl:m"), ("INCR", "rl:m"), ("INCR", "rl:m"), ("EXEC",)])
+    assert replies == [b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n", LIMITED,
+                       b"-EXECABORT Transaction discarded because of previous errors.\r\n"], replies
+    time.sleep(1.1)
+    assert c.call_raw("GET", "rl:m") == b"$-1\r\n"  # nothing ran
+
+
+def test_rate_limit_from_limits_applies_to_every_user_and_a_user_can_opt_out(respguard):
+    p = respguard(limits={"rate_limit": {"commands_per_second": 2, "burst": 2}},
+                  overrides={"users": {"ops": {"rate_limit": {"commands_per_second": 0}}}})
+    web = p.login("web")
+    assert pipeline(web, [("PING",)] * 4)[2:] == [LIMITED, LIMITED]
+    ops = p.login("ops")
+    assert pipeline(ops, [("PING",)] * 50) == [b"+PONG\r\n"] * 50
+    # AUTH, QUIT and RESET are never limited
+    assert web.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
+    assert web.call_raw("QUIT") == b"+OK\r\n"
+
+
+def test_rate_limit_with_redis_py(respguard):
+    p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 2, "burst": 2}}}})
+    r = p.client("web")
+    r.set("rl:py", "1")  # the connection's AUTH is not a command of the user's
+    r.get("rl:py")
+    with pytest.raises(redis.exceptions.ResponseError, match="rate limit exceeded for user 'web'"):
+        r.get("rl:py")
+    time.sleep(0.6)
+    assert r.get("rl:py") == b"1"
+    r.close()
+
+
+def test_login_lockout(respguard):
+    p = respguard(admin=True, limits={"login_lockout": {"failures": 3, "window": "10s", "duration": "2s"}})
+    c = RawConn(p.port, timeout=5)
+    wrong = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    for _ in range(3):
+        assert c.call_raw("AUTH", "web", "guess") == wrong
+    locked = c.call_raw("AUTH", "web", PASSWORDS["web"])  # even the right password
+    assert locked == b"-WRONGPASS too many failed logins from this address, try again in 2 seconds\r\n", locked
+    assert c.call_raw("HELLO", "3", "AUTH", "web", PASSWORDS["web"]).startswith(b"-WRONGPASS too many failed")
+    # a new connection from the same address is locked out as well
+    d = RawConn(p.port, timeout=5)
+    assert d.call_raw("AUTH", "web", PASSWORDS["web"]).startswith(b"-WRONGPASS too many failed")
+    # redis-py's connect fails with the lockout's words
+    with pytest.raises(redis.exceptions.ResponseError, match="too many failed logins from this address"):
+        p.client("web").ping()
+
+    lockouts = p.events("login_lockout")
+    assert len(lockouts) == 1 and lockouts[0]["failures"] == 3, lockouts
+    m = p.metrics()
+    assert val(m, "respguard_login_lockouts_total") == 1
+    assert val(m, "respguard_logins_total", result="locked_out") == 4
+    assert val(m, "respguard_logins_total", result="wrong_password") == 3
+
+    # after the lockout the right password works again
+    def login_ok():
+        with RawConn(p.port, timeout=5) as e:
+            return e.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n" and e.call_raw("PING") == b"+PONG\r\n"
+    wait_until(login_ok, 5, interval=0.25, what="login after the lockout")
+
+
+def test_no_lockout_by_default(proxy):
+    c = RawConn(proxy.port, timeout=5)
+    for _ in range(30):
+        assert c.call_raw("AUTH", "web", "guess").startswith(b"-WRONGPASS invalid")
+    assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
+    assert not proxy.events("login_lockout")
