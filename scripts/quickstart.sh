@@ -7,13 +7,15 @@
 #   scripts/quickstart.sh --background start both and return
 #   scripts/quickstart.sh --stop       stop what --background started
 #
-# Ports: RESPGUARD_PORT (default 6380) and UPSTREAM_TLS_PORT (default 6390), both on 127.0.0.1.
+# Ports: RESPGUARD_PORT (default 6380), UPSTREAM_TLS_PORT (default 6390) and ADMIN_PORT (metrics
+# and health, default 9121), all on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 dir=${QUICKSTART_DIR:-$root/.quickstart}
 export RESPGUARD_PORT=${RESPGUARD_PORT:-6380}
 export UPSTREAM_TLS_PORT=${UPSTREAM_TLS_PORT:-6390}
+export ADMIN_PORT=${ADMIN_PORT:-9121}
 export QUICKSTART_DIR=$dir
 
 stop() {
@@ -66,6 +68,8 @@ respguard is listening on 127.0.0.1:$RESPGUARD_PORT, in front of a TLS-only redi
   REDIS_URL=$url
 
   redis-cli --no-auth-warning -u '$url' ping
+
+Metrics (Prometheus) and health: curl http://127.0.0.1:$ADMIN_PORT/metrics  (also /healthz, /readyz)
 
 Config: config/quickstart.yaml; secrets and the throwaway CA: $dir
 MSG

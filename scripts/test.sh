@@ -37,8 +37,16 @@ meson compile -C "$asan" respguard >/dev/null
 echo "integration tests, ASan/UBSan build:"
 # A small quarantine: ASan otherwise keeps 256 MB of freed memory resident, which the tests that
 # bound respguard's memory would (rightly) count.
-ASAN_OPTIONS=quarantine_size_mb=16 UBSAN_OPTIONS=print_stacktrace=1 RESPGUARD_BIN=$PWD/$asan/respguard \
-    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration -k "not differential" | tail -1
+# Only its summary is shown, unless something failed: then the failures.
+asan_log=$(mktemp)
+if ! ASAN_OPTIONS=quarantine_size_mb=16 UBSAN_OPTIONS=print_stacktrace=1 RESPGUARD_BIN=$PWD/$asan/respguard \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration -k "not differential" >"$asan_log" 2>&1; then
+    sed -n '/= FAILURES =/,$p' "$asan_log" | tail -300
+    rm -f "$asan_log"
+    exit 1
+fi
+tail -1 "$asan_log"
+rm -f "$asan_log"
 
 echo "integration tests:"
 export RESPGUARD_BIN=$PWD/$build/respguard

@@ -1701,7 +1701,7 @@ static int load_admin(struct loader *ld, const yaml_node_t *v, void *obj, const 
     int rc = load_fields(ld, v, path, admin_fields, AD_N, a, f);
     if (rc < 0)
         return rc;
-    if (!a->listen.bind && !(a->listen.bind = strdup("127.0.0.1:9736")))
+    if (!a->listen.bind && !(a->listen.bind = strdup("127.0.0.1:9121")))
         return oom(ld, v);
     const yaml_node_t *at = f[AD_BIND].value ? f[AD_BIND].value : v;
     rc = parse_bind(ld, at, "admin.bind", &a->listen);

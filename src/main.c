@@ -250,9 +250,20 @@ static int cmd_check(const char *path)
            cfg->upstream.password ? " login" : "");
     for (size_t i = 0; i < rt.w.user_count; i++) {
         const struct acl_user *u = &rt.w.users[i];
-        printf("user %s %s %s\n", u->name, u->enabled ? "on" : "off",
+        const struct config_rate_limit *rl = &cfg->users[i].rate_limit;
+        printf("user %s %s %s", u->name, u->enabled ? "on" : "off",
                u->nopass ? "nopass" : u->hash_count ? "password" : "no-password-set");
+        if (rl->enabled)
+            printf(" rate-limit %g/s burst %g", rl->rate, rl->burst);
+        printf("\n");
     }
+    const struct config_login_lockout *lo = &cfg->limits.login_lockout;
+    if (lo->enabled)
+        printf("login-lockout %u failures within %llums for %llums\n", (unsigned)lo->failures,
+               (unsigned long long)lo->window_ms, (unsigned long long)lo->duration_ms);
+    if (cfg->admin.enabled)
+        printf("admin http://%s /metrics /healthz /readyz, upstream probe every %llums\n", cfg->admin.listen.bind,
+               (unsigned long long)cfg->admin.probe_interval_ms);
     printf("guard never_by_category:");
     for (size_t i = 0; i < cfg->never_count; i++)
         printf(" %s", cfg->never_by_category[i]);

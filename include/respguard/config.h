@@ -88,7 +88,7 @@ struct config_login_lockout {
 /* The admin HTTP listener (metrics, health); off unless the admin key is given. */
 struct config_admin {
     bool enabled;
-    struct config_listener listen;      /* bind/host/port/addr only; default 127.0.0.1:9736 */
+    struct config_listener listen;      /* bind/host/port/addr only; default 127.0.0.1:9121 */
     struct config_cidr_list allow_from; /* required for a non-loopback bind */
     uint64_t probe_interval_ms;         /* readiness probe of the upstream, default 5000 */
 };

@@ -220,3 +220,17 @@ def test_redis_py_through_respguard_counts_per_user(respguard):
     assert val(m, cmd, user="ops", category="transaction", verdict="allowed") == 2  # MULTI, EXEC
     assert val(m, cmd, user="ops", category="admin", verdict="denied") == 1
     assert val(m, cmd, user="web", category="write", verdict="allowed") == 0
+
+
+def test_upstream_certificate_failure_is_classified(respguard):
+    # the upstream's certificate does not name this server_name: verification fails
+    p = respguard(admin=True, server_name="wrong.example")
+    wait_until(lambda: p.http("/readyz")[0] == 503 and "tls:" in p.http("/readyz")[2], 10, what="/readyz tls")
+    body = p.http("/readyz")[2]
+    assert "certificate verify failed" in body, body
+    c = RawConn(p.port, timeout=10)
+    assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"-ERR respguard: upstream connection failed\r\n"
+    m = p.metrics()
+    assert val(m, "respguard_upstream_failures_total", reason="certificate") >= 2  # probes and the session
+    assert val(m, "respguard_upstream_connections_opened_total") == 0
+    assert val(m, "respguard_ready") == 0

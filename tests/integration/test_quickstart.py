@@ -3,10 +3,12 @@
 import os
 import re
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 
-from helpers import free_port
+from helpers import free_port, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.proxy_only
 
 def test_quickstart_prints_a_working_redis_url(tmp_path):
     env = dict(os.environ, QUICKSTART_DIR=str(tmp_path / "qs"), RESPGUARD_PORT=str(free_port()),
-               UPSTREAM_TLS_PORT=str(free_port()))
+               UPSTREAM_TLS_PORT=str(free_port()), ADMIN_PORT=str(free_port()))
     script = os.path.join(ROOT, "scripts", "quickstart.sh")
     try:
         out = subprocess.run([script, "--background"], env=env, capture_output=True, timeout=300, check=True)
@@ -31,6 +33,17 @@ def test_quickstart_prints_a_working_redis_url(tmp_path):
         r = redis.Redis.from_url(url, socket_timeout=5)
         assert r.set("quickstart:k", "v") and r.get("quickstart:k") == b"v"
         r.close()
+        # the printed metrics address answers, and respguard is ready
+        metrics_url = re.search(r"curl (http://\S+/metrics)", text).group(1)
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            assert b"respguard_commands_total{user=\"app\",category=\"write\",verdict=\"allowed\"} 1" in resp.read()
+        ready_url = metrics_url.replace("/metrics", "/readyz")
+        def ready():
+            try:
+                return urllib.request.urlopen(ready_url, timeout=5).status == 200
+            except urllib.error.HTTPError:  # 503 until the first probe has succeeded
+                return False
+        wait_until(ready, 10, what="/readyz 200")
         upstream_pw = (tmp_path / "qs" / "upstream.password").read_text().strip()
         log = (tmp_path / "qs" / "respguard.log").read_text()
         assert upstream_pw not in log and upstream_pw not in text

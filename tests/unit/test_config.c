@@ -897,8 +897,8 @@ static void test_enforcement_and_admin(void **state)
     assert_int_equal(c->limits.login_lockout.window_ms, 60000);
     assert_int_equal(c->limits.login_lockout.duration_ms, 300000);
     assert_true(c->admin.enabled);
-    assert_string_equal(c->admin.listen.bind, "127.0.0.1:9736");
-    assert_int_equal(c->admin.listen.port, 9736);
+    assert_string_equal(c->admin.listen.bind, "127.0.0.1:9121");
+    assert_int_equal(c->admin.listen.port, 9121);
     assert_int_equal(c->admin.probe_interval_ms, 5000);
     config_free(c);
 
@@ -918,7 +918,7 @@ static void test_errors_enforcement_and_admin(void **state)
 {
     (void)state;
     static const struct err_case cases[] = {
-        {"admin on another address without allow_from", L UP US "admin:\n  bind: 0.0.0.0:9736\n",
+        {"admin on another address without allow_from", L UP US "admin:\n  bind: 0.0.0.0:9121\n",
          "9:9: admin.bind: the admin listener has no authentication; a non-loopback address needs "
          "admin.allow_from"},
         {"admin bad bind", L UP US "admin:\n  bind: nowhere\n",
