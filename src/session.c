@@ -913,6 +913,12 @@ static void count_command(struct session *s, const struct cmdtab_cmd *cmd, enum 
                           v);
 }
 
+/* AUTH, HELLO, QUIT, RESET: answered by respguard, counted before they may change the user. */
+static void count_connection_command(struct session *s, enum metrics_verdict v)
+{
+    metrics_count_command(s->w->metrics, user_index(s), MCAT_CONNECTION, v);
+}
+
 static void count_refusal(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_counter reason)
 {
     count_command(s, cmd, MV_DENIED);
@@ -1137,34 +1143,35 @@ static void handle_command(struct session *s, const struct resp_request *req, co
 
     /* The connection commands respguard answers itself: counted here, never rate limited (a
      * client can always log in again, reset or quit). */
-    bool login_cmd = strcmp(name, "auth") == 0 || strcmp(name, "hello") == 0;
-    bool connection_cmd = login_cmd || strcmp(name, "quit") == 0 || strcmp(name, "reset") == 0;
-    if (s->in_multi && login_cmd) {
+    bool is_auth = strcmp(name, "auth") == 0, is_hello = !is_auth && strcmp(name, "hello") == 0;
+    if (s->in_multi && (is_auth || is_hello)) {
         /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
          * place its answer inside EXEC's array: refuse, and the transaction with it. */
-        metrics_count_command(s->w->metrics, user_index(s), MCAT_CONNECTION, MV_DENIED);
+        count_connection_command(s, MV_DENIED);
         metrics_inc(s->w->metrics, MC_REFUSED_UNSUPPORTED);
         s->multi_dirty = true;
         REPLY_LITERAL(s, "-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n");
         return;
     }
-    if (connection_cmd)
-        metrics_count_command(s->w->metrics, user_index(s), MCAT_CONNECTION, MV_ALLOWED);
-    if (strcmp(name, "auth") == 0) {
+    if (is_auth) {
+        count_connection_command(s, MV_ALLOWED);
         cmd_auth(s, req);
         return;
     }
-    if (strcmp(name, "hello") == 0) {
+    if (is_hello) {
+        count_connection_command(s, MV_ALLOWED);
         cmd_hello(s, req);
         return;
     }
     if (strcmp(name, "quit") == 0) {
+        count_connection_command(s, MV_ALLOWED);
         s->quitting = true; /* later pipelined commands are not run, as in Redis */
         transport_pause(&s->client);
         reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
         return;
     }
     if (strcmp(name, "reset") == 0) {
+        count_connection_command(s, MV_ALLOWED);
         if (req->argc != 1) {
             if (s->in_multi)
                 s->multi_dirty = true;
