@@ -23,14 +23,21 @@ def delta(m, before, name, **labels):
     return val(m, name, **labels) - val(before, name, **labels)
 
 
+def settle(p):
+    """Wait until the start-up checks (one connection to each data port) were accepted and closed."""
+    ports = (p.port is not None) + (p.tls_port is not None)
+    wait_until(lambda: (lambda m: val(m, "respguard_client_connections_accepted_total") >= ports
+                        and val(m, "respguard_client_connections") == 0)(p.metrics()), 5, what="start-up checks")
+    return p.metrics()
+
+
 def family(m, name):
     return {dict(k[1]).get("cert", k[1]): v for k, v in m.items() if k[0] == name}
 
 
 def test_metrics_match_what_was_sent(respguard):
     p = respguard(admin=True, tls_listener=True)
-    wait_until(lambda: val(p.metrics(), "respguard_client_connections") == 0, 5, what="start-up checks closed")
-    before = p.metrics()
+    before = settle(p)
     # every fixed label value is listed, zero or not, so alerts can use rate() from the start
     for reason in ("source_not_allowed", "max_clients", "tls_handshake", "login_timeout"):
         assert ("respguard_client_connections_refused_total", frozenset({("reason", reason)})) in before
@@ -114,13 +121,14 @@ def test_metrics_match_what_was_sent(respguard):
 
 def test_refused_connections_and_tls_failures_are_counted(respguard):
     p = respguard(admin=True, tls_listener=True, limits={"max_clients": 1, "login_timeout": "300ms"})
-    wait_until(lambda: val(p.metrics(), "respguard_client_connections") == 0, 5, what="start-up checks closed")
-    before = p.metrics()
+    before = settle(p)
     keep = p.login()
     over = RawConn(p.port, timeout=5)
     assert over.read_raw() == b"-ERR max number of clients reached\r\n"
     over.wait_closed()
     keep.close()
+    # until respguard has seen the close, the next connection would be over the limit too
+    wait_until(lambda: val(p.metrics(), "respguard_client_connections") == 0, 5, what="connections closed")
     # a plaintext client on the TLS listener: its handshake fails
     bad = RawConn(p.tls_port, timeout=5)
     bad.send(b"PING\r\n")
