@@ -1577,6 +1577,14 @@ static const struct field lockout_fields[] = {
 };
 #undef LO
 
+/* "key:" with nothing after it (YAML null): for sections whose presence alone turns a feature on
+ * with its defaults, the same as "key: {}". */
+static bool empty_value(const yaml_node_t *v)
+{
+    return v->type == YAML_SCALAR_NODE && v->data.scalar.length == 0 &&
+           v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
+
 /* limits.login_lockout: giving the key turns the lockout on; its keys have defaults. */
 static int load_lockout(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
 {
@@ -1584,6 +1592,8 @@ static int load_lockout(struct loader *ld, const yaml_node_t *v, void *obj, cons
     struct found f[ARRAY_SIZE(lockout_fields)];
     l->login_lockout = (struct config_login_lockout){
         .enabled = true, .failures = 10, .window_ms = 60000, .duration_ms = 300000};
+    if (empty_value(v))
+        return 0;
     return load_fields(ld, v, path, lockout_fields, ARRAY_SIZE(lockout_fields), &l->login_lockout, f);
 }
 
@@ -1698,7 +1708,8 @@ static int load_admin(struct loader *ld, const yaml_node_t *v, void *obj, const 
     struct found f[AD_N];
     a->enabled = true;
     a->probe_interval_ms = 5000;
-    int rc = load_fields(ld, v, path, admin_fields, AD_N, a, f);
+    memset(f, 0, sizeof f);
+    int rc = empty_value(v) ? 0 : load_fields(ld, v, path, admin_fields, AD_N, a, f);
     if (rc < 0)
         return rc;
     if (!a->listen.bind && !(a->listen.bind = strdup("127.0.0.1:9121")))

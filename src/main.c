@@ -63,7 +63,8 @@ struct runtime {
     struct listener *listeners;
     struct tlsconn_ctx **listener_tls;
     uv_signal_t sig_term, sig_int, sig_hup;
-    uv_timer_t anomaly_timer;      /* once a second: close the second, report anomalies */
+    uv_timer_t second_timer;       /* once a second: anomalies, the end of rate-limit episodes */
+    bool second_timer_started;
     struct metrics *metrics;
     struct admin *admin;           /* NULL unless the admin key is given */
     struct probe probe;            /* the upstream readiness probe (with admin) */
@@ -382,10 +383,13 @@ static void log_anomaly(const struct anomaly_event *ev, void *ctx)
         metrics_count_anomaly(rt->w.metrics, (int)ev->type, ev->user);
 }
 
-static void on_anomaly_tick(uv_timer_t *t)
+static void on_second(uv_timer_t *t)
 {
     struct runtime *rt = t->data;
-    anomaly_tick(rt->w.anomaly, uv_now(rt->w.loop), log_anomaly, rt);
+    uint64_t now = uv_now(rt->w.loop);
+    if (rt->w.anomaly)
+        anomaly_tick(rt->w.anomaly, now, log_anomaly, rt);
+    worker_rate_limit_tick(&rt->w, now);
 }
 
 /* The detector, with a random seed for its source table. 0, or -1 after printing why. */
@@ -399,10 +403,15 @@ static int start_anomaly(struct runtime *rt)
         fprintf(stderr, "respguard: cannot start the anomaly detector\n");
         return -1;
     }
-    uv_timer_init(rt->w.loop, &rt->anomaly_timer);
-    rt->anomaly_timer.data = rt;
-    uv_timer_start(&rt->anomaly_timer, on_anomaly_tick, 1000, 1000);
     return 0;
+}
+
+static void start_second_timer(struct runtime *rt)
+{
+    uv_timer_init(rt->w.loop, &rt->second_timer);
+    rt->second_timer.data = rt;
+    uv_timer_start(&rt->second_timer, on_second, 1000, 1000);
+    rt->second_timer_started = true;
 }
 
 /* Metrics (one shard: one worker), the users' rate-limit buckets and the login lockout table.
@@ -506,8 +515,8 @@ static void close_signals(struct runtime *rt)
 {
     if (rt->probe_started)
         probe_stop(&rt->probe);
-    if (rt->w.anomaly && !uv_is_closing((uv_handle_t *)&rt->anomaly_timer))
-        uv_close((uv_handle_t *)&rt->anomaly_timer, NULL);
+    if (rt->second_timer_started && !uv_is_closing((uv_handle_t *)&rt->second_timer))
+        uv_close((uv_handle_t *)&rt->second_timer, NULL);
     uv_close((uv_handle_t *)&rt->sig_term, NULL);
     uv_close((uv_handle_t *)&rt->sig_int, NULL);
     uv_close((uv_handle_t *)&rt->sig_hup, NULL);
@@ -602,6 +611,8 @@ static int cmd_run(const char *path)
         status = 1;
     if (status == 0 && start_anomaly(&rt) != 0)
         status = 1;
+    if (status == 0)
+        start_second_timer(&rt);
     if (status == 0 && start_admin(&rt) != 0)
         status = 1;
 

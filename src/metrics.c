@@ -139,16 +139,16 @@ enum metrics_counter metrics_upstream_failure(const char *stage, const char *rea
         return MC_UPSTREAM_FAIL_LOST;
     if (!reason)
         reason = "";
+    /* The connect timer covers the login too: a server that completes TLS but never answers
+     * respguard's AUTH times out in stage "lost". */
+    if (starts_with(reason, TIMEOUT_TEXT))
+        return MC_UPSTREAM_FAIL_TIMEOUT;
     if (strcmp(stage, "connect") == 0) {
         if (starts_with(reason, DNS_TEXT))
             return MC_UPSTREAM_FAIL_DNS;
-        if (starts_with(reason, TIMEOUT_TEXT))
-            return MC_UPSTREAM_FAIL_TIMEOUT;
         return MC_UPSTREAM_FAIL_CONNECT;
     }
     if (strcmp(stage, "tls") == 0) {
-        if (starts_with(reason, TIMEOUT_TEXT))
-            return MC_UPSTREAM_FAIL_TIMEOUT;
         if (strstr(reason, "certificate"))
             return MC_UPSTREAM_FAIL_CERTIFICATE;
         return MC_UPSTREAM_FAIL_TLS;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "respguard/config.h"
 #include "respguard/tlsconn.h"
 #include "respguard/worker.h"
 
@@ -32,26 +33,21 @@ static void finish(struct probe *p, bool ok, const char *stage, const char *reas
     upstream_close(&p->up);
 }
 
+/* The URL's credential when it has a password; else the one the first user logs in with (all
+ * users may be mapped to upstream.credentials, with no password in the URL). */
+static size_t probe_login(const struct worker *w)
+{
+    return w->cfg->upstream.password || w->user_count == 0 ? 0 : w->user_login[0];
+}
+
 static void on_ready(struct upstream *u)
 {
     struct probe *p = u->owner;
     p->has_cert_expiry = p->up.t.tls && tlsconn_peer_cert_expiry(p->up.t.tls, &p->cert_seconds_left) == 0;
-    const struct worker_login *l = &p->w->upstream_logins[0];
+    const struct worker_login *l = &p->w->upstream_logins[probe_login(p->w)];
     transport_write(&u->t, l->cmd, l->len);
     transport_write(&u->t, ping, sizeof ping - 1);
     transport_flush(&u->t);
-}
-
-/* The error line at the head of in, without its "-" and CRLF, into out. */
-static void error_text(const struct buf *in, char *out, size_t cap)
-{
-    size_t n = 0;
-    const char *s = buf_head(in) + 1;
-    size_t len = buf_len(in) > 1 ? buf_len(in) - 1 : 0;
-    while (n < len && n + 1 < cap && s[n] != '\r' && s[n] != '\n')
-        n++;
-    memcpy(out, s, n);
-    out[n] = '\0';
 }
 
 static void on_data(struct upstream *u)
@@ -59,9 +55,8 @@ static void on_data(struct upstream *u)
     struct probe *p = u->owner;
     struct buf *in = &u->t.in;
     while (buf_len(in) > 0 && !p->reported) {
-        char err[160] = "";
-        if (buf_head(in)[0] == '-' || buf_head(in)[0] == '!')
-            error_text(in, err, sizeof err);
+        if (!p->mid_frame)
+            resp_error_code(buf_head(in), buf_len(in), p->err_code, sizeof p->err_code);
         size_t used = 0;
         struct resp_frame_info info;
         const char *perr = NULL;
@@ -71,12 +66,18 @@ static void on_data(struct upstream *u)
             return;
         }
         buf_consume(in, used);
-        if (st != RESP_FRAME_DONE)
+        p->mid_frame = st != RESP_FRAME_DONE;
+        if (p->mid_frame)
             continue;
         p->replies++;
         if (info.is_error) {
-            /* The first reply answers respguard's AUTH: the credential is refused. */
-            finish(p, false, p->replies == 1 ? "auth" : "lost", err[0] ? err : "error reply");
+            /* The first reply answers respguard's AUTH: the credential is refused. Only the
+             * error's code is reported: its text may echo the AUTH arguments. */
+            char reason[96];
+            snprintf(reason, sizeof reason, "%s (%s)",
+                     p->replies == 1 ? "the upstream refused respguard's login" : "PING failed",
+                     p->err_code[0] ? p->err_code : "error");
+            finish(p, false, p->replies == 1 ? "auth" : "lost", reason);
             return;
         }
         if (p->replies == 2) {
@@ -116,13 +117,17 @@ static void on_tick(uv_timer_t *t)
     p->running = true;
     p->reported = false;
     p->replies = 0;
+    p->mid_frame = false;
     p->has_cert_expiry = false;
     resp_framer_init(&p->framer);
     int rc = upstream_start(&p->up, p->w, &probe_ops, p);
     if (rc < 0) {
         char reason[128];
         snprintf(reason, sizeof reason, "cannot start the connection: %s", uv_strerror(rc));
-        report(p, false, "connect", reason); /* on_closed follows by itself */
+        report(p, false, "connect", reason);
+        /* on_closed follows by itself, unless not even the upstream's timer existed */
+        if (p->up.open_handles == 0)
+            p->running = false;
     }
 }
 
@@ -136,7 +141,10 @@ int probe_start(struct probe *p, struct worker *w, uint64_t interval_ms, probe_c
     if (rc < 0)
         return rc;
     p->timer.data = p;
-    return uv_timer_start(&p->timer, on_tick, 0, interval_ms);
+    rc = uv_timer_start(&p->timer, on_tick, 0, interval_ms);
+    if (rc < 0)
+        uv_close((uv_handle_t *)&p->timer, NULL);
+    return rc;
 }
 
 void probe_stop(struct probe *p)

@@ -1,21 +1,23 @@
 /*
- * ratelimit: a user's command token bucket, and the per-source login lockout table (the
- * contract is in ratelimit.h).
+ * ratelimit: a user's command token bucket, and the login lockout table per source and user name
+ * (the contract is in ratelimit.h).
  *
  * What it must not do: read a clock, allocate after lockout_new, keep global state, grow with
  * the number of distinct sources, or let anything but time end a lockout (not a flood of other
- * addresses, not more failures, not a success).
+ * addresses or names, not more failures, not a success).
  *
  * Lockout entries count failures in a window anchored at the first failure: the failure that
  * finds no count, or a window of window_ms or more ago, starts a new window at 1. Reaching
- * max_failures locks the source until now + duration_ms and clears the count, so that after the
+ * max_failures locks the entry until now + duration_ms and clears the count, so that after the
  * lockout the source has max_failures attempts again. A source is what source.h makes of a
- * peer address, as for the anomaly detector: the same client is the same source to both.
+ * peer address, as for the anomaly detector (the same client is the same source to both), with
+ * IPv6 addresses cut to their /64.
  */
 #include "respguard/ratelimit.h"
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "respguard/source.h"
 
@@ -27,7 +29,7 @@
 /* token bucket                                                                             */
 /* ---------------------------------------------------------------------------------------- */
 
-bool token_bucket_take(struct token_bucket *b, double rate, double burst, uint64_t now_ms)
+static void refill(struct token_bucket *b, double rate, double burst, uint64_t now_ms)
 {
     if (!b->started) {
         b->started = true;
@@ -42,18 +44,39 @@ bool token_bucket_take(struct token_bucket *b, double rate, double burst, uint64
     /* Also when no time passed: a burst lowered since the last take applies at once. */
     if (b->tokens > burst)
         b->tokens = burst;
+}
+
+bool token_bucket_take(struct token_bucket *b, double rate, double burst, uint64_t now_ms)
+{
+    refill(b, rate, burst, now_ms);
     if (b->tokens < 1.0)
         return false;
     b->tokens -= 1.0;
     return true;
 }
 
+void token_bucket_charge(struct token_bucket *b, double rate, double burst, uint64_t now_ms)
+{
+    refill(b, rate, burst, now_ms);
+    /* Debt, bounded: a flood of commands that may not be refused costs the commands after it,
+     * for at most 2 * burst / rate seconds. */
+    if (b->tokens - 1.0 >= -burst)
+        b->tokens -= 1.0;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* lockout table                                                                            */
 /* ---------------------------------------------------------------------------------------- */
 
+/* What a lockout entry counts for: a source (IPv6 by /64) and a user name (hashed: a collision
+ * only makes two names share a count). */
+struct lock_key {
+    struct source_key source;
+    uint64_t user_hash;
+};
+
 struct entry {
-    struct source_key key;
+    struct lock_key key;
     bool in_use;
     uint32_t failures;        /* in the current window; always below max_failures */
     uint64_t window_start_ms; /* the first failure of the current window */
@@ -109,35 +132,61 @@ static bool entry_locked(const struct entry *e, uint64_t now_ms)
     return now_ms < e->locked_until_ms;
 }
 
-static struct entry *set_of(struct lockout *l, const struct source_key *k)
+/* FNV-1a over the name, seeded, then a 64-bit finaliser (splitmix64's). */
+static uint64_t name_hash(const char *p, size_t len, uint64_t seed)
 {
-    return &l->entries[(source_key_hash(k, l->cfg.hash_seed) & (l->nsets - 1)) * WAYS];
+    uint64_t h = 0xcbf29ce484222325ull ^ seed;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    return h ^ (h >> 31);
 }
 
-/* The entry of a tracked source, or NULL. */
-static struct entry *entry_find(struct lockout *l, const struct sockaddr *src)
+static bool make_key(const struct lockout *l, const struct sockaddr *src, const char *user, size_t user_len,
+                     struct lock_key *k)
 {
-    struct source_key k;
-    if (!source_key_from(src, &k))
-        return NULL;
-    struct entry *set = set_of(l, &k);
+    if (!source_key_from(src, &k->source))
+        return false;
+    if (k->source.family == SOURCE_IPV6)
+        memset(k->source.addr + 8, 0, 8); /* the /64 */
+    k->user_hash = name_hash(user, user_len, l->cfg.hash_seed);
+    return true;
+}
+
+static bool key_equal(const struct lock_key *a, const struct lock_key *b)
+{
+    return a->user_hash == b->user_hash && source_key_equal(&a->source, &b->source);
+}
+
+static struct entry *set_of(struct lockout *l, const struct lock_key *k)
+{
+    uint64_t h = source_key_hash(&k->source, l->cfg.hash_seed) ^ k->user_hash;
+    return &l->entries[(h & (l->nsets - 1)) * WAYS];
+}
+
+/* The entry of a tracked key, or NULL. */
+static struct entry *entry_find(struct lockout *l, const struct lock_key *k)
+{
+    struct entry *set = set_of(l, k);
     for (int w = 0; w < WAYS; w++) {
-        if (set[w].in_use && source_key_equal(&set[w].key, &k))
+        if (set[w].in_use && key_equal(&set[w].key, k))
             return &set[w];
     }
     return NULL;
 }
 
-/* The entry of a source, created if needed. NULL: no address, or its set is all locked out. */
-static struct entry *entry_get(struct lockout *l, const struct sockaddr *src, uint64_t now_ms)
+/* The entry of a key, created if needed. NULL: its set is all locked out. */
+static struct entry *entry_get(struct lockout *l, const struct lock_key *k, uint64_t now_ms)
 {
-    struct source_key k;
-    if (!source_key_from(src, &k))
-        return NULL;
-    struct entry *set = set_of(l, &k);
+    struct entry *set = set_of(l, k);
     struct entry *victim = NULL;
     for (int w = 0; w < WAYS; w++) {
-        if (set[w].in_use && source_key_equal(&set[w].key, &k))
+        if (set[w].in_use && key_equal(&set[w].key, k))
             return &set[w];
         if (!set[w].in_use && victim == NULL)
             victim = &set[w];
@@ -159,24 +208,28 @@ static struct entry *entry_get(struct lockout *l, const struct sockaddr *src, ui
     } else {
         l->stats.tracked++;
     }
-    *victim = (struct entry){.key = k, .in_use = true, .last_seen_ms = now_ms};
+    *victim = (struct entry){.key = *k, .in_use = true, .last_seen_ms = now_ms};
     return victim;
 }
 
-bool lockout_locked(struct lockout *l, const struct sockaddr *src, uint64_t now_ms, uint64_t *retry_ms)
+bool lockout_locked(struct lockout *l, const struct sockaddr *src, const char *user, size_t user_len, uint64_t now_ms,
+                    uint64_t *retry_ms)
 {
     /* A look-up only: asking does not make a source tracked or recently seen (only failures
      * are worth a place in the table). */
-    const struct entry *e = entry_find(l, src);
+    struct lock_key k;
+    const struct entry *e = make_key(l, src, user, user_len, &k) ? entry_find(l, &k) : NULL;
     bool locked = e != NULL && entry_locked(e, now_ms);
     if (retry_ms != NULL)
         *retry_ms = locked ? e->locked_until_ms - now_ms : 0;
     return locked;
 }
 
-bool lockout_record_failure(struct lockout *l, const struct sockaddr *src, uint64_t now_ms)
+bool lockout_record_failure(struct lockout *l, const struct sockaddr *src, const char *user, size_t user_len,
+                            uint64_t now_ms)
 {
-    struct entry *e = entry_get(l, src, now_ms);
+    struct lock_key k;
+    struct entry *e = make_key(l, src, user, user_len, &k) ? entry_get(l, &k, now_ms) : NULL;
     if (e == NULL)
         return false;
     if (now_ms > e->last_seen_ms)

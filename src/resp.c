@@ -60,6 +60,18 @@ enum resp_scan_mode {
 /* Redis's string2ll: optional '-', then digits with no leading zero (a lone "0" aside); no '+',
  * no spaces, no overflow. Redis uses it for both request header lines, so it decides what a
  * valid count or length is. */
+void resp_error_code(const char *line, size_t len, char *out, size_t cap)
+{
+    size_t n = 0;
+    if (cap == 0)
+        return;
+    if (len > 0 && (line[0] == '-' || line[0] == '!')) {
+        for (size_t i = 1; i < len && n + 1 < cap && n < 31 && line[i] >= 'A' && line[i] <= 'Z'; i++)
+            out[n++] = line[i];
+    }
+    out[n] = '\0';
+}
+
 bool resp_string2ll(const char *s, size_t n, long long *out)
 {
     size_t i = 0;

@@ -513,14 +513,13 @@ static void on_frame(struct session *s, const struct resp_frame_info *f)
         break;
     case PENDING_LOGIN:
         if (f->is_error) {
-            char reason[160];
-            size_t n = buf_len(&s->hold) < sizeof reason - 1 ? buf_len(&s->hold) : sizeof reason - 1;
-            memcpy(reason, buf_head(&s->hold), n);
-            while (n && (reason[n - 1] == '\n' || reason[n - 1] == '\r'))
-                n--;
-            reason[n] = '\0';
+            /* Only the error's code goes to the log: its text may echo respguard's AUTH
+             * arguments (an upstream without AUTH answers "unknown command ... with args"). */
+            char code[32], reason[96];
+            resp_error_code(buf_head(&s->hold), buf_len(&s->hold), code, sizeof code);
+            snprintf(reason, sizeof reason, "the upstream refused respguard's login (%s)", code[0] ? code : "error");
             buf_reset(&s->hold);
-            fail_upstream(s, "auth", reason[0] == '-' ? reason + 1 : reason);
+            fail_upstream(s, "auth", reason);
             return;
         }
         upstream_logged_in(&s->up);
@@ -734,9 +733,11 @@ static void login_failed(struct session *s, const struct resp_arg *user, enum lo
               LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_INT("session", s->id),
               LOG_END);
     metrics_inc(s->w->metrics, login_result_counter(r));
-    if (s->w->lockout && lockout_record_failure(s->w->lockout, (struct sockaddr *)&s->peer_addr, now)) {
+    if (s->w->lockout &&
+        lockout_record_failure(s->w->lockout, (struct sockaddr *)&s->peer_addr, user->ptr, user->len, now)) {
         const struct config_login_lockout *lo = &s->w->cfg->limits.login_lockout;
-        log_event(LOG_WARN, "login_lockout", LOG_STR("peer", s->peer), LOG_INT("failures", lo->failures),
+        log_event(LOG_WARN, "login_lockout", LOG_STR("peer", s->peer), LOG_BYTES("user", user->ptr, user->len),
+                  LOG_INT("failures", lo->failures),
                   LOG_INT("window_ms", (long long)lo->window_ms), LOG_INT("duration_ms", (long long)lo->duration_ms),
                   LOG_END);
         metrics_inc(s->w->metrics, MC_LOCKOUTS);
@@ -744,19 +745,20 @@ static void login_failed(struct session *s, const struct resp_arg *user, enum lo
     REPLY_LITERAL(s, wrongpass);
 }
 
-/* login_lockout: a source with too many recent failures is refused before its password is
- * looked at (each attempt still counts as a failed login for the anomaly detector, not in the
- * log: the lockout's start was logged once). */
-static bool login_locked_out(struct session *s)
+/* login_lockout: a user name with too many recent failures from this source is refused before
+ * its password is looked at (each attempt still counts as a failed login for the anomaly
+ * detector, not in the log: the lockout's start was logged once). */
+static bool login_locked_out(struct session *s, const struct resp_arg *user)
 {
     uint64_t retry_ms = 0, now = uv_now(s->w->loop);
-    if (!s->w->lockout || !lockout_locked(s->w->lockout, (struct sockaddr *)&s->peer_addr, now, &retry_ms))
+    if (!s->w->lockout ||
+        !lockout_locked(s->w->lockout, (struct sockaddr *)&s->peer_addr, user->ptr, user->len, now, &retry_ms))
         return false;
     if (s->w->anomaly)
         anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, now);
     metrics_inc(s->w->metrics, MC_LOGIN_LOCKED_OUT);
     char line[160];
-    snprintf(line, sizeof line, "WRONGPASS too many failed logins from this address, try again in %llu seconds",
+    snprintf(line, sizeof line, "WRONGPASS too many failed logins for this user from this address, try again in %llu seconds",
              (unsigned long long)((retry_ms + 999) / 1000));
     reply_error(s, line);
     return true;
@@ -804,7 +806,7 @@ static void cmd_auth(struct session *s, const struct resp_request *req)
     const struct resp_arg *user = req->argc == 3 ? &req->argv[1] : &default_user;
     const struct resp_arg *pass = &req->argv[req->argc - 1];
     const struct acl_user *u = NULL;
-    if (login_locked_out(s))
+    if (login_locked_out(s, user))
         return;
     enum login_result r = check_login(s, user, pass, &u);
     if (r != LOGIN_OK) {
@@ -859,7 +861,7 @@ static void cmd_hello(struct session *s, const struct resp_request *req)
     }
     if (user) {
         const struct acl_user *u = NULL;
-        if (login_locked_out(s))
+        if (login_locked_out(s, user))
             return;
         enum login_result r = check_login(s, user, pass, &u);
         if (r != LOGIN_OK) {
@@ -1075,39 +1077,71 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
     }
 }
 
+/* The command a request names, subcommand included where the table has one (CONFIG SET is
+ * admin, CONFIG alone only slow): for counting a command the ACL never looked at. */
+static const struct cmdtab_cmd *lookup_command(const struct resp_request *req)
+{
+    const struct cmdtab_cmd *cmd = cmdtab_lookup(req->argv[0].ptr, req->argv[0].len);
+    const struct cmdtab_cmd *sub = cmd && req->argc > 1 ? cmdtab_lookup_sub(cmd, req->argv[1].ptr, req->argv[1].len)
+                                                        : NULL;
+    return sub ? sub : cmd;
+}
+
+/* The user's rate limit, or NULL when it has none. */
+static const struct config_rate_limit *rate_limit_of(struct session *s)
+{
+    const struct config_rate_limit *rl = &worker_user_config(s->w, s->user)->rate_limit;
+    return rl->enabled ? rl : NULL;
+}
+
+/* A command that must not be refused (HELLO, RESET, MULTI/EXEC/DISCARD/WATCH/UNWATCH: refusing
+ * them would break a connection's set-up or a transaction's atomicity) still takes its token:
+ * the bucket may go into debt, so they cannot carry traffic past the limit. */
+static void rate_charge(struct session *s)
+{
+    const struct config_rate_limit *rl = rate_limit_of(s);
+    if (rl)
+        token_bucket_charge(&s->w->rates[user_index(s)].bucket, rl->rate, rl->burst, uv_now(s->w->loop));
+}
+
+static bool transaction_control(const char *name)
+{
+    return strcmp(name, "multi") == 0 || strcmp(name, "exec") == 0 || strcmp(name, "discard") == 0 ||
+           strcmp(name, "watch") == 0 || strcmp(name, "unwatch") == 0;
+}
+
 /* The user's command rate limit (token bucket, shared by all its sessions in this worker). True:
- * the command was refused and answered. EXEC and DISCARD that end a transaction always pass, so
- * a client can always get out of MULTI. A refusal inside MULTI dooms the transaction, like any
- * error at queue time. The log gets one line when a user starts being limited and one when a
- * command passes again, never one per refused command. */
+ * the command was refused and answered in its place. A refusal inside MULTI dooms the
+ * transaction, like any error at queue time. The log gets one line when a user starts being
+ * limited; worker_rate_limit_tick logs the end once a second has passed without a refusal. */
 static bool rate_limited(struct session *s, const struct resp_request *req, const char *name)
 {
-    const struct config_user *uc = worker_user_config(s->w, s->user);
-    if (!uc->rate_limit.enabled || (s->in_multi && (strcmp(name, "exec") == 0 || strcmp(name, "discard") == 0)))
+    const struct config_rate_limit *rl = rate_limit_of(s);
+    if (!rl)
         return false;
-    struct worker_user_rate *r = &s->w->rates[user_index(s)];
-    if (token_bucket_take(&r->bucket, uc->rate_limit.rate, uc->rate_limit.burst, uv_now(s->w->loop))) {
-        if (r->limiting) {
-            log_event(LOG_INFO, "rate_limit", LOG_STR("phase", "end"), LOG_STR("user", s->user->name),
-                      LOG_INT("refused", (long long)r->refused), LOG_END);
-            r->limiting = false;
-        }
+    if (transaction_control(name)) {
+        rate_charge(s);
         return false;
     }
+    struct worker_user_rate *r = &s->w->rates[user_index(s)];
+    uint64_t now = uv_now(s->w->loop);
+    if (token_bucket_take(&r->bucket, rl->rate, rl->burst, now))
+        return false;
     if (!r->limiting) {
         log_event(LOG_WARN, "rate_limit", LOG_STR("phase", "begin"), LOG_STR("user", s->user->name),
-                  LOG_STR("peer", s->peer), LOG_NUM("commands_per_second", uc->rate_limit.rate),
-                  LOG_NUM("burst", uc->rate_limit.burst), LOG_END);
+                  LOG_STR("peer", s->peer), LOG_NUM("commands_per_second", rl->rate), LOG_NUM("burst", rl->burst),
+                  LOG_END);
         r->limiting = true;
         r->refused = 0;
     }
     r->refused++;
-    const struct cmdtab_cmd *cmd = cmdtab_lookup(req->argv[0].ptr, req->argv[0].len);
+    r->last_refused_ms = now;
+    const struct cmdtab_cmd *cmd = lookup_command(req);
     count_command(s, cmd, MV_RATE_LIMITED);
     metrics_inc(s->w->metrics, MC_REFUSED_RATE_LIMIT);
     /* What the user tries is still its behaviour: the detector sees the attempted rate. */
     if (s->w->anomaly && cmd)
-        anomaly_record_command(s->w->anomaly, (int)user_index(s), cmd->categories, uv_now(s->w->loop));
+        anomaly_record_command(s->w->anomaly, (int)user_index(s), cmd->categories, now);
     if (s->in_multi)
         s->multi_dirty = true;
     char line[ACL_ERROR_MAX];
@@ -1141,8 +1175,8 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
 
-    /* The connection commands respguard answers itself: counted here, never rate limited (a
-     * client can always log in again, reset or quit). */
+    /* The connection commands respguard answers itself: counted here, never refused by the rate
+     * limit (a client can always log in again, reset or quit; HELLO and RESET take a token). */
     bool is_auth = strcmp(name, "auth") == 0, is_hello = !is_auth && strcmp(name, "hello") == 0;
     if (s->in_multi && (is_auth || is_hello)) {
         /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
@@ -1160,6 +1194,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     }
     if (is_hello) {
         count_connection_command(s, MV_ALLOWED);
+        rate_charge(s);
         cmd_hello(s, req);
         return;
     }
@@ -1172,6 +1207,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     }
     if (strcmp(name, "reset") == 0) {
         count_connection_command(s, MV_ALLOWED);
+        rate_charge(s);
         if (req->argc != 1) {
             if (s->in_multi)
                 s->multi_dirty = true;

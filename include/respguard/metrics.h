@@ -168,10 +168,10 @@ void metrics_observe(struct metrics_shard *s, enum metrics_histogram h, uint64_t
 enum metrics_category metrics_category_of(uint32_t cmdtab_categories);
 
 /* The counter for an upstream failure as the upstream and session modules report it: stage is
- * "connect", "tls", "auth" or "lost"; reason the human text. connect: "cannot resolve ..." is
- * dns, "no verified connection within ..." is timeout, the rest connect. tls: the timeout text
- * is timeout, a reason containing "certificate" is certificate, the rest tls. auth: auth. lost
- * (and anything else): lost. */
+ * "connect", "tls", "auth" or "lost"; reason the human text. "no verified connection within
+ * ..." is timeout in any stage. connect: "cannot resolve ..." is dns, the rest connect. tls: a
+ * reason containing "certificate" is certificate, the rest tls. auth: auth. lost (and anything
+ * else): lost. */
 enum metrics_counter metrics_upstream_failure(const char *stage, const char *reason);
 
 /* Names for labels ("admin", "allowed", ...). */

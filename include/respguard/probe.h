@@ -1,8 +1,9 @@
 /*
  * probe: the readiness check of the upstream. Every interval it opens a connection exactly as a
  * session does (resolve, connect, TLS handshake with full verification, bounded by the connect
- * timeout), logs in with respguard's own credential, sends PING, and reports whether all of that
- * worked; then it closes the connection. One probe runs at a time; the first starts at once.
+ * timeout), logs in with respguard's own credential (the URL's, or else the one the first user
+ * uses), sends PING, and reports whether all of that worked; then it closes the connection. One
+ * probe runs at a time; the first starts at once.
  *
  * Probe connections are not client sessions: they count in respguard_upstream_probes_total, not
  * in the upstream connection gauges.
@@ -37,6 +38,8 @@ struct probe {
     probe_cb cb;
     void *ctx;
     unsigned replies;    /* replies read on the current connection */
+    bool mid_frame;      /* the framer is inside a reply */
+    char err_code[32];   /* the code of the reply being read, when it is an error */
     bool running;        /* a probe connection exists (until its on_closed) */
     bool reported;       /* the current probe's result was handed to cb */
     bool stopping;
@@ -44,8 +47,8 @@ struct probe {
     long long cert_seconds_left;
 };
 
-/* Start probing every interval_ms; the first probe starts on the next loop turn. 0 or a
- * negative uv error. */
+/* Start probing every interval_ms; the first probe starts on the next loop turn. 0, or a
+ * negative uv error (then nothing needs probe_stop). */
 int probe_start(struct probe *p, struct worker *w, uint64_t interval_ms, probe_cb cb, void *ctx)
     __attribute__((warn_unused_result));
 /* Stop: the probe in flight (if any) is closed without a report; the handles close and the

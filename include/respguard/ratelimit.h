@@ -6,16 +6,20 @@
  *    refused (the session answers "-ERR rate limit exceeded for user '<name>'"). A bucket starts
  *    full, so a client may send `burst` commands at once after a quiet period.
  *
- *  - lockout: per source address, failed logins within a window; once `max_failures` failures
- *    fall within `window_ms` of the first of them, the source is locked out for `duration_ms`:
- *    its logins are refused without looking at the password. A successful login does not
- *    forget failures: otherwise one valid credential would let its holder interleave logins
- *    and guess another user's password without end. Sources are IP addresses (the port is ignored; an IPv4-mapped IPv6
- *    address counts as its IPv4 address; every AF_UNIX peer is one source), kept in a fixed
- *    set-associative table (8 ways a set, seeded hash): a new source replaces the least
- *    recently seen source of its set that is not locked out; when all 8 are locked, the new
- *    source is not tracked (lockout_stats.dropped), so a flood of addresses costs no memory and
- *    cannot lift a lockout that is in force.
+ *  - lockout: per source address and user name, failed logins within a window; once
+ *    `max_failures` failures fall within `window_ms` of the first of them, logins of that user
+ *    name from that source are locked out for `duration_ms`: refused without looking at the
+ *    password. Keying by name as well keeps one client stuck with a stale password from locking
+ *    every other user of its host out (in a sidecar, all clients are 127.0.0.1); a guesser still
+ *    gets max_failures guesses per name per duration. A successful login does not forget
+ *    failures: otherwise one valid credential would let its holder interleave logins and guess
+ *    another user's password without end. Sources are IP addresses as source.h defines them
+ *    (port ignored, IPv4-mapped IPv6 is IPv4, every AF_UNIX peer is one source), except that
+ *    IPv6 addresses count by /64: a host or LAN usually has a whole /64 to pick addresses from.
+ *    Entries live in a fixed set-associative table (8 ways a set, seeded hash): a new entry
+ *    replaces the least recently seen one of its set that is not locked out; when all 8 are
+ *    locked, the newcomer is not tracked (lockout_stats.dropped), so a flood of addresses or
+ *    names costs no memory and cannot lift a lockout that is in force.
  *
  * Pure: no I/O, no clock reads (now_ms is the caller's monotonic milliseconds), no globals.
  * Allocation only in lockout_new. Not thread-safe: one table per worker (or one under a lock;
@@ -39,6 +43,10 @@ struct token_bucket {
 /* Take one token at now_ms: true if there was one (the command may run). rate > 0 tokens per
  * second, burst >= 1. A clock that goes backwards refills nothing. */
 bool token_bucket_take(struct token_bucket *b, double rate, double burst, uint64_t now_ms);
+/* Take one token for a command that must not be refused (it ends or frames a transaction, or
+ * sets up the connection): the bucket may go into debt, down to -burst, which the commands after
+ * it pay for. */
+void token_bucket_charge(struct token_bucket *b, double rate, double burst, uint64_t now_ms);
 
 struct lockout_config {
     uint32_t max_failures; /* failures that start a lockout, >= 1 */
@@ -54,11 +62,13 @@ struct lockout;
 int lockout_new(const struct lockout_config *cfg, struct lockout **out) __attribute__((warn_unused_result));
 void lockout_free(struct lockout *l); /* NULL is fine */
 
-/* Is src locked out at now_ms? When it is, *retry_ms (if not NULL) is the time left. NULL or
- * an address of another family: never locked. */
-bool lockout_locked(struct lockout *l, const struct sockaddr *src, uint64_t now_ms, uint64_t *retry_ms);
-/* A failed login from src. True when this failure started a lockout. */
-bool lockout_record_failure(struct lockout *l, const struct sockaddr *src, uint64_t now_ms);
+/* Is user (user_len bytes) locked out from src at now_ms? When it is, *retry_ms (if not NULL) is
+ * the time left. NULL or an address of another family: never locked. */
+bool lockout_locked(struct lockout *l, const struct sockaddr *src, const char *user, size_t user_len, uint64_t now_ms,
+                    uint64_t *retry_ms);
+/* A failed login as user from src. True when this failure started a lockout. */
+bool lockout_record_failure(struct lockout *l, const struct sockaddr *src, const char *user, size_t user_len,
+                            uint64_t now_ms);
 
 struct lockout_stats {
     uint64_t tracked; /* entries in use */

@@ -118,6 +118,12 @@ enum resp_req_status resp_request_next(struct resp_parser *p, const char *buf, s
  * so every module that must agree with Redis on a number uses this one. */
 bool resp_string2ll(const char *s, size_t n, long long *out);
 
+/* The code of an error reply ("-WRONGPASS invalid ..." -> "WRONGPASS"; "!..." too): the
+ * upper-case letters after the type byte, up to 31 of them, into out (cap >= 32, always
+ * NUL-terminated; "" when there is none). Only the code: the rest of an error may echo what was
+ * sent (Redis's "unknown command ... with args beginning with: ..."), which may be a secret. */
+void resp_error_code(const char *line, size_t len, char *out, size_t cap);
+
 /* Bytes needed by resp_encode_command for argv. */
 size_t resp_encoded_size(size_t argc, const struct resp_arg *argv);
 /* Write the canonical multibulk encoding of argv into dst (resp_encoded_size bytes); returns the

@@ -35,7 +35,8 @@ struct worker_login {
 struct worker_user_rate {
     struct token_bucket bucket;
     bool limiting;
-    uint64_t refused; /* commands refused in the current episode */
+    uint64_t refused;         /* commands refused in the current episode */
+    uint64_t last_refused_ms; /* loop time of the last refusal */
 };
 
 struct worker {
@@ -68,6 +69,10 @@ struct worker {
 const struct acl_user *worker_find_user(const struct worker *w, const char *name, size_t len);
 /* The config entry of a compiled user (same index). */
 const struct config_user *worker_user_config(const struct worker *w, const struct acl_user *u);
+
+/* Once a second: a user whose commands were refused by its rate limit, and none in the last
+ * second, gets the end of its episode logged (one line, with the count). */
+void worker_rate_limit_tick(struct worker *w, uint64_t now_ms);
 
 /* Session registry (implemented in session.c, which knows the session's links). */
 void worker_add_session(struct worker *w, struct session *s);

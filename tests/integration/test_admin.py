@@ -179,8 +179,23 @@ def test_readyz_refuses_an_upstream_that_rejects_respguards_login(respguard):
     p = respguard(admin=True, upstream_password="not-the-upstream-password")
     wait_until(lambda: p.http("/readyz")[0] == 503 and "auth" in p.http("/readyz")[2], 10, what="/readyz auth")
     body = p.http("/readyz")[2]
-    assert body.startswith("not ready: upstream: auth: WRONGPASS"), body
+    assert body == "not ready: upstream: auth: the upstream refused respguard's login (WRONGPASS)\n", body
     assert val(p.metrics(), "respguard_upstream_failures_total", reason="auth") >= 1
+
+
+def test_upstream_errors_that_echo_the_credential_stay_out_of_readyz_and_the_log(respguard,
+                                                                               redis_server_factory):
+    # an upstream without AUTH answers "ERR unknown command 'AUTH', with args beginning with:
+    # 'default' '<password>'": only the error's code may leave respguard
+    srv = redis_server_factory(extra_args=("--rename-command", "AUTH", ""))
+    p = respguard(admin=True, upstream_server=srv)
+    wait_until(lambda: p.http("/readyz")[0] == 503 and "auth" in p.http("/readyz")[2], 10, what="/readyz auth")
+    body = p.http("/readyz")[2]
+    assert body == "not ready: upstream: auth: the upstream refused respguard's login (ERR)\n", body
+    c = RawConn(p.port, timeout=10)
+    assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"-ERR respguard: upstream connection failed\r\n"
+    p.wait_event("upstream_error", stage="auth")
+    assert srv.password not in p.stderr_text() + body + p.http("/metrics")[2]
 
 
 def test_readyz_unready_while_draining(respguard):

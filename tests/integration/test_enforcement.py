@@ -45,7 +45,8 @@ def test_rate_limit_refuses_the_excess_and_the_connection_stays_usable(respguard
     time.sleep(0.5)
     assert c.call_raw("SET", "rl:k", "v") == b"+OK\r\n"
 
-    # one log line when limiting began, one when a command passed again; never one per command
+    # one log line when limiting began, one once a second passed without a refusal
+    p.wait_event("rate_limit", phase="end")
     begin = p.events("rate_limit", phase="begin")
     end = p.events("rate_limit", phase="end")
     assert len(begin) == 1 and begin[0]["user"] == "web" and begin[0]["commands_per_second"] == 5, begin
@@ -59,6 +60,22 @@ def test_rate_limit_refuses_the_excess_and_the_connection_stays_usable(respguard
     assert val(m, "respguard_rate_limited_commands_total", user="ops") == 0
 
 
+def test_sustained_overload_is_one_episode_in_the_log(respguard):
+    p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 5, "burst": 5}}}})
+    c = p.login("web")
+    passed = refused = 0
+    end = time.monotonic() + 3
+    while time.monotonic() < end:          # about 50 commands a second against a limit of 5
+        r = c.call_raw("GET", "rl:overload")
+        passed += r == b"$-1\r\n"
+        refused += r == LIMITED
+        time.sleep(0.02)
+    assert refused > 50 and 10 <= passed <= 25, (passed, refused)
+    p.wait_event("rate_limit", phase="end", timeout=5)
+    assert len(p.events("rate_limit")) == 2, p.events("rate_limit")
+    assert p.events("rate_limit", phase="end")[0]["refused"] == refused
+
+
 def test_rate_limit_in_multi_aborts_the_transaction_and_exec_still_ends_it(respguard):
     p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 1, "burst": 3}}}})
     c = p.login("web")
@@ -67,8 +84,32 @@ def test_rate_limit_in_multi_aborts_the_transaction_and_exec_still_ends_it(respg
     replies = pipeline(c, [("MULTI",), ("INCR", "rl:m"), ("INCR", "rl:m"), ("INCR", "rl:m"), ("EXEC",)])
     assert replies == [b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n", LIMITED,
                        b"-EXECABORT Transaction discarded because of previous errors.\r\n"], replies
-    time.sleep(1.1)
-    assert c.call_raw("GET", "rl:m") == b"$-1\r\n"  # nothing ran
+    assert p.login("ops").call_raw("GET", "rl:m") == b"$-1\r\n"  # nothing ran
+
+
+def test_multi_is_never_refused_so_a_transaction_stays_atomic(respguard):
+    p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 5, "burst": 2}}}})
+    c = p.login("web")
+    # the bucket is empty when MULTI comes: MULTI still opens the transaction (taking a token
+    # on credit), so the SET that follows cannot run on its own outside it
+    assert pipeline(c, [("PING",), ("PING",), ("MULTI",)]) == [b"+PONG\r\n", b"+PONG\r\n", b"+OK\r\n"]
+    time.sleep(0.5)  # -1 + 0.5 s * 5/s: tokens for the SET
+    assert pipeline(c, [("SET", "rl:atomic", "v"), ("EXEC",)]) == [b"+QUEUED\r\n", b"*1\r\n+OK\r\n"]
+    # with the bucket empty again, the transaction is refused whole
+    c2 = p.login("ops")
+    c2.call_raw("DEL", "rl:atomic2")
+    replies = pipeline(c, [("MULTI",)] + [("SET", "rl:atomic2", str(i)) for i in range(5)] + [("EXEC",)])
+    assert replies == [b"+OK\r\n"] + [LIMITED] * 5 + [
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"], replies
+    assert c2.call_raw("EXISTS", "rl:atomic2") == b":0\r\n"
+
+
+def test_hello_and_reset_are_never_refused_but_take_tokens(respguard):
+    p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 1, "burst": 2}}}})
+    c = p.login("web")
+    replies = pipeline(c, [("HELLO", "2")] * 5)
+    assert all(r.startswith(b"*") for r in replies), replies  # HELLO's map (an array in RESP2)
+    assert c.call_raw("GET", "rl:k") == LIMITED               # the HELLOs used the tokens up
 
 
 def test_rate_limit_from_limits_applies_to_every_user_and_a_user_can_opt_out(respguard):
@@ -102,17 +143,20 @@ def test_login_lockout(respguard):
     for _ in range(3):
         assert c.call_raw("AUTH", "web", "guess") == wrong
     locked = c.call_raw("AUTH", "web", PASSWORDS["web"])  # even the right password
-    assert locked == b"-WRONGPASS too many failed logins from this address, try again in 2 seconds\r\n", locked
+    assert locked == (b"-WRONGPASS too many failed logins for this user from this address, try again in 2 "
+                      b"seconds\r\n"), locked
     assert c.call_raw("HELLO", "3", "AUTH", "web", PASSWORDS["web"]).startswith(b"-WRONGPASS too many failed")
-    # a new connection from the same address is locked out as well
+    # a new connection from the same address is locked out as well, for that user name only:
+    # another app on the same host (a sidecar's clients are all 127.0.0.1) still logs in
     d = RawConn(p.port, timeout=5)
     assert d.call_raw("AUTH", "web", PASSWORDS["web"]).startswith(b"-WRONGPASS too many failed")
+    assert d.call_raw("AUTH", "ops", PASSWORDS["ops"]) == b"+OK\r\n"
     # redis-py's connect fails with the lockout's words
-    with pytest.raises(redis.exceptions.ResponseError, match="too many failed logins from this address"):
+    with pytest.raises(redis.exceptions.ResponseError, match="too many failed logins for this user"):
         p.client("web").ping()
 
     lockouts = p.events("login_lockout")
-    assert len(lockouts) == 1 and lockouts[0]["failures"] == 3, lockouts
+    assert len(lockouts) == 1 and lockouts[0]["failures"] == 3 and lockouts[0]["user"] == "web", lockouts
     m = p.metrics()
     assert val(m, "respguard_login_lockouts_total") == 1
     assert val(m, "respguard_logins_total", result="locked_out") == 4

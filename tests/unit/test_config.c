@@ -902,6 +902,14 @@ static void test_enforcement_and_admin(void **state)
     assert_int_equal(c->admin.probe_interval_ms, 5000);
     config_free(c);
 
+    /* "key:" alone is the same as "key: {}" */
+    c = load_ok(L UP US "limits:\n  login_lockout:\nadmin:\n");
+    assert_true(c->limits.login_lockout.enabled);
+    assert_int_equal(c->limits.login_lockout.failures, 10);
+    assert_true(c->admin.enabled);
+    assert_int_equal(c->admin.listen.port, 9121);
+    config_free(c);
+
     c = load_ok(L UP US
                 "limits:\n  login_lockout:\n    failures: 3\n    window: 10s\n    duration: 2m\n"
                 "admin:\n  bind: \"[::]:9100\"\n  allow_from: [10.0.0.0/8]\n  probe_interval: 500ms\n");

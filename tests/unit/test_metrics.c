@@ -754,7 +754,10 @@ static void test_upstream_failure(void **state)
     assert_int_equal(metrics_upstream_failure("lost", "connection reset by peer"), MC_UPSTREAM_FAIL_LOST);
     assert_int_equal(metrics_upstream_failure("lost", "cannot resolve"), MC_UPSTREAM_FAIL_LOST);
     assert_int_equal(metrics_upstream_failure("other", "whatever"), MC_UPSTREAM_FAIL_LOST);
-    assert_int_equal(metrics_upstream_failure("", "no verified connection within 1 ms"), MC_UPSTREAM_FAIL_LOST);
+    /* the connect timer also covers the login after TLS: a timeout in any stage is a timeout */
+    assert_int_equal(metrics_upstream_failure("lost", "no verified connection within 5000 ms"),
+                     MC_UPSTREAM_FAIL_TIMEOUT);
+    assert_int_equal(metrics_upstream_failure("", "no verified connection within 1 ms"), MC_UPSTREAM_FAIL_TIMEOUT);
     assert_int_equal(metrics_upstream_failure(NULL, NULL), MC_UPSTREAM_FAIL_LOST);
     assert_int_equal(metrics_upstream_failure("connect", NULL), MC_UPSTREAM_FAIL_CONNECT);
 }

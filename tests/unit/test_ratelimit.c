@@ -91,7 +91,7 @@ static struct lockout *make_default(void)
 static void fail_quietly(struct lockout *l, const struct sockaddr *src, int n, uint64_t now_ms)
 {
     for (int i = 0; i < n; i++)
-        assert_false(lockout_record_failure(l, src, now_ms));
+        assert_false(lockout_record_failure(l, src, "web", 3, now_ms));
 }
 
 static void text_of(const struct sockaddr *sa, char *out, size_t len)
@@ -184,6 +184,22 @@ static void test_bucket_never_above_burst(void **state)
     assert_false(token_bucket_take(&c, 1.0, 2.0, 0));
 }
 
+/* Charged commands always pass and may put the bucket into debt, at most -burst deep. */
+static void test_bucket_charge_goes_into_debt(void **state)
+{
+    (void)state;
+    struct token_bucket b = {0};
+    for (int i = 0; i < 100; i++)
+        token_bucket_charge(&b, 10, 5, 0); /* starts full: 5, then down to -5 and no deeper */
+    assert_true(b.tokens == -5.0);
+    assert_false(token_bucket_take(&b, 10, 5, 0));
+    /* -5 + 10/s * 0.5 s = 0: still nothing to take */
+    assert_false(token_bucket_take(&b, 10, 5, 500));
+    /* 100 ms later: 1 token */
+    assert_true(token_bucket_take(&b, 10, 5, 600));
+    assert_false(token_bucket_take(&b, 10, 5, 600));
+}
+
 static void test_bucket_backwards_clock(void **state)
 {
     (void)state;
@@ -258,35 +274,35 @@ static void test_lockout_locks_at_max_failures(void **state)
     struct sockaddr_storage a = v4("192.0.2.7", 40000);
     uint64_t t = 5000000, retry = 12345;
 
-    assert_false(lockout_locked(l, SA(a), t, &retry));
+    assert_false(lockout_locked(l, SA(a), "web", 3, t, &retry));
     assert_int_equal(retry, 0);
     fail_quietly(l, SA(a), MAX_FAILURES - 1, t);
-    assert_false(lockout_locked(l, SA(a), t, &retry));
-    assert_true(lockout_record_failure(l, SA(a), t + 10));
+    assert_false(lockout_locked(l, SA(a), "web", 3, t, &retry));
+    assert_true(lockout_record_failure(l, SA(a), "web", 3, t + 10));
 
-    assert_true(lockout_locked(l, SA(a), t + 10, &retry));
+    assert_true(lockout_locked(l, SA(a), "web", 3, t + 10, &retry));
     assert_int_equal(retry, DURATION_MS);
-    assert_true(lockout_locked(l, SA(a), t + 1010, &retry));
+    assert_true(lockout_locked(l, SA(a), "web", 3, t + 1010, &retry));
     assert_int_equal(retry, DURATION_MS - 1000);
-    assert_true(lockout_locked(l, SA(a), t + 10, NULL));
+    assert_true(lockout_locked(l, SA(a), "web", 3, t + 10, NULL));
 
     /* Failures while locked neither start another lockout nor extend this one. */
     fail_quietly(l, SA(a), 10 * MAX_FAILURES, t + 2000);
-    assert_true(lockout_locked(l, SA(a), t + 2000, &retry));
+    assert_true(lockout_locked(l, SA(a), "web", 3, t + 2000, &retry));
     assert_int_equal(retry, DURATION_MS - 1990);
 
     /* Exactly duration_ms. */
     uint64_t until = t + 10 + DURATION_MS;
-    assert_true(lockout_locked(l, SA(a), until - 1, &retry));
+    assert_true(lockout_locked(l, SA(a), "web", 3, until - 1, &retry));
     assert_int_equal(retry, 1);
-    assert_false(lockout_locked(l, SA(a), until, &retry));
+    assert_false(lockout_locked(l, SA(a), "web", 3, until, &retry));
     assert_int_equal(retry, 0);
 
     /* Afterwards the source has its max_failures attempts again, whatever it did meanwhile. */
     fail_quietly(l, SA(a), MAX_FAILURES - 1, until);
-    assert_false(lockout_locked(l, SA(a), until, NULL));
-    assert_true(lockout_record_failure(l, SA(a), until + 1));
-    assert_true(lockout_locked(l, SA(a), until + 1, &retry));
+    assert_false(lockout_locked(l, SA(a), "web", 3, until, NULL));
+    assert_true(lockout_record_failure(l, SA(a), "web", 3, until + 1));
+    assert_true(lockout_locked(l, SA(a), "web", 3, until + 1, &retry));
     assert_int_equal(retry, DURATION_MS);
 
     struct lockout_stats st;
@@ -306,10 +322,10 @@ static void test_lockout_one_failure_and_long_duration(void **state)
     struct lockout *l = make(&cfg);
     struct sockaddr_storage a = v4("198.51.100.1", 1);
     uint64_t retry = 0;
-    assert_true(lockout_record_failure(l, SA(a), 1000));
-    assert_true(lockout_locked(l, SA(a), 1000, &retry));
+    assert_true(lockout_record_failure(l, SA(a), "web", 3, 1000));
+    assert_true(lockout_locked(l, SA(a), "web", 3, 1000, &retry));
     assert_int_equal(retry, UINT64_MAX - 1000);
-    assert_true(lockout_locked(l, SA(a), UINT64_MAX - 1, NULL));
+    assert_true(lockout_locked(l, SA(a), "web", 3, UINT64_MAX - 1, NULL));
     lockout_free(l);
 }
 
@@ -323,16 +339,16 @@ static void test_lockout_window_restarts_count(void **state)
     fail_quietly(l, SA(a), 1, WINDOW_MS - 1);
     fail_quietly(l, SA(a), 1, WINDOW_MS);
     fail_quietly(l, SA(a), 1, WINDOW_MS + 1000);
-    assert_false(lockout_locked(l, SA(a), WINDOW_MS + 1000, NULL));
+    assert_false(lockout_locked(l, SA(a), "web", 3, WINDOW_MS + 1000, NULL));
     /* The new window started at WINDOW_MS; its third failure within it locks. */
-    assert_true(lockout_record_failure(l, SA(a), 2 * WINDOW_MS - 1));
-    assert_true(lockout_locked(l, SA(a), 2 * WINDOW_MS - 1, NULL));
+    assert_true(lockout_record_failure(l, SA(a), "web", 3, 2 * WINDOW_MS - 1));
+    assert_true(lockout_locked(l, SA(a), "web", 3, 2 * WINDOW_MS - 1, NULL));
 
     /* Slow guessing, one failure a window, never locks. */
     struct sockaddr_storage b = v4("203.0.113.10", 5000);
     for (uint64_t i = 0; i < 100; i++)
         fail_quietly(l, SA(b), 1, i * WINDOW_MS);
-    assert_false(lockout_locked(l, SA(b), 100 * WINDOW_MS, NULL));
+    assert_false(lockout_locked(l, SA(b), "web", 3, 100 * WINDOW_MS, NULL));
 
     /* After a lockout shorter than the window, the next failure is the first of a new window
      * (anchored there, not at the failures before the lockout). */
@@ -340,23 +356,45 @@ static void test_lockout_window_restarts_count(void **state)
     short_cfg.duration_ms = 1000;
     struct lockout *q = make(&short_cfg);
     fail_quietly(q, SA(a), MAX_FAILURES - 1, 0);
-    assert_true(lockout_record_failure(q, SA(a), 0));
+    assert_true(lockout_record_failure(q, SA(a), "web", 3, 0));
     fail_quietly(q, SA(a), 1, 30000);
     fail_quietly(q, SA(a), 1, WINDOW_MS + 1000);
-    assert_true(lockout_record_failure(q, SA(a), WINDOW_MS + 2000));
+    assert_true(lockout_record_failure(q, SA(a), "web", 3, WINDOW_MS + 2000));
     lockout_free(q);
 
     /* A clock a little behind the window's start counts as inside it. */
     struct sockaddr_storage c = v4("203.0.113.11", 5000);
     fail_quietly(l, SA(c), 1, 10000);
     fail_quietly(l, SA(c), 1, 9000);
-    assert_true(lockout_record_failure(l, SA(c), 9500));
+    assert_true(lockout_record_failure(l, SA(c), "web", 3, 9500));
     lockout_free(l);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* lockout: what a source is                                                                */
 /* ---------------------------------------------------------------------------------------- */
+
+/* One source, two user names: each name has its own count, so a client stuck with a wrong
+ * password for one user does not lock out the other users of its host. */
+static void test_lockout_per_user_name(void **state)
+{
+    (void)state;
+    struct lockout *l = make_default();
+    struct sockaddr_storage a = v4("127.0.0.1", 1000);
+    fail_quietly(l, SA(a), MAX_FAILURES - 1, 100);
+    assert_true(lockout_record_failure(l, SA(a), "web", 3, 100));
+    assert_true(lockout_locked(l, SA(a), "web", 3, 200, NULL));
+    assert_false(lockout_locked(l, SA(a), "ops", 3, 200, NULL));
+    assert_false(lockout_locked(l, SA(a), "webx", 4, 200, NULL));
+    for (int i = 0; i < MAX_FAILURES - 1; i++)
+        assert_false(lockout_record_failure(l, SA(a), "ops", 3, 300));
+    assert_true(lockout_record_failure(l, SA(a), "ops", 3, 300));
+    assert_true(lockout_locked(l, SA(a), "ops", 3, 300, NULL));
+    /* names are bytes: no terminator needed, and case matters (as for Redis user names) */
+    assert_false(lockout_locked(l, SA(a), "WEB", 3, 300, NULL));
+    assert_true(lockout_locked(l, SA(a), "web-and-more", 3, 300, NULL));
+    lockout_free(l);
+}
 
 static void test_lockout_source_identity(void **state)
 {
@@ -367,34 +405,35 @@ static void test_lockout_source_identity(void **state)
     struct sockaddr_storage plain = v4("192.0.2.7", 40000);
     struct sockaddr_storage mapped = v6("::ffff:192.0.2.7", 40001);
     struct sockaddr_storage other_port = v4("192.0.2.7", 50000);
-    assert_false(lockout_record_failure(l, SA(plain), 100));
-    assert_false(lockout_record_failure(l, SA(mapped), 200));
-    assert_true(lockout_record_failure(l, SA(other_port), 300));
-    assert_true(lockout_locked(l, SA(plain), 300, NULL));
-    assert_true(lockout_locked(l, SA(mapped), 300, NULL));
+    assert_false(lockout_record_failure(l, SA(plain), "web", 3, 100));
+    assert_false(lockout_record_failure(l, SA(mapped), "web", 3, 200));
+    assert_true(lockout_record_failure(l, SA(other_port), "web", 3, 300));
+    assert_true(lockout_locked(l, SA(plain), "web", 3, 300, NULL));
+    assert_true(lockout_locked(l, SA(mapped), "web", 3, 300, NULL));
     struct sockaddr_storage new_port = v4("192.0.2.7", 1);
-    assert_true(lockout_locked(l, SA(new_port), 300, NULL));
+    assert_true(lockout_locked(l, SA(new_port), "web", 3, 300, NULL));
     /* Neighbours are not, nor is an IPv6 address that merely ends in the same bytes. */
     struct sockaddr_storage next = v4("192.0.2.8", 40000), next_mapped = v6("::ffff:192.0.2.8", 40000);
     struct sockaddr_storage compat = v6("::192.0.2.7", 40000);
-    assert_false(lockout_locked(l, SA(next), 300, NULL));
-    assert_false(lockout_locked(l, SA(next_mapped), 300, NULL));
-    assert_false(lockout_locked(l, SA(compat), 300, NULL));
+    assert_false(lockout_locked(l, SA(next), "web", 3, 300, NULL));
+    assert_false(lockout_locked(l, SA(next_mapped), "web", 3, 300, NULL));
+    assert_false(lockout_locked(l, SA(compat), "web", 3, 300, NULL));
 
-    /* IPv6 by address, port ignored. */
+    /* IPv6 by /64 (one host or LAN has a whole /64 to pick addresses from), port ignored. */
     struct sockaddr_storage six = v6("2001:db8::1", 1), six_port = v6("2001:db8::1", 2);
-    struct sockaddr_storage six_next = v6("2001:db8::2", 1);
+    struct sockaddr_storage six_same64 = v6("2001:db8::ffff:2", 1), six_next64 = v6("2001:db8:0:1::1", 1);
     fail_quietly(l, SA(six), MAX_FAILURES - 1, 400);
-    assert_true(lockout_record_failure(l, SA(six_port), 400));
-    assert_true(lockout_locked(l, SA(six), 400, NULL));
-    assert_false(lockout_locked(l, SA(six_next), 400, NULL));
+    assert_true(lockout_record_failure(l, SA(six_port), "web", 3, 400));
+    assert_true(lockout_locked(l, SA(six), "web", 3, 400, NULL));
+    assert_true(lockout_locked(l, SA(six_same64), "web", 3, 400, NULL));
+    assert_false(lockout_locked(l, SA(six_next64), "web", 3, 400, NULL));
 
     /* Every AF_UNIX peer is one source, whatever its path (or none). */
     struct sockaddr_un u1 = unix_peer("/run/a.sock"), u2 = unix_peer(""), u3 = unix_peer("/tmp/b");
-    assert_false(lockout_record_failure(l, (const struct sockaddr *)&u1, 500));
-    assert_false(lockout_record_failure(l, (const struct sockaddr *)&u2, 500));
-    assert_true(lockout_record_failure(l, (const struct sockaddr *)&u3, 500));
-    assert_true(lockout_locked(l, (const struct sockaddr *)&u2, 500, NULL));
+    assert_false(lockout_record_failure(l, (const struct sockaddr *)&u1, "web", 3, 500));
+    assert_false(lockout_record_failure(l, (const struct sockaddr *)&u2, "web", 3, 500));
+    assert_true(lockout_record_failure(l, (const struct sockaddr *)&u3, "web", 3, 500));
+    assert_true(lockout_locked(l, (const struct sockaddr *)&u2, "web", 3, 500, NULL));
 
     struct lockout_stats st;
     lockout_get_stats(l, &st);
@@ -406,12 +445,12 @@ static void test_lockout_source_identity(void **state)
     odd.ss_family = AF_UNSPEC;
     uint64_t retry = 99;
     for (int i = 0; i < 10 * MAX_FAILURES; i++) {
-        assert_false(lockout_record_failure(l, NULL, 600));
-        assert_false(lockout_record_failure(l, SA(odd), 600));
+        assert_false(lockout_record_failure(l, NULL, "web", 3, 600));
+        assert_false(lockout_record_failure(l, SA(odd), "web", 3, 600));
     }
-    assert_false(lockout_locked(l, NULL, 600, &retry));
+    assert_false(lockout_locked(l, NULL, "web", 3, 600, &retry));
     assert_int_equal(retry, 0);
-    assert_false(lockout_locked(l, SA(odd), 600, NULL));
+    assert_false(lockout_locked(l, SA(odd), "web", 3, 600, NULL));
     lockout_get_stats(l, &st);
     assert_int_equal(st.tracked, 3);
     assert_int_equal(st.evicted, 0);
@@ -430,7 +469,7 @@ static void test_lockout_survives_address_flood(void **state)
     struct lockout *l = make(&cfg);
     struct sockaddr_storage attacker = v4("192.0.2.66", 1);
     fail_quietly(l, SA(attacker), MAX_FAILURES - 1, 0);
-    assert_true(lockout_record_failure(l, SA(attacker), 1));
+    assert_true(lockout_record_failure(l, SA(attacker), "web", 3, 1));
 
     /* 100k distinct sources, one failure each, over 100 seconds. */
     uint32_t n = 0;
@@ -439,7 +478,7 @@ static void test_lockout_survives_address_flood(void **state)
             char text[32];
             snprintf(text, sizeof text, "10.%u.%u.%u", (n >> 16) & 255, (n >> 8) & 255, n & 255);
             struct sockaddr_storage a = v4(text, (uint16_t)n);
-            assert_false(lockout_record_failure(l, SA(a), 1000 + s * 1000 + (uint64_t)i));
+            assert_false(lockout_record_failure(l, SA(a), "web", 3, 1000 + s * 1000 + (uint64_t)i));
         }
     }
     struct lockout_stats st;
@@ -450,9 +489,9 @@ static void test_lockout_survives_address_flood(void **state)
 
     /* The lockout in force is untouched, and ends on time. */
     uint64_t retry = 0;
-    assert_true(lockout_locked(l, SA(attacker), 101000, &retry));
+    assert_true(lockout_locked(l, SA(attacker), "web", 3, 101000, &retry));
     assert_int_equal(retry, 1 + DURATION_MS - 101000);
-    assert_false(lockout_locked(l, SA(attacker), 1 + DURATION_MS, NULL));
+    assert_false(lockout_locked(l, SA(attacker), "web", 3, 1 + DURATION_MS, NULL));
     lockout_free(l);
 }
 
@@ -470,13 +509,13 @@ static void test_lockout_replaces_least_recent(void **state)
     /* Source 0 is the least recently seen but locked; 1 .. 7 have one failure each, and 1 has
      * a second one later, so 2 is the least recently seen unlocked source. */
     fail_quietly(l, SA(a[0]), MAX_FAILURES - 1, 1000);
-    assert_true(lockout_record_failure(l, SA(a[0]), 1000));
+    assert_true(lockout_record_failure(l, SA(a[0]), "web", 3, 1000));
     for (int i = 1; i < 8; i++)
         fail_quietly(l, SA(a[i]), 1, 1000 + (uint64_t)i);
     fail_quietly(l, SA(a[1]), 1, 1100);
     /* Look-ups do not count as seen. */
     for (int i = 2; i < 8; i++)
-        assert_false(lockout_locked(l, SA(a[i]), 1200, NULL));
+        assert_false(lockout_locked(l, SA(a[i]), "web", 3, 1200, NULL));
 
     /* The newcomer replaces source 2. */
     fail_quietly(l, SA(a[8]), 1, 2000);
@@ -485,13 +524,13 @@ static void test_lockout_replaces_least_recent(void **state)
     assert_int_equal(st.tracked, 8);
     assert_int_equal(st.evicted, 1);
     assert_int_equal(st.dropped, 0);
-    assert_true(lockout_locked(l, SA(a[0]), 2000, NULL));
+    assert_true(lockout_locked(l, SA(a[0]), "web", 3, 2000, NULL));
     /* Source 1 kept its two failures, source 3 its one; source 2 starts again. */
-    assert_true(lockout_record_failure(l, SA(a[1]), 2100));
+    assert_true(lockout_record_failure(l, SA(a[1]), "web", 3, 2100));
     fail_quietly(l, SA(a[3]), 1, 2100);
-    assert_true(lockout_record_failure(l, SA(a[3]), 2100));
+    assert_true(lockout_record_failure(l, SA(a[3]), "web", 3, 2100));
     fail_quietly(l, SA(a[2]), MAX_FAILURES - 1, 2200);
-    assert_false(lockout_locked(l, SA(a[2]), 2200, NULL));
+    assert_false(lockout_locked(l, SA(a[2]), "web", 3, 2200, NULL));
     lockout_free(l);
 }
 
@@ -505,12 +544,12 @@ static void test_lockout_drops_when_set_all_locked(void **state)
         snprintf(text, sizeof text, "192.0.2.%d", h);
         struct sockaddr_storage a = v4(text, 1);
         fail_quietly(l, SA(a), MAX_FAILURES - 1, 1000);
-        assert_true(lockout_record_failure(l, SA(a), 1000));
+        assert_true(lockout_record_failure(l, SA(a), "web", 3, 1000));
     }
     /* The ninth source finds no room: none of its failures counts, and it is never locked. */
     struct sockaddr_storage ninth = v4("192.0.2.9", 1);
     fail_quietly(l, SA(ninth), 2 * MAX_FAILURES, 2000);
-    assert_false(lockout_locked(l, SA(ninth), 2000, NULL));
+    assert_false(lockout_locked(l, SA(ninth), "web", 3, 2000, NULL));
     struct lockout_stats st;
     lockout_get_stats(l, &st);
     assert_int_equal(st.tracked, 8);
@@ -521,13 +560,13 @@ static void test_lockout_drops_when_set_all_locked(void **state)
         char text[32];
         snprintf(text, sizeof text, "192.0.2.%d", h);
         struct sockaddr_storage a = v4(text, 2);
-        assert_true(lockout_locked(l, SA(a), 2000, NULL));
+        assert_true(lockout_locked(l, SA(a), "web", 3, 2000, NULL));
     }
 
     /* Once the lockouts end, the ninth is tracked (replacing one) and can be locked. */
     uint64_t after = 1000 + DURATION_MS;
     fail_quietly(l, SA(ninth), MAX_FAILURES - 1, after);
-    assert_true(lockout_record_failure(l, SA(ninth), after));
+    assert_true(lockout_record_failure(l, SA(ninth), "web", 3, after));
     lockout_get_stats(l, &st);
     assert_int_equal(st.evicted, 1);
     assert_int_equal(st.dropped, 2 * MAX_FAILURES);
@@ -583,11 +622,13 @@ int main(void)
         cmocka_unit_test(test_bucket_starts_full),
         cmocka_unit_test(test_bucket_refills_at_rate),
         cmocka_unit_test(test_bucket_never_above_burst),
+        cmocka_unit_test(test_bucket_charge_goes_into_debt),
         cmocka_unit_test(test_bucket_backwards_clock),
         cmocka_unit_test(test_lockout_new_checks),
         cmocka_unit_test(test_lockout_locks_at_max_failures),
         cmocka_unit_test(test_lockout_one_failure_and_long_duration),
         cmocka_unit_test(test_lockout_window_restarts_count),
+        cmocka_unit_test(test_lockout_per_user_name),
         cmocka_unit_test(test_lockout_source_identity),
         cmocka_unit_test(test_lockout_survives_address_flood),
         cmocka_unit_test(test_lockout_replaces_least_recent),
