@@ -1206,7 +1206,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
     if (strcmp(name, "reset") == 0) {
-        count_connection_command(s, MV_ALLOWED);
+        count_connection_command(s, req->argc == 1 ? MV_ALLOWED : MV_ERROR);
         rate_charge(s);
         if (req->argc != 1) {
             if (s->in_multi)

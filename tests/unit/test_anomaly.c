@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_addr.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
@@ -125,28 +127,6 @@ static struct anomaly *make_default(size_t users)
     struct anomaly_config cfg;
     anomaly_config_defaults(&cfg);
     return make(&cfg, users);
-}
-
-static struct sockaddr_storage v4(const char *text)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-    in->sin_family = AF_INET;
-    in->sin_port = htons(40000);
-    assert_int_equal(inet_pton(AF_INET, text, &in->sin_addr), 1);
-    return ss;
-}
-
-static struct sockaddr_storage v6(const char *text, uint16_t port)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port);
-    assert_int_equal(inet_pton(AF_INET6, text, &in6->sin6_addr), 1);
-    return ss;
 }
 
 #define SA(ss) ((const struct sockaddr *)&(ss))
@@ -477,7 +457,7 @@ static void test_denial_burst(void **state)
     (void)state;
     struct anomaly *d = make_default(2);
     struct cap *c = calloc(1, sizeof *c);
-    struct sockaddr_storage a = v4("198.51.100.1");
+    struct sockaddr_storage a = addr_v4("198.51.100.1", 40000);
     /* One refusal a second: the 30th in the minute reaches the threshold, for the user and for
      * the source. */
     for (uint64_t s = 0; s < 90; s++) {
@@ -531,9 +511,9 @@ static void test_auth_failure_burst(void **state)
     (void)state;
     struct anomaly *d = make_default(0);
     struct cap *c = calloc(1, sizeof *c);
-    struct sockaddr_storage a = v4("192.0.2.7");
-    struct sockaddr_storage mapped = v6("::ffff:192.0.2.7", 1234);
-    struct sockaddr_storage b = v6("2001:db8::1", 5678);
+    struct sockaddr_storage a = addr_v4("192.0.2.7", 40000);
+    struct sockaddr_storage mapped = addr_v6("::ffff:192.0.2.7", 1234);
+    struct sockaddr_storage b = addr_v6("2001:db8::1", 5678);
     /* Nine failures a minute, from two sources: nothing. */
     for (uint64_t s = 0; s < 300; s++) {
         if (s % 7 == 0)
@@ -592,7 +572,7 @@ static void test_connection_surge(void **state)
     (void)state;
     struct anomaly *d = make_default(2);
     struct cap *c = calloc(1, sizeof *c);
-    struct sockaddr_storage app = v4("203.0.113.10"), other = v4("203.0.113.20");
+    struct sockaddr_storage app = addr_v4("203.0.113.10", 40000), other = addr_v4("203.0.113.20", 40000);
     /* User 1 reconnects 150 times in 30 s during its warm-up: only the source is reported. */
     for (uint64_t s = 0; s < 30; s++) {
         for (int i = 0; i < 5; i++)
@@ -690,7 +670,7 @@ static void test_source_table_bounded(void **state)
     (void)state;
     struct anomaly *d = make_default(0);
     struct cap *c = calloc(1, sizeof *c);
-    struct sockaddr_storage attacker = v4("192.0.2.66");
+    struct sockaddr_storage attacker = addr_v4("192.0.2.66", 40000);
     for (int i = 0; i < 50; i++)
         anomaly_record_auth_failure(d, SA(attacker), (uint64_t)i);
     tick(d, c, 0);
@@ -702,7 +682,7 @@ static void test_source_table_bounded(void **state)
         for (int i = 0; i < 1000; i++, n++) {
             char text[32];
             snprintf(text, sizeof text, "10.%u.%u.%u", (n >> 16) & 255, (n >> 8) & 255, n & 255);
-            struct sockaddr_storage a = v4(text);
+            struct sockaddr_storage a = addr_v4(text, 40000);
             anomaly_record_auth_failure(d, SA(a), s * 1000 + (uint64_t)i);
             anomaly_record_connection(d, -1, SA(a), s * 1000 + (uint64_t)i);
         }
@@ -740,7 +720,7 @@ static void test_source_set_full_of_open_episodes(void **state)
     for (int h = 1; h <= 9; h++) {
         char text[32];
         snprintf(text, sizeof text, "192.0.2.%d", h);
-        struct sockaddr_storage a = v4(text);
+        struct sockaddr_storage a = addr_v4(text, 40000);
         for (int i = 0; i < 10; i++)
             anomaly_record_auth_failure(d, SA(a), (uint64_t)i);
         /* An episode opens at the tick; until then the entry may still be replaced. */
@@ -813,8 +793,8 @@ static void test_long_noisy_run_does_not_flood(void **state)
     struct anomaly *d = make_default(3);
     struct cap *c = calloc(1, sizeof *c);
     uint32_t mix[] = {cats_of("get"), cats_of("set"), cats_of("del"), cats_of("scan"), cats_of("publish")};
-    struct sockaddr_storage srcs[4] = {v4("198.51.100.1"), v4("198.51.100.2"), v4("198.51.100.3"),
-                                       v6("2001:db8::5", 1)};
+    struct sockaddr_storage srcs[4] = {addr_v4("198.51.100.1", 40000), addr_v4("198.51.100.2", 40000), addr_v4("198.51.100.3", 40000),
+                                       addr_v6("2001:db8::5", 1)};
     int bursts = 0, storms = 0;
     uint64_t burst_end[3] = {0, 0, 0};
     unsigned burst_rate[3] = {0, 0, 0};

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_addr.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -28,37 +30,6 @@
 #define MAX_FAILURES 3
 #define WINDOW_MS 60000
 #define DURATION_MS 300000
-
-static struct sockaddr_storage v4(const char *text, uint16_t port)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-    in->sin_family = AF_INET;
-    in->sin_port = htons(port);
-    assert_int_equal(inet_pton(AF_INET, text, &in->sin_addr), 1);
-    return ss;
-}
-
-static struct sockaddr_storage v6(const char *text, uint16_t port)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port);
-    assert_int_equal(inet_pton(AF_INET6, text, &in6->sin6_addr), 1);
-    return ss;
-}
-
-static struct sockaddr_un unix_peer(const char *path)
-{
-    struct sockaddr_un un;
-    memset(&un, 0, sizeof un);
-    un.sun_family = AF_UNIX;
-    snprintf(un.sun_path, sizeof un.sun_path, "%s", path);
-    return un;
-}
 
 #define SA(ss) ((const struct sockaddr *)&(ss))
 
@@ -271,7 +242,7 @@ static void test_lockout_locks_at_max_failures(void **state)
 {
     (void)state;
     struct lockout *l = make_default();
-    struct sockaddr_storage a = v4("192.0.2.7", 40000);
+    struct sockaddr_storage a = addr_v4("192.0.2.7", 40000);
     uint64_t t = 5000000, retry = 12345;
 
     assert_false(lockout_locked(l, SA(a), "web", 3, t, &retry));
@@ -320,7 +291,7 @@ static void test_lockout_one_failure_and_long_duration(void **state)
     cfg.max_failures = 1;
     cfg.duration_ms = UINT64_MAX; /* saturates instead of wrapping to the past */
     struct lockout *l = make(&cfg);
-    struct sockaddr_storage a = v4("198.51.100.1", 1);
+    struct sockaddr_storage a = addr_v4("198.51.100.1", 1);
     uint64_t retry = 0;
     assert_true(lockout_record_failure(l, SA(a), "web", 3, 1000));
     assert_true(lockout_locked(l, SA(a), "web", 3, 1000, &retry));
@@ -333,7 +304,7 @@ static void test_lockout_window_restarts_count(void **state)
 {
     (void)state;
     struct lockout *l = make_default();
-    struct sockaddr_storage a = v4("203.0.113.9", 5000);
+    struct sockaddr_storage a = addr_v4("203.0.113.9", 5000);
     /* Two failures, then the window (anchored at the first) ends: the third starts anew. */
     fail_quietly(l, SA(a), 1, 0);
     fail_quietly(l, SA(a), 1, WINDOW_MS - 1);
@@ -345,7 +316,7 @@ static void test_lockout_window_restarts_count(void **state)
     assert_true(lockout_locked(l, SA(a), "web", 3, 2 * WINDOW_MS - 1, NULL));
 
     /* Slow guessing, one failure a window, never locks. */
-    struct sockaddr_storage b = v4("203.0.113.10", 5000);
+    struct sockaddr_storage b = addr_v4("203.0.113.10", 5000);
     for (uint64_t i = 0; i < 100; i++)
         fail_quietly(l, SA(b), 1, i * WINDOW_MS);
     assert_false(lockout_locked(l, SA(b), "web", 3, 100 * WINDOW_MS, NULL));
@@ -363,7 +334,7 @@ static void test_lockout_window_restarts_count(void **state)
     lockout_free(q);
 
     /* A clock a little behind the window's start counts as inside it. */
-    struct sockaddr_storage c = v4("203.0.113.11", 5000);
+    struct sockaddr_storage c = addr_v4("203.0.113.11", 5000);
     fail_quietly(l, SA(c), 1, 10000);
     fail_quietly(l, SA(c), 1, 9000);
     assert_true(lockout_record_failure(l, SA(c), "web", 3, 9500));
@@ -380,7 +351,7 @@ static void test_lockout_per_user_name(void **state)
 {
     (void)state;
     struct lockout *l = make_default();
-    struct sockaddr_storage a = v4("127.0.0.1", 1000);
+    struct sockaddr_storage a = addr_v4("127.0.0.1", 1000);
     fail_quietly(l, SA(a), MAX_FAILURES - 1, 100);
     assert_true(lockout_record_failure(l, SA(a), "web", 3, 100));
     assert_true(lockout_locked(l, SA(a), "web", 3, 200, NULL));
@@ -402,26 +373,26 @@ static void test_lockout_source_identity(void **state)
     struct lockout *l = make_default();
 
     /* IPv4, the same address from a dual-stack listener, and another port: one source. */
-    struct sockaddr_storage plain = v4("192.0.2.7", 40000);
-    struct sockaddr_storage mapped = v6("::ffff:192.0.2.7", 40001);
-    struct sockaddr_storage other_port = v4("192.0.2.7", 50000);
+    struct sockaddr_storage plain = addr_v4("192.0.2.7", 40000);
+    struct sockaddr_storage mapped = addr_v6("::ffff:192.0.2.7", 40001);
+    struct sockaddr_storage other_port = addr_v4("192.0.2.7", 50000);
     assert_false(lockout_record_failure(l, SA(plain), "web", 3, 100));
     assert_false(lockout_record_failure(l, SA(mapped), "web", 3, 200));
     assert_true(lockout_record_failure(l, SA(other_port), "web", 3, 300));
     assert_true(lockout_locked(l, SA(plain), "web", 3, 300, NULL));
     assert_true(lockout_locked(l, SA(mapped), "web", 3, 300, NULL));
-    struct sockaddr_storage new_port = v4("192.0.2.7", 1);
+    struct sockaddr_storage new_port = addr_v4("192.0.2.7", 1);
     assert_true(lockout_locked(l, SA(new_port), "web", 3, 300, NULL));
     /* Neighbours are not, nor is an IPv6 address that merely ends in the same bytes. */
-    struct sockaddr_storage next = v4("192.0.2.8", 40000), next_mapped = v6("::ffff:192.0.2.8", 40000);
-    struct sockaddr_storage compat = v6("::192.0.2.7", 40000);
+    struct sockaddr_storage next = addr_v4("192.0.2.8", 40000), next_mapped = addr_v6("::ffff:192.0.2.8", 40000);
+    struct sockaddr_storage compat = addr_v6("::192.0.2.7", 40000);
     assert_false(lockout_locked(l, SA(next), "web", 3, 300, NULL));
     assert_false(lockout_locked(l, SA(next_mapped), "web", 3, 300, NULL));
     assert_false(lockout_locked(l, SA(compat), "web", 3, 300, NULL));
 
     /* IPv6 by /64 (one host or LAN has a whole /64 to pick addresses from), port ignored. */
-    struct sockaddr_storage six = v6("2001:db8::1", 1), six_port = v6("2001:db8::1", 2);
-    struct sockaddr_storage six_same64 = v6("2001:db8::ffff:2", 1), six_next64 = v6("2001:db8:0:1::1", 1);
+    struct sockaddr_storage six = addr_v6("2001:db8::1", 1), six_port = addr_v6("2001:db8::1", 2);
+    struct sockaddr_storage six_same64 = addr_v6("2001:db8::ffff:2", 1), six_next64 = addr_v6("2001:db8:0:1::1", 1);
     fail_quietly(l, SA(six), MAX_FAILURES - 1, 400);
     assert_true(lockout_record_failure(l, SA(six_port), "web", 3, 400));
     assert_true(lockout_locked(l, SA(six), "web", 3, 400, NULL));
@@ -429,7 +400,7 @@ static void test_lockout_source_identity(void **state)
     assert_false(lockout_locked(l, SA(six_next64), "web", 3, 400, NULL));
 
     /* Every AF_UNIX peer is one source, whatever its path (or none). */
-    struct sockaddr_un u1 = unix_peer("/run/a.sock"), u2 = unix_peer(""), u3 = unix_peer("/tmp/b");
+    struct sockaddr_un u1 = addr_unix("/run/a.sock"), u2 = addr_unix(""), u3 = addr_unix("/tmp/b");
     assert_false(lockout_record_failure(l, (const struct sockaddr *)&u1, "web", 3, 500));
     assert_false(lockout_record_failure(l, (const struct sockaddr *)&u2, "web", 3, 500));
     assert_true(lockout_record_failure(l, (const struct sockaddr *)&u3, "web", 3, 500));
@@ -467,7 +438,7 @@ static void test_lockout_survives_address_flood(void **state)
     (void)state;
     struct lockout_config cfg = config(64);
     struct lockout *l = make(&cfg);
-    struct sockaddr_storage attacker = v4("192.0.2.66", 1);
+    struct sockaddr_storage attacker = addr_v4("192.0.2.66", 1);
     fail_quietly(l, SA(attacker), MAX_FAILURES - 1, 0);
     assert_true(lockout_record_failure(l, SA(attacker), "web", 3, 1));
 
@@ -477,7 +448,7 @@ static void test_lockout_survives_address_flood(void **state)
         for (int i = 0; i < 1000; i++, n++) {
             char text[32];
             snprintf(text, sizeof text, "10.%u.%u.%u", (n >> 16) & 255, (n >> 8) & 255, n & 255);
-            struct sockaddr_storage a = v4(text, (uint16_t)n);
+            struct sockaddr_storage a = addr_v4(text, (uint16_t)n);
             assert_false(lockout_record_failure(l, SA(a), "web", 3, 1000 + s * 1000 + (uint64_t)i));
         }
     }
@@ -504,7 +475,7 @@ static void test_lockout_replaces_least_recent(void **state)
     for (int i = 0; i < 9; i++) {
         char text[32];
         snprintf(text, sizeof text, "198.51.100.%d", i + 1);
-        a[i] = v4(text, 1000);
+        a[i] = addr_v4(text, 1000);
     }
     /* Source 0 is the least recently seen but locked; 1 .. 7 have one failure each, and 1 has
      * a second one later, so 2 is the least recently seen unlocked source. */
@@ -542,12 +513,12 @@ static void test_lockout_drops_when_set_all_locked(void **state)
     for (int h = 1; h <= 8; h++) {
         char text[32];
         snprintf(text, sizeof text, "192.0.2.%d", h);
-        struct sockaddr_storage a = v4(text, 1);
+        struct sockaddr_storage a = addr_v4(text, 1);
         fail_quietly(l, SA(a), MAX_FAILURES - 1, 1000);
         assert_true(lockout_record_failure(l, SA(a), "web", 3, 1000));
     }
     /* The ninth source finds no room: none of its failures counts, and it is never locked. */
-    struct sockaddr_storage ninth = v4("192.0.2.9", 1);
+    struct sockaddr_storage ninth = addr_v4("192.0.2.9", 1);
     fail_quietly(l, SA(ninth), 2 * MAX_FAILURES, 2000);
     assert_false(lockout_locked(l, SA(ninth), "web", 3, 2000, NULL));
     struct lockout_stats st;
@@ -559,7 +530,7 @@ static void test_lockout_drops_when_set_all_locked(void **state)
     for (int h = 1; h <= 8; h++) {
         char text[32];
         snprintf(text, sizeof text, "192.0.2.%d", h);
-        struct sockaddr_storage a = v4(text, 2);
+        struct sockaddr_storage a = addr_v4(text, 2);
         assert_true(lockout_locked(l, SA(a), "web", 3, 2000, NULL));
     }
 
@@ -581,8 +552,8 @@ static void test_source_keys(void **state)
 {
     (void)state;
     char text[SOURCE_TEXT_MAX];
-    struct sockaddr_storage a = v4("192.0.2.7", 1), m = v6("::ffff:192.0.2.7", 2), s = v6("2001:db8::1", 3);
-    struct sockaddr_un u = unix_peer("/run/x");
+    struct sockaddr_storage a = addr_v4("192.0.2.7", 1), m = addr_v6("::ffff:192.0.2.7", 2), s = addr_v6("2001:db8::1", 3);
+    struct sockaddr_un u = addr_unix("/run/x");
     text_of(SA(a), text, sizeof text);
     assert_string_equal(text, "192.0.2.7");
     text_of(SA(m), text, sizeof text);
@@ -592,7 +563,7 @@ static void test_source_keys(void **state)
     text_of((const struct sockaddr *)&u, text, sizeof text);
     assert_string_equal(text, "unix");
     /* The longest text fits; a short buffer gets a truncated, terminated text. */
-    struct sockaddr_storage longest = v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 0);
+    struct sockaddr_storage longest = addr_v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 0);
     text_of(SA(longest), text, sizeof text);
     assert_string_equal(text, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
     char small[5];
