@@ -1094,7 +1094,7 @@ static const struct config_rate_limit *rate_limit_of(struct session *s)
     return rl->enabled ? rl : NULL;
 }
 
-/* A command that must not be refused (HELLO, RESET, MULTI/EXEC/DISCARD/WATCH/UNWATCH: refusing
+/* A command that must not be refused (AUTH, HELLO, RESET, MULTI/EXEC/DISCARD/WATCH/UNWATCH: refusing
  * them would break a connection's set-up or a transaction's atomicity) still takes its token:
  * the bucket may go into debt, so they cannot carry traffic past the limit. */
 static void rate_charge(struct session *s)
@@ -1176,7 +1176,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     }
 
     /* The connection commands respguard answers itself: counted here, never refused by the rate
-     * limit (a client can always log in again, reset or quit; HELLO and RESET take a token). */
+     * limit (a client can always log in again, reset or quit); all but QUIT take a token. */
     bool is_auth = strcmp(name, "auth") == 0, is_hello = !is_auth && strcmp(name, "hello") == 0;
     if (s->in_multi && (is_auth || is_hello)) {
         /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
@@ -1189,6 +1189,7 @@ static void handle_command(struct session *s, const struct resp_request *req, co
     }
     if (is_auth) {
         count_connection_command(s, MV_ALLOWED);
+        rate_charge(s); /* switching users may log the upstream connection in again */
         cmd_auth(s, req);
         return;
     }
