@@ -758,7 +758,8 @@ static bool login_locked_out(struct session *s, const struct resp_arg *user)
         anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, now);
     metrics_inc(s->w->metrics, MC_LOGIN_LOCKED_OUT);
     char line[160];
-    snprintf(line, sizeof line, "WRONGPASS too many failed logins for this user from this address, try again in %llu seconds",
+    snprintf(line, sizeof line,
+             "WRONGPASS too many failed logins for this user from this address, try again in %llu seconds",
              (unsigned long long)((retry_ms + 999) / 1000));
     reply_error(s, line);
     return true;

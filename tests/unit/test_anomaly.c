@@ -793,8 +793,8 @@ static void test_long_noisy_run_does_not_flood(void **state)
     struct anomaly *d = make_default(3);
     struct cap *c = calloc(1, sizeof *c);
     uint32_t mix[] = {cats_of("get"), cats_of("set"), cats_of("del"), cats_of("scan"), cats_of("publish")};
-    struct sockaddr_storage srcs[4] = {addr_v4("198.51.100.1", 40000), addr_v4("198.51.100.2", 40000), addr_v4("198.51.100.3", 40000),
-                                       addr_v6("2001:db8::5", 1)};
+    struct sockaddr_storage srcs[4] = {addr_v4("198.51.100.1", 40000), addr_v4("198.51.100.2", 40000),
+                                       addr_v4("198.51.100.3", 40000), addr_v6("2001:db8::5", 1)};
     int bursts = 0, storms = 0;
     uint64_t burst_end[3] = {0, 0, 0};
     unsigned burst_rate[3] = {0, 0, 0};

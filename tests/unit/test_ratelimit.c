@@ -552,7 +552,8 @@ static void test_source_keys(void **state)
 {
     (void)state;
     char text[SOURCE_TEXT_MAX];
-    struct sockaddr_storage a = addr_v4("192.0.2.7", 1), m = addr_v6("::ffff:192.0.2.7", 2), s = addr_v6("2001:db8::1", 3);
+    struct sockaddr_storage a = addr_v4("192.0.2.7", 1), m = addr_v6("::ffff:192.0.2.7", 2);
+    struct sockaddr_storage s = addr_v6("2001:db8::1", 3);
     struct sockaddr_un u = addr_unix("/run/x");
     text_of(SA(a), text, sizeof text);
     assert_string_equal(text, "192.0.2.7");
