@@ -25,7 +25,8 @@
 /* Bounds for a listener nobody but operators should reach. */
 #define ADMIN_MAX_CONNECTIONS 32
 #define ADMIN_CONNECTION_TIMEOUT_S 10
-/* Certificates exported besides the listeners': the upstream server's. */
+/* Listener certificates exported at most (a gauge array on the stack per scrape); the upstream's
+ * certificate comes on top. */
 #define ADMIN_MAX_CERTS 64
 
 struct admin {
