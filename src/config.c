@@ -1531,11 +1531,14 @@ static int load_never(struct loader *ld, const yaml_node_t *v, void *obj, const 
     if (n == 0)
         return 0;
     c->never_by_category = calloc(n, sizeof *c->never_by_category);
-    if (!c->never_by_category)
+    c->never_pos = calloc(n, sizeof *c->never_pos);
+    if (!c->never_by_category || !c->never_pos)
         return oom(ld, v);
     c->never_count = n;
     for (size_t i = 0; i < n; i++) {
         const yaml_node_t *item = node_at(ld, v->data.sequence.items.start[i]);
+        c->never_pos[i][0] = (int)item->start_mark.line + 1;
+        c->never_pos[i][1] = (int)item->start_mark.column + 1;
         char ipath[PATH_LEN], *s;
         make_path(ipath, "%s[%zu]", path, i);
         int rc = get_scalar(ld, item, ipath, &s);
@@ -2018,6 +2021,7 @@ void config_free(struct config *c)
     for (size_t i = 0; c->never_by_category && i < c->never_count; i++)
         sfree(c->never_by_category[i]);
     free(c->never_by_category);
+    free(c->never_pos);
     free((void *)c->anomaly.overrides);
     sfree(c->admin.listen.bind);
     sfree(c->admin.listen.host);

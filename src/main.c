@@ -81,7 +81,11 @@ static int compile_users(struct runtime *rt, char *err, size_t errlen)
     for (size_t i = 0; i < cfg->never_count; i++) {
         const char *g = cfg->never_by_category[i];
         if (!acl_command_known(g, strlen(g))) {
-            snprintf(err, errlen, "%s: guard.never_by_category: unknown command '%s'", cfg->path, g);
+            if (cfg->never_pos)
+                snprintf(err, errlen, "%s:%d:%d: guard.never_by_category[%zu]: unknown command '%s'", cfg->path,
+                         cfg->never_pos[i][0], cfg->never_pos[i][1], i, g);
+            else
+                snprintf(err, errlen, "%s: guard.never_by_category: unknown command '%s'", cfg->path, g);
             return -EINVAL;
         }
     }

@@ -135,6 +135,9 @@ struct config {
     size_t user_count;
     char **never_by_category;      /* lower-case command names, "cmd" or "cmd|sub" */
     size_t never_count;
+    /* Where each never_by_category entry is in the file (line, column, 1-based), for errors found
+     * later (a name the command table does not know); NULL for the default list. */
+    int (*never_pos)[2];
     struct config_limits limits;
     enum config_log_level log_level;
     bool log_keys;

@@ -174,3 +174,20 @@ def test_version_and_help():
     out = (r.stdout + r.stderr).decode()
     for word in ("check", "passwd", "-c"):
         assert word in out, (word, out)
+
+
+def test_check_names_the_position_of_an_unknown_guard_command(tmp_path):
+    text = ("listeners:\n"
+            "  - bind: 127.0.0.1:%d\n"
+            "upstream:\n"
+            "  url: rediss://localhost:6379\n"
+            "users:\n"
+            "  web:\n"
+            "    acl: \"on >webpass ~* +@all\"\n"
+            "guard:\n"
+            "  never_by_category: [flushall, flushal]\n") % free_port()
+    path = write(tmp_path, "guard.yaml", text)
+    r = run(["check", "-c", path])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.decode().strip() == (
+        "%s:9:33: guard.never_by_category[1]: unknown command 'flushal'" % path), r.stderr
