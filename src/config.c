@@ -1584,8 +1584,14 @@ static const struct field lockout_fields[] = {
  * with its defaults, the same as "key: {}". */
 static bool empty_value(const yaml_node_t *v)
 {
-    return v->type == YAML_SCALAR_NODE && v->data.scalar.length == 0 &&
-           v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+    if (v->type != YAML_SCALAR_NODE || v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+    for (size_t i = 0; i < ARRAY_SIZE(nulls); i++)
+        if (v->data.scalar.length == strlen(nulls[i]) &&
+            memcmp(v->data.scalar.value, nulls[i], v->data.scalar.length) == 0)
+            return true;
+    return false;
 }
 
 /* limits.login_lockout: giving the key turns the lockout on; its keys have defaults. */

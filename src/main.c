@@ -437,7 +437,12 @@ static int start_enforcement(struct runtime *rt)
         goto oom;
     const struct config_login_lockout *lo = &rt->cfg->limits.login_lockout;
     if (lo->enabled) {
-        struct lockout_config lc = {.max_failures = lo->failures, .window_ms = lo->window_ms,
+        /* The whole source may fail ten times as often as one name: a few apps with stale
+         * passwords behind one address are not locked out together, a name sprayer is. */
+        uint64_t source_max = (uint64_t)lo->failures * 10;
+        struct lockout_config lc = {.max_failures = lo->failures,
+                                    .source_max_failures = source_max > UINT32_MAX ? UINT32_MAX : (uint32_t)source_max,
+                                    .window_ms = lo->window_ms,
                                     .duration_ms = lo->duration_ms, .table_size = 4096};
         if (crypto_random(&lc.hash_seed, sizeof lc.hash_seed) != 0 || lockout_new(&lc, &rt->w.lockout) != 0)
             goto oom;
@@ -519,8 +524,10 @@ static void close_signals(struct runtime *rt)
 {
     if (rt->probe_started)
         probe_stop(&rt->probe);
-    if (rt->second_timer_started && !uv_is_closing((uv_handle_t *)&rt->second_timer))
+    if (rt->second_timer_started && !uv_is_closing((uv_handle_t *)&rt->second_timer)) {
+        worker_rate_limit_tick(&rt->w, uv_now(rt->w.loop) + 1000); /* episodes still open end now */
         uv_close((uv_handle_t *)&rt->second_timer, NULL);
+    }
     uv_close((uv_handle_t *)&rt->sig_term, NULL);
     uv_close((uv_handle_t *)&rt->sig_int, NULL);
     uv_close((uv_handle_t *)&rt->sig_hup, NULL);

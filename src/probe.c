@@ -55,8 +55,14 @@ static void on_data(struct upstream *u)
     struct probe *p = u->owner;
     struct buf *in = &u->t.in;
     while (buf_len(in) > 0 && !p->reported) {
-        if (!p->mid_frame)
+        if (!p->mid_frame) {
+            /* An error's code is in its first line: wait for the whole line (short, or it is
+             * not the error reply of a Redis server: then take what there is). */
+            bool is_error = buf_head(in)[0] == '-' || buf_head(in)[0] == '!';
+            if (is_error && !memchr(buf_head(in), '\n', buf_len(in)) && buf_len(in) < 512)
+                break;
             resp_error_code(buf_head(in), buf_len(in), p->err_code, sizeof p->err_code);
+        }
         size_t used = 0;
         struct resp_frame_info info;
         const char *perr = NULL;

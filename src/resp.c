@@ -57,9 +57,7 @@ enum resp_scan_mode {
 /* Small helpers                                                                            */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Redis's string2ll: optional '-', then digits with no leading zero (a lone "0" aside); no '+',
- * no spaces, no overflow. Redis uses it for both request header lines, so it decides what a
- * valid count or length is. */
+/* The letters of an error's code only: the rest of the line may echo what was sent. */
 void resp_error_code(const char *line, size_t len, char *out, size_t cap)
 {
     size_t n = 0;
@@ -72,6 +70,9 @@ void resp_error_code(const char *line, size_t len, char *out, size_t cap)
     out[n] = '\0';
 }
 
+/* Redis's string2ll: optional '-', then digits with no leading zero (a lone "0" aside); no '+',
+ * no spaces, no overflow. Redis uses it for both request header lines, so it decides what a
+ * valid count or length is. */
 bool resp_string2ll(const char *s, size_t n, long long *out)
 {
     size_t i = 0;

@@ -116,6 +116,8 @@ struct session {
     bool in_multi;               /* MULTI sent, no EXEC/DISCARD yet */
     uint32_t multi_seq;          /* counts MULTIs that opened a transaction here */
     bool multi_dirty;            /* a command was refused inside it: EXEC becomes EXECABORT */
+    bool multi_refused;          /* MULTI was refused by the rate limit: a transaction that was
+                                    never opened, whose commands must not run on their own */
     bool quitting;               /* QUIT or a protocol error: read nothing more */
     bool draining;               /* shutdown: close once the queue is empty */
     bool peer_closed;            /* the client half-closed: answer what it sent, then close */
@@ -1062,7 +1064,7 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
      * upstream back in as respguard and swallow that reply. */
     forward_command(s, frame, req);
     expect_upstream(s, PENDING_FORWARD, PENDING_RESET, 1, NULL, 0);
-    s->in_multi = s->multi_dirty = false;
+    s->in_multi = s->multi_dirty = s->multi_refused = false;
     /* After RESET the client is the default user again: logged in only if that needs no
      * password, as in Redis. The upstream connection is logged back in with the credential of
      * whoever the client now is. */
@@ -1095,35 +1097,27 @@ static const struct config_rate_limit *rate_limit_of(struct session *s)
     return rl->enabled ? rl : NULL;
 }
 
-/* A command that must not be refused (AUTH, HELLO, RESET, MULTI/EXEC/DISCARD/WATCH/UNWATCH: refusing
- * them would break a connection's set-up or a transaction's atomicity) still takes its token:
- * the bucket may go into debt, so they cannot carry traffic past the limit. */
-static void rate_charge(struct session *s)
+static void reply_rate_limited(struct session *s, const struct cmdtab_cmd *cmd)
 {
-    const struct config_rate_limit *rl = rate_limit_of(s);
-    if (rl)
-        token_bucket_charge(&s->w->rates[user_index(s)].bucket, rl->rate, rl->burst, uv_now(s->w->loop));
-}
-
-static bool transaction_control(const char *name)
-{
-    return strcmp(name, "multi") == 0 || strcmp(name, "exec") == 0 || strcmp(name, "discard") == 0 ||
-           strcmp(name, "watch") == 0 || strcmp(name, "unwatch") == 0;
+    count_command(s, cmd, MV_RATE_LIMITED);
+    metrics_inc(s->w->metrics, MC_REFUSED_RATE_LIMIT);
+    char line[ACL_ERROR_MAX];
+    snprintf(line, sizeof line, "ERR rate limit exceeded for user '%s'", s->user->name);
+    reply_error(s, line);
 }
 
 /* The user's command rate limit (token bucket, shared by all its sessions in this worker). True:
- * the command was refused and answered in its place. A refusal inside MULTI dooms the
- * transaction, like any error at queue time. The log gets one line when a user starts being
- * limited; worker_rate_limit_tick logs the end once a second has passed without a refusal. */
+ * the command was refused and answered in its place. Every command takes a token except QUIT,
+ * and EXEC or DISCARD ending a transaction (its MULTI took one). A refusal inside MULTI dooms the
+ * transaction, like any error at queue time; a refused MULTI starts a transaction that was
+ * never opened (see refused_transaction), so that the commands meant to run atomically do not
+ * run one by one. The log gets one line when a user starts being limited;
+ * worker_rate_limit_tick logs the end once a second has passed without a refusal. */
 static bool rate_limited(struct session *s, const struct resp_request *req, const char *name)
 {
     const struct config_rate_limit *rl = rate_limit_of(s);
-    if (!rl)
+    if (!rl || (s->in_multi && (strcmp(name, "exec") == 0 || strcmp(name, "discard") == 0)))
         return false;
-    if (transaction_control(name)) {
-        rate_charge(s);
-        return false;
-    }
     struct worker_user_rate *r = &s->w->rates[user_index(s)];
     uint64_t now = uv_now(s->w->loop);
     if (token_bucket_take(&r->bucket, rl->rate, rl->burst, now))
@@ -1138,16 +1132,40 @@ static bool rate_limited(struct session *s, const struct resp_request *req, cons
     r->refused++;
     r->last_refused_ms = now;
     const struct cmdtab_cmd *cmd = lookup_command(req);
-    count_command(s, cmd, MV_RATE_LIMITED);
-    metrics_inc(s->w->metrics, MC_REFUSED_RATE_LIMIT);
     /* What the user tries is still its behaviour: the detector sees the attempted rate. */
     if (s->w->anomaly && cmd)
         anomaly_record_command(s->w->anomaly, (int)user_index(s), cmd->categories, now);
     if (s->in_multi)
         s->multi_dirty = true;
-    char line[ACL_ERROR_MAX];
-    snprintf(line, sizeof line, "ERR rate limit exceeded for user '%s'", s->user->name);
-    reply_error(s, line);
+    else if (strcmp(name, "multi") == 0)
+        s->multi_refused = true;
+    reply_rate_limited(s, cmd);
+    return true;
+}
+
+/* After a MULTI the rate limit refused, until EXEC or DISCARD: nothing runs (the commands were
+ * meant to run together), each command gets the rate-limit error and EXEC gets EXECABORT, as if
+ * the transaction had been opened and doomed; DISCARD ends it with +OK. QUIT and RESET work as
+ * always (RESET ends it too). True: the command was answered here. */
+static bool refused_transaction(struct session *s, const struct resp_request *req, const char *name)
+{
+    if (!s->multi_refused || strcmp(name, "quit") == 0 || strcmp(name, "reset") == 0)
+        return false;
+    const struct cmdtab_cmd *cmd = lookup_command(req);
+    if (strcmp(name, "exec") == 0) {
+        s->multi_refused = false;
+        count_command(s, cmd, MV_RATE_LIMITED);
+        REPLY_LITERAL(s, "-EXECABORT Transaction discarded because of previous errors.\r\n");
+    } else if (strcmp(name, "discard") == 0) {
+        s->multi_refused = false;
+        count_command(s, cmd, MV_ALLOWED);
+        REPLY_LITERAL(s, "+OK\r\n");
+    } else if (strcmp(name, "multi") == 0) {
+        count_command(s, cmd, MV_ERROR);
+        REPLY_LITERAL(s, "-ERR MULTI calls can not be nested\r\n");
+    } else {
+        reply_rate_limited(s, cmd);
+    }
     return true;
 }
 
@@ -1176,8 +1194,9 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
 
-    /* The connection commands respguard answers itself: counted here, never refused by the rate
-     * limit (a client can always log in again, reset or quit); all but QUIT take a token. */
+    if (refused_transaction(s, req, name))
+        return;
+    /* The connection commands respguard answers itself are counted here. */
     bool is_auth = strcmp(name, "auth") == 0, is_hello = !is_auth && strcmp(name, "hello") == 0;
     if (s->in_multi && (is_auth || is_hello)) {
         /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
@@ -1188,28 +1207,27 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         REPLY_LITERAL(s, "-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n");
         return;
     }
-    if (is_auth) {
-        count_connection_command(s, MV_ALLOWED);
-        rate_charge(s); /* switching users may log the upstream connection in again */
-        cmd_auth(s, req);
-        return;
-    }
-    if (is_hello) {
-        count_connection_command(s, MV_ALLOWED);
-        rate_charge(s);
-        cmd_hello(s, req);
-        return;
-    }
     if (strcmp(name, "quit") == 0) {
-        count_connection_command(s, MV_ALLOWED);
+        count_connection_command(s, MV_ALLOWED); /* free of the rate limit: a client can always leave */
         s->quitting = true; /* later pipelined commands are not run, as in Redis */
         transport_pause(&s->client);
         reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
         return;
     }
+    if (rate_limited(s, req, name))
+        return;
+    if (is_auth) {
+        count_connection_command(s, MV_ALLOWED);
+        cmd_auth(s, req);
+        return;
+    }
+    if (is_hello) {
+        count_connection_command(s, MV_ALLOWED);
+        cmd_hello(s, req);
+        return;
+    }
     if (strcmp(name, "reset") == 0) {
         count_connection_command(s, req->argc == 1 ? MV_ALLOWED : MV_ERROR);
-        rate_charge(s);
         if (req->argc != 1) {
             if (s->in_multi)
                 s->multi_dirty = true;
@@ -1220,8 +1238,6 @@ static void handle_command(struct session *s, const struct resp_request *req, co
         return;
     }
 
-    if (rate_limited(s, req, name))
-        return;
     struct acl_verdict v;
     if (!acl_allows(s, req, &v))
         return;

@@ -6,20 +6,23 @@
  *    refused (the session answers "-ERR rate limit exceeded for user '<name>'"). A bucket starts
  *    full, so a client may send `burst` commands at once after a quiet period.
  *
- *  - lockout: per source address and user name, failed logins within a window; once
- *    `max_failures` failures fall within `window_ms` of the first of them, logins of that user
- *    name from that source are locked out for `duration_ms`: refused without looking at the
- *    password. Keying by name as well keeps one client stuck with a stale password from locking
- *    every other user of its host out (in a sidecar, all clients are 127.0.0.1); a guesser still
- *    gets max_failures guesses per name per duration. A successful login does not forget
- *    failures: otherwise one valid credential would let its holder interleave logins and guess
- *    another user's password without end. Sources are IP addresses as source.h defines them
- *    (port ignored, IPv4-mapped IPv6 is IPv4, every AF_UNIX peer is one source), except that
- *    IPv6 addresses count by /64: a host or LAN usually has a whole /64 to pick addresses from.
- *    Entries live in a fixed set-associative table (8 ways a set, seeded hash): a new entry
- *    replaces the least recently seen one of its set that is not locked out; when all 8 are
- *    locked, the newcomer is not tracked (lockout_stats.dropped), so a flood of addresses or
- *    names costs no memory and cannot lift a lockout that is in force.
+ *  - lockout: failed logins per source address, counted twice: per user name, and for the
+ *    whole source. When `max_failures` failures for one name, or `source_max_failures` for all
+ *    names together, fall within `window_ms` of the first of them, that name (or the whole
+ *    source) is locked out for `duration_ms`: its logins are refused without looking at the
+ *    password. Keying by name keeps one client stuck with a stale password from locking every
+ *    other user of its host out (in a sidecar, all clients are 127.0.0.1); the source's own count
+ *    keeps made-up names from giving one address unlimited guesses or filling the table (names
+ *    known and unknown are treated alike, so a lockout does not tell which names exist). A
+ *    successful login does not forget failures: otherwise one valid credential would let its
+ *    holder interleave logins and guess another user's password without end. Sources are IP
+ *    addresses as source.h defines them (port ignored, IPv4-mapped IPv6 is IPv4, every AF_UNIX
+ *    peer is one source), except that IPv6 addresses count by /64 here: a host or LAN usually
+ *    has a whole /64 to pick addresses from. The two counts live in two fixed set-associative
+ *    tables of table_size entries each (8 ways a set, seeded hash): a new entry replaces the
+ *    least recently seen one of its set that is not locked out; when all 8 are locked, the
+ *    newcomer is not tracked (lockout_stats.dropped), so a flood costs no memory and cannot lift
+ *    a lockout in force.
  *
  * Pure: no I/O, no clock reads (now_ms is the caller's monotonic milliseconds), no globals.
  * Allocation only in lockout_new. Not thread-safe: one table per worker (or one under a lock;
@@ -43,16 +46,13 @@ struct token_bucket {
 /* Take one token at now_ms: true if there was one (the command may run). rate > 0 tokens per
  * second, burst >= 1. A clock that goes backwards refills nothing. */
 bool token_bucket_take(struct token_bucket *b, double rate, double burst, uint64_t now_ms);
-/* Take one token for a command that must not be refused (it ends or frames a transaction, or
- * sets up the connection): the bucket may go into debt, down to -burst, which the commands after
- * it pay for. */
-void token_bucket_charge(struct token_bucket *b, double rate, double burst, uint64_t now_ms);
 
 struct lockout_config {
-    uint32_t max_failures; /* failures that start a lockout, >= 1 */
+    uint32_t max_failures; /* failures for one name that lock that name out, >= 1 */
+    uint32_t source_max_failures; /* failures for all names that lock the source out, >= max_failures */
     uint64_t window_ms;    /* ... when they fall within this time of the first, >= 1 */
     uint64_t duration_ms;  /* how long the lockout lasts, >= 1 */
-    uint32_t table_size;   /* sources tracked at once, 8 .. 65536, rounded up to a power of two */
+    uint32_t table_size;   /* entries of each table, 8 .. 65536, rounded up to a power of two */
     uint64_t hash_seed;    /* random bytes from the caller */
 };
 
@@ -70,7 +70,7 @@ bool lockout_locked(struct lockout *l, const struct sockaddr *src, const char *u
 bool lockout_record_failure(struct lockout *l, const struct sockaddr *src, const char *user, size_t user_len,
                             uint64_t now_ms);
 
-struct lockout_stats {
+struct lockout_stats { /* both tables together */
     uint64_t tracked; /* entries in use */
     uint64_t evicted; /* sources replaced by newer ones */
     uint64_t dropped; /* failures from a source that could not be tracked */

@@ -1,7 +1,8 @@
 /*
  * source: a peer address reduced to what identifies a client source, for the per-source tables
- * (anomaly's minute counts, ratelimit's login lockout). Both must agree on what "one source" is,
- * or a client could be one source to the detector and another to the lockout.
+ * (anomaly's minute counts, ratelimit's login lockout). Both start from this one definition of
+ * "one source"; the lockout then widens IPv6 sources to their /64 (a guesser can rotate through
+ * a /64 cheaply; the detector reports per address, which says more in a log line).
  *
  * One source is one IP address: the port is ignored (every connection of a client has its own
  * port); an IPv4-mapped IPv6 address (::ffff:a.b.c.d, as a dual-stack listener sees an IPv4

@@ -87,29 +87,47 @@ def test_rate_limit_in_multi_aborts_the_transaction_and_exec_still_ends_it(respg
     assert p.login("ops").call_raw("GET", "rl:m") == b"$-1\r\n"  # nothing ran
 
 
-def test_multi_is_never_refused_so_a_transaction_stays_atomic(respguard):
+def test_a_refused_multi_keeps_the_transaction_from_running_piecemeal(respguard, direct):
     p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 5, "burst": 2}}}})
     c = p.login("web")
-    # the bucket is empty when MULTI comes: MULTI still opens the transaction (taking a token
-    # on credit), so the SET that follows cannot run on its own outside it
-    assert pipeline(c, [("PING",), ("PING",), ("MULTI",)]) == [b"+PONG\r\n", b"+PONG\r\n", b"+OK\r\n"]
-    time.sleep(0.5)  # -1 + 0.5 s * 5/s: tokens for the SET
-    assert pipeline(c, [("SET", "rl:atomic", "v"), ("EXEC",)]) == [b"+QUEUED\r\n", b"*1\r\n+OK\r\n"]
-    # with the bucket empty again, the transaction is refused whole
-    c2 = p.login("ops")
-    c2.call_raw("DEL", "rl:atomic2")
-    replies = pipeline(c, [("MULTI",)] + [("SET", "rl:atomic2", str(i)) for i in range(5)] + [("EXEC",)])
-    assert replies == [b"+OK\r\n"] + [LIMITED] * 5 + [
-        b"-EXECABORT Transaction discarded because of previous errors.\r\n"], replies
-    assert c2.call_raw("EXISTS", "rl:atomic2") == b":0\r\n"
+    # the bucket is empty when MULTI comes: MULTI is refused, and the commands meant for the
+    # transaction do not run on their own when tokens come back; EXEC answers EXECABORT
+    assert pipeline(c, [("PING",), ("PING",), ("MULTI",)]) == [b"+PONG\r\n", b"+PONG\r\n", LIMITED]
+    time.sleep(0.5)  # tokens again
+    assert pipeline(c, [("SET", "rl:atomic", "v"), ("EXEC",)]) == [
+        LIMITED, b"-EXECABORT Transaction discarded because of previous errors.\r\n"]
+    assert direct.exists("rl:atomic") == 0
+    # DISCARD ends such a transaction too; afterwards a MULTI with tokens works as usual
+    time.sleep(0.5)
+    assert pipeline(c, [("PING",), ("PING",), ("MULTI",), ("INCR", "rl:atomic"), ("DISCARD",)]) == [
+        b"+PONG\r\n", b"+PONG\r\n", LIMITED, LIMITED, b"+OK\r\n"]
+    time.sleep(0.5)
+    assert pipeline(c, [("MULTI",), ("INCR", "rl:atomic"), ("EXEC",)]) == [
+        b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n:1\r\n"]
+    assert direct.get("rl:atomic") == b"1"
 
 
-def test_hello_and_reset_are_never_refused_but_take_tokens(respguard):
+def test_no_command_escapes_the_limit_on_its_way_upstream(respguard, direct):
     p = respguard(overrides={"users": {"web": {"rate_limit": {"commands_per_second": 1, "burst": 2}}}})
     c = p.login("web")
-    replies = pipeline(c, [("HELLO", "2")] * 5)
-    assert all(r.startswith(b"*") for r in replies), replies  # HELLO's map (an array in RESP2)
-    assert c.call_raw("GET", "rl:k") == LIMITED               # the HELLOs used the tokens up
+
+    def calls(cmd):
+        stats = direct.info("commandstats")
+        return stats.get("cmdstat_" + cmd, {}).get("calls", 0)
+
+    kinds = [("WATCH", "rl:w"), ("UNWATCH",), ("HELLO", "2"), ("EXEC",), ("DISCARD",), ("MULTI",), ("RESET",),
+             ("AUTH", "web", PASSWORDS["web"])]
+    before = {k[0].lower(): calls(k[0].lower()) for k in kinds}
+    replies = pipeline(c, [k for k in kinds for _ in range(200)])
+    after = {k[0].lower(): calls(k[0].lower()) for k in kinds}
+    forwarded = sum(after[k] - before[k] for k in after)
+    # 1600 commands against a limit of 2 at once and 1 a second: a handful get through
+    assert forwarded <= 6, (forwarded, after, before)
+    # (after the first MULTI was refused, the other MULTIs are nested in its transaction)
+    nested = b"-ERR MULTI calls can not be nested\r\n"
+    assert replies.count(LIMITED) + replies.count(nested) >= 1590, replies[:20]
+    # QUIT is never refused
+    assert c.call_raw("QUIT") == b"+OK\r\n"
 
 
 def test_rate_limit_from_limits_applies_to_every_user_and_a_user_can_opt_out(respguard):
@@ -119,8 +137,7 @@ def test_rate_limit_from_limits_applies_to_every_user_and_a_user_can_opt_out(res
     assert pipeline(web, [("PING",)] * 4)[2:] == [LIMITED, LIMITED]
     ops = p.login("ops")
     assert pipeline(ops, [("PING",)] * 50) == [b"+PONG\r\n"] * 50
-    # AUTH, QUIT and RESET are never limited
-    assert web.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
+    # QUIT is never limited
     assert web.call_raw("QUIT") == b"+OK\r\n"
 
 
@@ -175,3 +192,15 @@ def test_no_lockout_by_default(proxy):
         assert c.call_raw("AUTH", "web", "guess").startswith(b"-WRONGPASS invalid")
     assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
     assert not proxy.events("login_lockout")
+
+
+def test_login_lockout_of_a_source_that_sprays_names(respguard):
+    # made-up names cannot buy a source unlimited guesses: ten times `failures` in the window,
+    # whatever the names, lock the whole address out, real names included
+    p = respguard(limits={"login_lockout": {"failures": 3, "window": "10s", "duration": "2s"}})
+    c = RawConn(p.port, timeout=5)
+    for i in range(29):
+        assert c.call_raw("AUTH", "spray%d" % i, "guess").startswith(b"-WRONGPASS invalid")
+    assert c.call_raw("AUTH", "spray29", "guess").startswith(b"-WRONGPASS invalid")
+    assert c.call_raw("AUTH", "ops", PASSWORDS["ops"]).startswith(b"-WRONGPASS too many failed logins")
+    assert len(p.events("login_lockout")) == 1

@@ -902,13 +902,18 @@ static void test_enforcement_and_admin(void **state)
     assert_int_equal(c->admin.probe_interval_ms, 5000);
     config_free(c);
 
-    /* "key:" alone is the same as "key: {}" */
-    c = load_ok(L UP US "limits:\n  login_lockout:\nadmin:\n");
-    assert_true(c->limits.login_lockout.enabled);
-    assert_int_equal(c->limits.login_lockout.failures, 10);
-    assert_true(c->admin.enabled);
-    assert_int_equal(c->admin.listen.port, 9121);
-    config_free(c);
+    /* "key:" alone (or ~, null) is the same as "key: {}" */
+    static const char *const empties[][2] = {{"", ""}, {" ~", " null"}, {" NULL", " Null"}};
+    for (size_t i = 0; i < ARRAY_SIZE(empties); i++) {
+        char yaml[512];
+        snprintf(yaml, sizeof yaml, L UP US "limits:\n  login_lockout:%s\nadmin:%s\n", empties[i][0], empties[i][1]);
+        c = load_ok(yaml);
+        assert_true(c->limits.login_lockout.enabled);
+        assert_int_equal(c->limits.login_lockout.failures, 10);
+        assert_true(c->admin.enabled);
+        assert_int_equal(c->admin.listen.port, 9121);
+        config_free(c);
+    }
 
     c = load_ok(L UP US
                 "limits:\n  login_lockout:\n    failures: 3\n    window: 10s\n    duration: 2m\n"

@@ -30,6 +30,7 @@
 #define MAX_FAILURES 3
 #define WINDOW_MS 60000
 #define DURATION_MS 300000
+#define SOURCE_MAX_FAILURES 1000 /* high: most tests look at one name's count */
 
 #define SA(ss) ((const struct sockaddr *)&(ss))
 
@@ -37,6 +38,7 @@ static struct lockout_config config(uint32_t table_size)
 {
     return (struct lockout_config){
         .max_failures = MAX_FAILURES,
+        .source_max_failures = SOURCE_MAX_FAILURES,
         .window_ms = WINDOW_MS,
         .duration_ms = DURATION_MS,
         .table_size = table_size,
@@ -155,22 +157,6 @@ static void test_bucket_never_above_burst(void **state)
     assert_false(token_bucket_take(&c, 1.0, 2.0, 0));
 }
 
-/* Charged commands always pass and may put the bucket into debt, at most -burst deep. */
-static void test_bucket_charge_goes_into_debt(void **state)
-{
-    (void)state;
-    struct token_bucket b = {0};
-    for (int i = 0; i < 100; i++)
-        token_bucket_charge(&b, 10, 5, 0); /* starts full: 5, then down to -5 and no deeper */
-    assert_true(b.tokens == -5.0);
-    assert_false(token_bucket_take(&b, 10, 5, 0));
-    /* -5 + 10/s * 0.5 s = 0: still nothing to take */
-    assert_false(token_bucket_take(&b, 10, 5, 500));
-    /* 100 ms later: 1 token */
-    assert_true(token_bucket_take(&b, 10, 5, 600));
-    assert_false(token_bucket_take(&b, 10, 5, 600));
-}
-
 static void test_bucket_backwards_clock(void **state)
 {
     (void)state;
@@ -209,6 +195,7 @@ static void test_lockout_new_checks(void **state)
     (void)state;
     EXPECT_BAD(c = NULL);
     EXPECT_BAD(c->max_failures = 0);
+    EXPECT_BAD(c->source_max_failures = MAX_FAILURES - 1);
     EXPECT_BAD(c->window_ms = 0);
     EXPECT_BAD(c->duration_ms = 0);
     EXPECT_BAD(c->table_size = 0);
@@ -221,6 +208,7 @@ static void test_lockout_new_checks(void **state)
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         struct lockout_config cfg = config(sizes[i]);
         cfg.max_failures = 1;
+        cfg.source_max_failures = 1;
         cfg.window_ms = 1;
         cfg.duration_ms = 1;
         struct lockout *l = make(&cfg);
@@ -278,7 +266,7 @@ static void test_lockout_locks_at_max_failures(void **state)
 
     struct lockout_stats st;
     lockout_get_stats(l, &st);
-    assert_int_equal(st.tracked, 1);
+    assert_int_equal(st.tracked, 2); /* the source's entry and the name's */
     assert_int_equal(st.evicted, 0);
     assert_int_equal(st.dropped, 0);
     lockout_free(l);
@@ -367,6 +355,44 @@ static void test_lockout_per_user_name(void **state)
     lockout_free(l);
 }
 
+/* Made-up names: one source spraying names is locked out as a whole after source_max_failures,
+ * whatever the names (real or not: a lockout must not tell which names exist), and it cannot
+ * fill the names table with locked entries to get an untracked target. */
+static void test_lockout_source_cap_stops_name_spraying(void **state)
+{
+    (void)state;
+    struct lockout_config cfg = config(64);
+    cfg.source_max_failures = 10 * MAX_FAILURES;
+    struct lockout *l = make(&cfg);
+    struct sockaddr_storage sprayer = addr_v4("203.0.113.9", 1), other = addr_v4("203.0.113.10", 1);
+    char name[32];
+    int started = 0;
+    for (int i = 0; i < 10 * MAX_FAILURES - 1; i++) {
+        snprintf(name, sizeof name, "junk%d", i);
+        started += lockout_record_failure(l, SA(sprayer), name, strlen(name), 1000);
+    }
+    assert_int_equal(started, 0); /* one failure per name: no name reached MAX_FAILURES */
+    assert_true(lockout_record_failure(l, SA(sprayer), "another", 7, 1000));
+    uint64_t retry = 0;
+    assert_true(lockout_locked(l, SA(sprayer), "web", 3, 1000, &retry)); /* every name, real or not */
+    assert_true(lockout_locked(l, SA(sprayer), "nosuchuser", 10, 1000, NULL));
+    assert_int_equal(retry, DURATION_MS);
+    /* further sprays count nothing and create no entries */
+    struct lockout_stats before, after;
+    lockout_get_stats(l, &before);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(name, sizeof name, "more%d", i);
+        assert_false(lockout_record_failure(l, SA(sprayer), name, strlen(name), 2000));
+    }
+    lockout_get_stats(l, &after);
+    assert_int_equal(after.tracked, before.tracked);
+    assert_int_equal(after.dropped, before.dropped);
+    /* another address is not affected */
+    assert_false(lockout_locked(l, SA(other), "web", 3, 2000, NULL));
+    assert_false(lockout_locked(l, SA(sprayer), "web", 3, 1000 + DURATION_MS, NULL));
+    lockout_free(l);
+}
+
 static void test_lockout_source_identity(void **state)
 {
     (void)state;
@@ -408,7 +434,7 @@ static void test_lockout_source_identity(void **state)
 
     struct lockout_stats st;
     lockout_get_stats(l, &st);
-    assert_int_equal(st.tracked, 3);
+    assert_int_equal(st.tracked, 6); /* three sources, each in both tables */
 
     /* No address, or one of another family: never tracked, never locked, never dropped. */
     struct sockaddr_storage odd;
@@ -423,7 +449,7 @@ static void test_lockout_source_identity(void **state)
     assert_int_equal(retry, 0);
     assert_false(lockout_locked(l, SA(odd), "web", 3, 600, NULL));
     lockout_get_stats(l, &st);
-    assert_int_equal(st.tracked, 3);
+    assert_int_equal(st.tracked, 6); /* three sources, each in both tables */
     assert_int_equal(st.evicted, 0);
     assert_int_equal(st.dropped, 0);
     lockout_free(l);
@@ -454,8 +480,9 @@ static void test_lockout_survives_address_flood(void **state)
     }
     struct lockout_stats st;
     lockout_get_stats(l, &st);
-    assert_int_equal(st.tracked, 64);
-    assert_int_equal(st.evicted, 100000 + 1 - 64);
+    /* both tables full, each source replacing an older one in both */
+    assert_int_equal(st.tracked, 2 * 64);
+    assert_int_equal(st.evicted, 2 * (100000 + 1 - 64));
     assert_int_equal(st.dropped, 0);
 
     /* The lockout in force is untouched, and ends on time. */
@@ -488,12 +515,13 @@ static void test_lockout_replaces_least_recent(void **state)
     for (int i = 2; i < 8; i++)
         assert_false(lockout_locked(l, SA(a[i]), "web", 3, 1200, NULL));
 
-    /* The newcomer replaces source 2. */
+    /* The newcomer replaces source 2 in the names table (and source 0 in the sources table,
+     * where nothing is locked: the whole source may fail SOURCE_MAX_FAILURES times). */
     fail_quietly(l, SA(a[8]), 1, 2000);
     struct lockout_stats st;
     lockout_get_stats(l, &st);
-    assert_int_equal(st.tracked, 8);
-    assert_int_equal(st.evicted, 1);
+    assert_int_equal(st.tracked, 2 * 8);
+    assert_int_equal(st.evicted, 2);
     assert_int_equal(st.dropped, 0);
     assert_true(lockout_locked(l, SA(a[0]), "web", 3, 2000, NULL));
     /* Source 1 kept its two failures, source 3 its one; source 2 starts again. */
@@ -521,10 +549,11 @@ static void test_lockout_drops_when_set_all_locked(void **state)
     struct sockaddr_storage ninth = addr_v4("192.0.2.9", 1);
     fail_quietly(l, SA(ninth), 2 * MAX_FAILURES, 2000);
     assert_false(lockout_locked(l, SA(ninth), "web", 3, 2000, NULL));
+    /* (In the sources table nothing is locked, so the ninth replaces one source there.) */
     struct lockout_stats st;
     lockout_get_stats(l, &st);
-    assert_int_equal(st.tracked, 8);
-    assert_int_equal(st.evicted, 0);
+    assert_int_equal(st.tracked, 2 * 8);
+    assert_int_equal(st.evicted, 1);
     assert_int_equal(st.dropped, 2 * MAX_FAILURES);
     /* All eight stay locked. */
     for (int h = 1; h <= 8; h++) {
@@ -539,7 +568,7 @@ static void test_lockout_drops_when_set_all_locked(void **state)
     fail_quietly(l, SA(ninth), MAX_FAILURES - 1, after);
     assert_true(lockout_record_failure(l, SA(ninth), "web", 3, after));
     lockout_get_stats(l, &st);
-    assert_int_equal(st.evicted, 1);
+    assert_int_equal(st.evicted, 2); /* now in the names table too */
     assert_int_equal(st.dropped, 2 * MAX_FAILURES);
     lockout_free(l);
 }
@@ -594,13 +623,13 @@ int main(void)
         cmocka_unit_test(test_bucket_starts_full),
         cmocka_unit_test(test_bucket_refills_at_rate),
         cmocka_unit_test(test_bucket_never_above_burst),
-        cmocka_unit_test(test_bucket_charge_goes_into_debt),
         cmocka_unit_test(test_bucket_backwards_clock),
         cmocka_unit_test(test_lockout_new_checks),
         cmocka_unit_test(test_lockout_locks_at_max_failures),
         cmocka_unit_test(test_lockout_one_failure_and_long_duration),
         cmocka_unit_test(test_lockout_window_restarts_count),
         cmocka_unit_test(test_lockout_per_user_name),
+        cmocka_unit_test(test_lockout_source_cap_stops_name_spraying),
         cmocka_unit_test(test_lockout_source_identity),
         cmocka_unit_test(test_lockout_survives_address_flood),
         cmocka_unit_test(test_lockout_replaces_least_recent),
