@@ -655,7 +655,7 @@ int metrics_render(const struct metrics *m, const struct metrics_gauge *gauges, 
     labelled(&o, m, &refused_family);
     labelled(&o, m, &logins_family);
     single(&o, "respguard_login_lockouts_total", "counter",
-           "Login lockouts of a user name from a source address after repeated failures (counted when each begins).",
+           "Login lockouts begun, of a user name from an address or of a whole address, after repeated failures.",
            sum_counter(m, MC_LOCKOUTS));
     commands(&o, m);
     rate_limited(&o, m);

@@ -41,7 +41,7 @@ enum metrics_counter {
     MC_LOGIN_EXPIRED,            /* result="expired" */
     MC_LOGIN_SOURCE,             /* result="source_not_allowed": the user's allow_from */
     MC_LOGIN_LOCKED_OUT,         /* result="locked_out": refused unchecked during a lockout */
-    /* respguard_login_lockouts_total: a lockout of a user name from a source began */
+    /* respguard_login_lockouts_total: a lockout (of a name from an address, or of an address) began */
     MC_LOCKOUTS,
     /* respguard_refusals_total{reason=...}: commands respguard refused by policy */
     MC_REFUSED_COMMAND,          /* reason="command": the ACL (or the guard) denies the command */
