@@ -70,47 +70,53 @@ void resp_error_code(const char *line, size_t len, char *out, size_t cap)
     out[n] = '\0';
 }
 
-/* Redis's string2ll: optional '-', then digits with no leading zero (a lone "0" aside); no '+',
- * no spaces, no overflow. Redis uses it for both request header lines, so it decides what a
- * valid count or length is. */
-bool resp_string2ll(const char *s, size_t n, long long *out)
+/* The decimal digits s[i..n) (at least one), negated when neg, into *out within int64_t. The
+ * one place that turns digits into a number; the callers decide which signs and zeros they take. */
+static bool resp_digits_to_i64(const char *s, size_t i, size_t n, bool neg, int64_t *out)
 {
-    size_t i = 0;
-    bool neg = false;
-    unsigned long long v = 0;
-
-    if (n == 0)
-        return false;
-    if (n == 1 && s[0] == '0') {
-        *out = 0;
-        return true;
-    }
-    if (s[0] == '-') {
-        neg = true;
-        i = 1;
-        if (n == 1)
-            return false;
-    }
-    if (s[i] < '1' || s[i] > '9')
+    uint64_t v = 0;
+    if (i == n)
         return false;
     for (; i < n; i++) {
         unsigned d;
         if (s[i] < '0' || s[i] > '9')
             return false;
         d = (unsigned)(s[i] - '0');
-        if (v > (ULLONG_MAX - d) / 10)
+        if (v > (UINT64_MAX - d) / 10)
             return false;
         v = v * 10 + d;
     }
     if (neg) {
-        if (v > (unsigned long long)LLONG_MAX + 1)
+        if (v > (uint64_t)INT64_MAX + 1)
             return false;
-        *out = v == (unsigned long long)LLONG_MAX + 1 ? LLONG_MIN : -(long long)v;
+        *out = v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
     } else {
-        if (v > (unsigned long long)LLONG_MAX)
+        if (v > (uint64_t)INT64_MAX)
             return false;
-        *out = (long long)v;
+        *out = (int64_t)v;
     }
+    return true;
+}
+
+/* Redis's string2ll: optional '-', then digits with no leading zero (a lone "0" aside); no '+',
+ * no spaces, no overflow. Redis uses it for both request header lines, so it decides what a
+ * valid count or length is. */
+_Static_assert(sizeof(long long) == sizeof(int64_t), "resp_string2ll returns an int64_t as long long");
+
+bool resp_string2ll(const char *s, size_t n, long long *out)
+{
+    if (n == 1 && s[0] == '0') {
+        *out = 0;
+        return true;
+    }
+    bool neg = n > 0 && s[0] == '-';
+    size_t i = neg ? 1 : 0;
+    if (i >= n || s[i] < '1' || s[i] > '9')
+        return false;
+    int64_t v;
+    if (!resp_digits_to_i64(s, i, n, neg, &v))
+        return false;
+    *out = (long long)v;
     return true;
 }
 
@@ -859,35 +865,8 @@ void resp_framer_init(struct resp_framer *f)
 /* Lenient signed 64-bit integer for reply headers: optional sign, at least one digit. */
 static bool resp_parse_i64(const char *s, size_t n, int64_t *out)
 {
-    size_t i = 0;
-    bool neg = false;
-    uint64_t v = 0;
-
-    if (n > 0 && (s[0] == '-' || s[0] == '+')) {
-        neg = s[0] == '-';
-        i = 1;
-    }
-    if (i == n)
-        return false;
-    for (; i < n; i++) {
-        unsigned d;
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        d = (unsigned)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    if (neg) {
-        if (v > (uint64_t)INT64_MAX + 1)
-            return false;
-        *out = v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
-    } else {
-        if (v > (uint64_t)INT64_MAX)
-            return false;
-        *out = (int64_t)v;
-    }
-    return true;
+    bool sign = n > 0 && (s[0] == '-' || s[0] == '+');
+    return resp_digits_to_i64(s, sign ? 1 : 0, n, sign && s[0] == '-', out);
 }
 
 /* A RESP3 double: digits, sign, point, exponent, or inf / -inf / nan. Not parsed, only vetted. */
