@@ -145,13 +145,12 @@ static int parse_line(const char *p, const char *end, struct args *a)
     }
 }
 
-static void print_flags(uint16_t flags)
+/* The names of the bits set in flags, as a JSON array. */
+static void print_bit_names(uint16_t flags, const char *const *names, unsigned count)
 {
-    static const char *const names[] = {"RO", "RW", "OW", "RM", "access", "update", "insert",
-                                        "delete", "not_key", "incomplete", "variable_flags"};
     int first = 1;
     putchar('[');
-    for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++) {
+    for (unsigned i = 0; i < count; i++) {
         if (flags & (1u << i)) {
             printf("%s\"%s\"", first ? "" : ",", names[i]);
             first = 0;
@@ -160,19 +159,18 @@ static void print_flags(uint16_t flags)
     putchar(']');
 }
 
+static void print_flags(uint16_t flags)
+{
+    static const char *const names[] = {"RO", "RW", "OW", "RM", "access", "update", "insert",
+                                        "delete", "not_key", "incomplete", "variable_flags"};
+    print_bit_names(flags, names, sizeof names / sizeof names[0]);
+}
+
 static void print_channel_flags(uint16_t flags)
 {
     static const char *const names[] = {"pattern", "publish", "subscribe", "unsubscribe",
                                         "inspect"};
-    int first = 1;
-    putchar('[');
-    for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (flags & (1u << i)) {
-            printf("%s\"%s\"", first ? "" : ",", names[i]);
-            first = 0;
-        }
-    }
-    putchar(']');
+    print_bit_names(flags, names, sizeof names / sizeof names[0]);
 }
 
 static void probe(struct args *a)
