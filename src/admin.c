@@ -29,6 +29,15 @@
  * certificate comes on top. */
 #define ADMIN_MAX_CERTS 64
 
+/* What the worker tells the admin thread; copied whole under the lock. */
+struct status {
+    bool probed;      /* a probe has reported */
+    bool upstream_ok; /* ... and the latest one succeeded */
+    bool draining;
+    char reason[200]; /* the latest probe's failure */
+    time_t upstream_cert_not_after; /* 0: not known */
+};
+
 struct admin {
     struct MHD_Daemon *daemon;
     const struct config *cfg;
@@ -40,28 +49,14 @@ struct admin {
     char **cert_names; /* owned copies of certs[i].name */
     char upstream_cert_name[300];
 
-    pthread_mutex_t lock; /* guards the fields below */
-    bool probed;          /* a probe has reported */
-    bool upstream_ok;
-    char upstream_reason[200];
-    time_t upstream_cert_not_after; /* 0: not known */
-    bool draining;
-};
-
-struct status {
-    bool probed, upstream_ok, draining;
-    char reason[200];
-    time_t upstream_cert_not_after;
+    pthread_mutex_t lock; /* guards status */
+    struct status status;
 };
 
 static void read_status(struct admin *a, struct status *st)
 {
     pthread_mutex_lock(&a->lock);
-    st->probed = a->probed;
-    st->upstream_ok = a->upstream_ok;
-    st->draining = a->draining;
-    memcpy(st->reason, a->upstream_reason, sizeof st->reason);
-    st->upstream_cert_not_after = a->upstream_cert_not_after;
+    *st = a->status;
     pthread_mutex_unlock(&a->lock);
 }
 
@@ -233,17 +228,18 @@ int admin_start(const struct admin_start_info *info, struct admin **out, char *e
     return 0;
 }
 
-void admin_set_upstream(struct admin *a, bool ok, const char *reason, time_t upstream_cert_not_after)
+bool admin_set_upstream(struct admin *a, bool ok, const char *reason, time_t upstream_cert_not_after)
 {
-    if (!a)
-        return;
     pthread_mutex_lock(&a->lock);
-    a->probed = true;
-    a->upstream_ok = ok;
-    snprintf(a->upstream_reason, sizeof a->upstream_reason, "%s", reason ? reason : "");
+    struct status *st = &a->status;
+    bool changed = !st->probed || st->upstream_ok != ok;
+    st->probed = true;
+    st->upstream_ok = ok;
+    snprintf(st->reason, sizeof st->reason, "%s", reason ? reason : "");
     if (upstream_cert_not_after)
-        a->upstream_cert_not_after = upstream_cert_not_after;
+        st->upstream_cert_not_after = upstream_cert_not_after;
     pthread_mutex_unlock(&a->lock);
+    return changed;
 }
 
 void admin_set_draining(struct admin *a)
@@ -251,7 +247,7 @@ void admin_set_draining(struct admin *a)
     if (!a)
         return;
     pthread_mutex_lock(&a->lock);
-    a->draining = true;
+    a->status.draining = true;
     pthread_mutex_unlock(&a->lock);
 }
 

@@ -69,8 +69,6 @@ struct runtime {
     struct admin *admin;           /* NULL unless the admin key is given */
     struct probe probe;            /* the upstream readiness probe (with admin) */
     bool probe_started;
-    bool upstream_ok;              /* last probe result, for logging changes only */
-    bool upstream_probed;
     double config_loaded_at;       /* UTC epoch seconds */
     double config_load_seconds;
 };
@@ -463,16 +461,13 @@ static void on_probe(const struct probe_result *r, void *ctx)
     time_t not_after = r->has_cert_expiry ? time(NULL) + (time_t)r->cert_seconds_left : 0;
     char reason[200];
     snprintf(reason, sizeof reason, "%s: %s", r->stage ? r->stage : "", r->reason ? r->reason : "");
-    admin_set_upstream(rt->admin, r->ok, r->ok ? NULL : reason, not_after);
-    if (!rt->upstream_probed || rt->upstream_ok != r->ok) {
-        if (r->ok)
-            log_event(LOG_INFO, "upstream_probe", LOG_STR("result", "ok"), LOG_END);
-        else
-            log_event(LOG_WARN, "upstream_probe", LOG_STR("result", "fail"), LOG_STR("stage", r->stage),
-                      LOG_STR("reason", r->reason), LOG_END);
-    }
-    rt->upstream_probed = true;
-    rt->upstream_ok = r->ok;
+    if (!admin_set_upstream(rt->admin, r->ok, r->ok ? NULL : reason, not_after))
+        return;
+    if (r->ok)
+        log_event(LOG_INFO, "upstream_probe", LOG_STR("result", "ok"), LOG_END);
+    else
+        log_event(LOG_WARN, "upstream_probe", LOG_STR("result", "fail"), LOG_STR("stage", r->stage),
+                  LOG_STR("reason", r->reason), LOG_END);
 }
 
 /* The admin listener and, for its /readyz, the upstream probe. 0, or -1 after printing why. */

@@ -43,8 +43,9 @@ struct admin;
 /* Listen on cfg->admin. 0 and *out, or -1 with the reason in err. */
 int admin_start(const struct admin_start_info *info, struct admin **out, char *err, size_t errlen);
 /* The outcome of the latest upstream probe; reason is NULL on success. upstream_cert_not_after
- * 0: not known (kept from the previous probe). */
-void admin_set_upstream(struct admin *a, bool ok, const char *reason, time_t upstream_cert_not_after);
+ * 0: not known (kept from the previous probe). True when readiness changed (or this is the first
+ * probe): the caller logs changes, not every probe. */
+bool admin_set_upstream(struct admin *a, bool ok, const char *reason, time_t upstream_cert_not_after);
 /* Shutting down: /readyz answers 503 from now on. */
 void admin_set_draining(struct admin *a);
 /* Stop the listener and its thread; NULL is fine. */

@@ -220,3 +220,8 @@ def report_summary(request, section, text):
         plugin = _Summary(section)
         pm.register(plugin, name)
     plugin.lines.append(text)
+
+
+def metric_value(m, name, **labels):
+    """One sample's value from Proxy.metrics() (0 when the series is absent)."""
+    return m.get((name, frozenset(labels.items())), 0.0)

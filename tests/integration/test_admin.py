@@ -7,15 +7,10 @@ import time
 import pytest
 import redis
 
-from helpers import PASSWORDS, wait_until
+from helpers import PASSWORDS, metric_value as val, wait_until
 from resp_util import RawConn, encode
 
 pytestmark = pytest.mark.proxy_only
-
-
-def val(m, name, **labels):
-    """One sample's value (0 when the series is absent)."""
-    return m.get((name, frozenset(labels.items())), 0.0)
 
 
 def delta(m, before, name, **labels):

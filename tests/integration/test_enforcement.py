@@ -8,16 +8,12 @@ import time
 import pytest
 import redis
 
-from helpers import PASSWORDS, wait_until
+from helpers import PASSWORDS, metric_value as val, wait_until
 from resp_util import RawConn, encode
 
 pytestmark = pytest.mark.proxy_only
 
 LIMITED = b"-ERR rate limit exceeded for user 'web'\r\n"
-
-
-def val(m, name, **labels):
-    return m.get((name, frozenset(labels.items())), 0.0)
 
 
 def pipeline(c, cmds):
