@@ -109,6 +109,44 @@ GETKEYS = {
     "bitfield": "CMDTAB_GETKEYS_BITFIELD",
 }
 
+# What respguard's session does with a command besides judging it (enum cmdtab_role). This is
+# respguard's own classification, not a fact COMMAND reports: the session dispatches on it
+# rather than on names. Every name must exist in the server's table (checked below).
+ROLES = {
+    "auth": "CMDTAB_ROLE_AUTH",
+    "hello": "CMDTAB_ROLE_HELLO",
+    "quit": "CMDTAB_ROLE_QUIT",
+    "reset": "CMDTAB_ROLE_RESET",
+    "multi": "CMDTAB_ROLE_MULTI",
+    "exec": "CMDTAB_ROLE_EXEC",
+    "discard": "CMDTAB_ROLE_DISCARD",
+    "watch": "CMDTAB_ROLE_WATCH",
+    "unwatch": "CMDTAB_ROLE_UNWATCH",
+    "subscribe": "CMDTAB_ROLE_SUBSCRIBE",
+    "psubscribe": "CMDTAB_ROLE_SUBSCRIBE",
+    "ssubscribe": "CMDTAB_ROLE_SUBSCRIBE",
+    "unsubscribe": "CMDTAB_ROLE_UNSUBSCRIBE",
+    "punsubscribe": "CMDTAB_ROLE_UNSUBSCRIBE",
+    "sunsubscribe": "CMDTAB_ROLE_UNSUBSCRIBE",
+    "select": "CMDTAB_ROLE_SELECT",
+    "monitor": "CMDTAB_ROLE_MONITOR",
+    "wait": "CMDTAB_ROLE_BLOCKING",
+    "xread": "CMDTAB_ROLE_BLOCK_OPTION",
+    "xreadgroup": "CMDTAB_ROLE_BLOCK_OPTION",
+    "client|id": "CMDTAB_ROLE_CLIENT_ID",
+    "client|info": "CMDTAB_ROLE_CLIENT_INFO",
+    "client|getname": "CMDTAB_ROLE_CLIENT_GETNAME",
+    "client|setname": "CMDTAB_ROLE_CLIENT_SETNAME",
+    "client|reply": "CMDTAB_ROLE_CLIENT_REPLY",
+    "client|tracking": "CMDTAB_ROLE_CONN_STATE",
+    "client|caching": "CMDTAB_ROLE_CONN_STATE",
+    "script|debug": "CMDTAB_ROLE_CONN_STATE",
+    "readonly": "CMDTAB_ROLE_CONN_STATE",
+    "readwrite": "CMDTAB_ROLE_CONN_STATE",
+    "asking": "CMDTAB_ROLE_CONN_STATE",
+    "client|no-evict": "CMDTAB_ROLE_STICKY_STATE",
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # RESP over a socket
@@ -277,6 +315,15 @@ def check_getkeys(commands):
                          % cmd["name"])
 
 
+def check_roles(commands):
+    """Every command ROLES names must be one the server has (a role for a command that does not
+    exist would silently never apply)."""
+    known = {c["name"] for c in commands} | {s["name"] for c in commands for s in c["subcommands"]}
+    for name in ROLES:
+        if name not in known:
+            sys.exit("gen_cmdtab: ROLES names %r, which the server does not have" % name)
+
+
 # ---------------------------------------------------------------------------------------------
 # C output
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +400,8 @@ def emit_entry(cmd, ks_ident, sub_ident, indent="    "):
             indent, sub_ident, len(cmd["subcommands"])))
     if cmd["name"] in GETKEYS:
         lines.append("%s .getkeys = %s," % (indent, GETKEYS[cmd["name"]]))
+    if cmd["name"] in ROLES:
+        lines.append("%s .role = %s," % (indent, ROLES[cmd["name"]]))
     lines[-1] = lines[-1].rstrip(",") + "},"
     return lines
 
@@ -367,7 +416,8 @@ def render(commands, version, source):
         " * The Redis command table from a live redis-server %s (%s):" % (version, source),
         " * %d commands and %d subcommands, from its COMMAND reply, plus the list of commands"
         % (len(commands), n_sub),
-        " * that have a key-extraction function in the server's source (.getkeys).",
+        " * that have a key-extraction function in the server's source (.getkeys) and respguard's",
+        " * own roles (.role: what the session does with a command besides judging it).",
         " *",
         " * Its job: constant data for include/respguard/cmdtab.h, top-level commands sorted by",
         " * name, each subcommand table sorted by name. It must not hold code or mutable data.",
@@ -446,6 +496,7 @@ def main():
         sys.exit("gen_cmdtab: the server answered COMMAND with an empty array")
     commands = sorted((parse_command(c) for c in raw), key=lambda c: c["name"].encode())
     check_getkeys(commands)
+    check_roles(commands)
     text = render(commands, version, source)
     tmp_out = args.output + ".tmp"
     with open(tmp_out, "w") as f:

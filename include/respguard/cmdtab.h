@@ -122,6 +122,36 @@ enum cmdtab_getkeys {
     CMDTAB_GETKEYS_BITFIELD,          /* BITFIELD: key flags depend on SET/INCRBY */
 };
 
+/* What respguard's session does with a command besides judging it: respguard's own
+ * classification (scripts/gen_cmdtab.py, ROLES), so that the session dispatches on the table and
+ * never compares names. */
+enum cmdtab_role {
+    CMDTAB_ROLE_NONE = 0,       /* forwarded as it is */
+    CMDTAB_ROLE_AUTH,           /* AUTH: respguard logs the client in */
+    CMDTAB_ROLE_HELLO,          /* HELLO: login and protocol; the upstream answers the rest */
+    CMDTAB_ROLE_QUIT,           /* QUIT: answered +OK, then the connection closes */
+    CMDTAB_ROLE_RESET,          /* RESET: the connection and its login start over */
+    CMDTAB_ROLE_MULTI,          /* MULTI, EXEC, DISCARD, WATCH, UNWATCH: transaction state */
+    CMDTAB_ROLE_EXEC,
+    CMDTAB_ROLE_DISCARD,
+    CMDTAB_ROLE_WATCH,
+    CMDTAB_ROLE_UNWATCH,
+    CMDTAB_ROLE_SUBSCRIBE,      /* SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE */
+    CMDTAB_ROLE_UNSUBSCRIBE,    /* UNSUBSCRIBE, PUNSUBSCRIBE, SUNSUBSCRIBE */
+    CMDTAB_ROLE_SELECT,         /* SELECT: the connection's database */
+    CMDTAB_ROLE_MONITOR,        /* MONITOR */
+    CMDTAB_ROLE_BLOCKING,       /* blocks without Redis's blocking flag: WAIT */
+    CMDTAB_ROLE_BLOCK_OPTION,   /* flagged blocking, but blocks only with BLOCK: XREAD(GROUP) */
+    CMDTAB_ROLE_CLIENT_ID,      /* CLIENT ID, INFO, GETNAME, SETNAME: the connection's identity */
+    CMDTAB_ROLE_CLIENT_INFO,
+    CMDTAB_ROLE_CLIENT_GETNAME,
+    CMDTAB_ROLE_CLIENT_SETNAME,
+    CMDTAB_ROLE_CLIENT_REPLY,   /* CLIENT REPLY */
+    CMDTAB_ROLE_CONN_STATE,     /* other connection state that RESET clears: CLIENT TRACKING,
+                                   CLIENT CACHING, SCRIPT DEBUG, READONLY, READWRITE, ASKING */
+    CMDTAB_ROLE_STICKY_STATE,   /* connection state RESET does not clear: CLIENT NO-EVICT */
+};
+
 struct cmdtab_cmd {
     const char *name;          /* lower case; subcommands as "config|get" */
     int16_t arity;             /* Redis's: n exact, -n at least n (name included) */
@@ -132,6 +162,7 @@ struct cmdtab_cmd {
     const struct cmdtab_cmd *subcommands; /* sorted by name; NULL when none */
     uint16_t subcommand_count;
     uint8_t getkeys;           /* enum cmdtab_getkeys */
+    uint8_t role;              /* enum cmdtab_role */
 };
 
 /* The table: sorted by name. */
