@@ -126,7 +126,8 @@ static void on_tick(uv_timer_t *t)
     p->mid_frame = false;
     p->has_cert_expiry = false;
     resp_framer_init(&p->framer);
-    int rc = upstream_start(&p->up, p->w, &probe_ops, p);
+    /* Always a full handshake: the probe is what notices a changed or expiring certificate. */
+    int rc = upstream_start(&p->up, p->w, &probe_ops, p, NULL);
     if (rc < 0) {
         char reason[128];
         snprintf(reason, sizeof reason, "cannot start the connection: %s", uv_strerror(rc));

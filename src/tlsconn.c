@@ -41,6 +41,13 @@ struct tlsconn_ctx {
     bool server;
 };
 
+/* One slot: the newest session an upstream server handed out, offered by the next connection
+ * (see tlsconn.h). The SSL of a connection made with it points here (app data) so that
+ * on_new_session can fill it. */
+struct tlsconn_resume {
+    SSL_SESSION *session;
+};
+
 struct tlsconn {
     SSL *ssl;
     BIO *rbio;        /* ciphertext from the peer; owned by ssl */
@@ -174,6 +181,20 @@ static struct tlsconn_ctx *ctx_wrap(SSL_CTX *c, bool server, char *err, size_t e
     return ctx;
 }
 
+/* A server handed this connection a session (TLS 1.3: a ticket after the handshake). Keep it in
+ * the connection's resume slot, if it has one; returning 1 takes OpenSSL's reference. */
+static int on_new_session(SSL *ssl, SSL_SESSION *session)
+{
+    struct tlsconn_resume *r = SSL_get_app_data(ssl);
+
+    if (r == NULL || !SSL_SESSION_is_resumable(session)) {
+        return 0;
+    }
+    SSL_SESSION_free(r->session);
+    r->session = session;
+    return 1;
+}
+
 struct tlsconn_ctx *tlsconn_ctx_new_client(const char *ca_file, char *err, size_t errlen)
 {
     SSL_CTX *c = ctx_base(TLS_client_method(), err, errlen);
@@ -182,6 +203,10 @@ struct tlsconn_ctx *tlsconn_ctx_new_client(const char *ca_file, char *err, size_
         return NULL;
     }
     SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
+    /* Resumption: sessions are kept by their owner's resume slot, never in a cache inside the
+     * context (which several threads may share). */
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(c, on_new_session);
     if (ca_file != NULL) {
         if (SSL_CTX_load_verify_locations(c, ca_file, NULL) != 1) {
             char prefix[1024];
@@ -363,7 +388,31 @@ static bool is_ip_literal(const char *name)
     return true;
 }
 
-struct tlsconn *tlsconn_new_client(struct tlsconn_ctx *ctx, const char *verify_name)
+struct tlsconn_resume *tlsconn_resume_new(void)
+{
+    return calloc(1, sizeof(struct tlsconn_resume));
+}
+
+void tlsconn_resume_forget(struct tlsconn_resume *r)
+{
+    if (r != NULL) {
+        SSL_SESSION_free(r->session);
+        r->session = NULL;
+    }
+}
+
+void tlsconn_resume_free(struct tlsconn_resume *r)
+{
+    tlsconn_resume_forget(r);
+    free(r);
+}
+
+bool tlsconn_resumed(const struct tlsconn *t)
+{
+    return t->done && SSL_session_reused(t->ssl) == 1;
+}
+
+struct tlsconn *tlsconn_new_client(struct tlsconn_ctx *ctx, const char *verify_name, struct tlsconn_resume *resume)
 {
     char name[256];
     struct tlsconn *t;
@@ -386,6 +435,15 @@ struct tlsconn *tlsconn_new_client(struct tlsconn_ctx *ctx, const char *verify_n
         SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         ok = SSL_set1_host(t->ssl, name) == 1 &&
              SSL_set_tlsext_host_name(t->ssl, name) == 1;
+    }
+    ERR_clear_error();
+    if (ok && resume != NULL) {
+        SSL_set_app_data(t->ssl, resume);
+        /* A session from this context, for this name (the slot's owner connects to one server
+         * under one name): the server may resume it. It was verified when it was made. */
+        if (resume->session != NULL && SSL_SESSION_is_resumable(resume->session)) {
+            ok = SSL_set_session(t->ssl, resume->session) == 1;
+        }
     }
     ERR_clear_error();
     if (!ok) {

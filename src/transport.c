@@ -329,11 +329,11 @@ static void on_connect(uv_connect_t *req, int status)
 }
 
 int transport_connect(struct transport *t, const struct sockaddr *addr, struct tlsconn_ctx *tls_ctx,
-                      const char *verify_name)
+                      const char *verify_name, struct tlsconn_resume *resume)
 {
     t->is_client = true;
     if (tls_ctx) {
-        t->tls = tlsconn_new_client(tls_ctx, verify_name);
+        t->tls = tlsconn_new_client(tls_ctx, verify_name, resume);
         if (!t->tls)
             return UV_ENOMEM;
         t->handshake_done = false;

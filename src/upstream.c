@@ -103,17 +103,20 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     else
         ((struct sockaddr_in6 *)&addr)->sin6_port = port;
     u->state = UPSTREAM_CONNECTING;
-    int rc = transport_connect(&u->t, (struct sockaddr *)&addr, u->w->upstream_tls, u->w->upstream_verify_name);
+    int rc = transport_connect(&u->t, (struct sockaddr *)&addr, u->w->upstream_tls, u->w->upstream_verify_name,
+                               u->resume);
     if (rc < 0)
         fail(u, "connect", uv_strerror(rc));
 }
 
-int upstream_start(struct upstream *u, struct worker *w, const struct upstream_ops *ops, void *owner)
+int upstream_start(struct upstream *u, struct worker *w, const struct upstream_ops *ops, void *owner,
+                   struct tlsconn_resume *resume)
 {
     memset(u, 0, sizeof *u);
     u->w = w;
     u->ops = ops;
     u->owner = owner;
+    u->resume = resume;
     int rc = uv_timer_init(w->loop, &u->timer);
     if (rc < 0)
         return rc;

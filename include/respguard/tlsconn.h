@@ -34,9 +34,24 @@ void tlsconn_ctx_free(struct tlsconn_ctx *ctx);
  * metrics and check output. 0 on success, -1 on failure. */
 int tlsconn_cert_file_expiry(const char *cert_file, long long *seconds_left);
 
+/* Session resumption for client engines: one slot that keeps the newest session a server handed
+ * out (TLS 1.3 tickets arrive after the handshake, TLS 1.2 sessions with it) and offers it to the
+ * next connection made with the slot, which then skips the certificate exchange and the server's
+ * key operation if the server accepts it. A slot belongs to one thread and must serve one
+ * context and one verify name; it must outlive every engine made with it. Verification is not
+ * weakened: a session exists only after a verified handshake under the same name. */
+struct tlsconn_resume;
+struct tlsconn_resume *tlsconn_resume_new(void); /* NULL when out of memory */
+void tlsconn_resume_free(struct tlsconn_resume *r); /* NULL is fine */
+/* Drop the kept session (e.g. after a failed handshake that offered it). NULL is fine. */
+void tlsconn_resume_forget(struct tlsconn_resume *r);
+
 /* New client engine. verify_name: the host name or IP literal the server certificate must
- * match; it is also sent as SNI unless it is an IP literal. */
-struct tlsconn *tlsconn_new_client(struct tlsconn_ctx *ctx, const char *verify_name);
+ * match; it is also sent as SNI unless it is an IP literal. resume: a slot to resume from and to
+ * keep new sessions in, or NULL for a full handshake and no session kept. */
+struct tlsconn *tlsconn_new_client(struct tlsconn_ctx *ctx, const char *verify_name, struct tlsconn_resume *resume);
+/* The completed handshake resumed an earlier session. */
+bool tlsconn_resumed(const struct tlsconn *t);
 struct tlsconn *tlsconn_new_server(struct tlsconn_ctx *ctx);
 void tlsconn_free(struct tlsconn *t);
 

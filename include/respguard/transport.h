@@ -21,6 +21,7 @@
 
 struct tlsconn_ctx;
 struct tlsconn;
+struct tlsconn_resume;
 struct transport;
 
 enum transport_event {
@@ -70,10 +71,11 @@ int transport_init(struct transport *t, uv_loop_t *loop, transport_event_cb cb, 
 int transport_accept(struct transport *t, uv_stream_t *server, struct tlsconn_ctx *tls_ctx)
     __attribute__((warn_unused_result));
 
-/* Connect to addr; then, with tls_ctx, run a TLS client handshake verifying verify_name.
- * TRANSPORT_CONNECTED or TRANSPORT_ERROR follows. */
+/* Connect to addr; then, with tls_ctx, run a TLS client handshake verifying verify_name, offering
+ * the session kept in resume (NULL: none; see tlsconn.h). TRANSPORT_CONNECTED or TRANSPORT_ERROR
+ * follows. */
 int transport_connect(struct transport *t, const struct sockaddr *addr, struct tlsconn_ctx *tls_ctx,
-                      const char *verify_name) __attribute__((warn_unused_result));
+                      const char *verify_name, struct tlsconn_resume *resume) __attribute__((warn_unused_result));
 
 /* Queue plaintext. Never fails short of memory (then the transport reports an error and closes).
  * Before a TLS handshake completes the bytes wait and are encrypted right after it. */

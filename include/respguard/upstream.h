@@ -14,6 +14,7 @@
 
 struct worker;
 struct upstream;
+struct tlsconn_resume;
 
 enum upstream_state {
     UPSTREAM_IDLE,      /* not started */
@@ -44,12 +45,14 @@ struct upstream {
     struct worker *w;
     const struct upstream_ops *ops;
     void *owner;
+    struct tlsconn_resume *resume; /* session resumption slot, or NULL */
 };
 
-/* Start connecting. 0, or a negative uv error when even the first step failed; in both cases
+/* Start connecting. resume: where TLS sessions are kept and resumed from (NULL: always a full
+ * handshake). 0, or a negative uv error when even the first step failed; in both cases
  * on_closed is called once every handle is closed (after upstream_close, or by itself on error). */
-int upstream_start(struct upstream *u, struct worker *w, const struct upstream_ops *ops, void *owner)
-    __attribute__((warn_unused_result));
+int upstream_start(struct upstream *u, struct worker *w, const struct upstream_ops *ops, void *owner,
+                   struct tlsconn_resume *resume) __attribute__((warn_unused_result));
 /* The login reply arrived: stop the connect timer. */
 void upstream_logged_in(struct upstream *u);
 /* Close everything; on_closed follows (also when never started: then at once). */

@@ -508,7 +508,7 @@ static void test_handshake_and_data(void **state)
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char buf[256], cn[64];
     size_t n;
@@ -559,7 +559,7 @@ static void test_large_payload(void **state)
     const size_t total = 1024 * 1024;
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server-chain.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char *src = malloc(total), *dst = malloc(total + 1);
     size_t sent = 0, got = 0, n;
@@ -616,7 +616,7 @@ static void expect_client_verify_failure(const char *ca, const char *cert, const
 {
     struct tlsconn_ctx *cc = client_ctx(ca);
     struct tlsconn_ctx *sc = server_ctx(cert, "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, name));
+    struct end c = engine(tlsconn_new_client(cc, name, NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char buf[64];
     size_t n;
@@ -677,7 +677,7 @@ static int connect_name(const char *name, const char *want_sni, bool *sni_ok, ch
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, name));
+    struct end c = engine(tlsconn_new_client(cc, name, NULL));
     struct end s = engine(tlsconn_new_server(sc));
     const char *seen;
     int rc, rs;
@@ -721,7 +721,7 @@ static void test_sni(void **state)
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char err[320];
     bool sni;
@@ -750,7 +750,7 @@ static void test_client_cert_missing(void **state)
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", "ca1.pem");
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char buf[64];
     size_t n = 0;
@@ -881,7 +881,7 @@ static void test_data_behind_handshake(void **state)
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char buf[64];
     size_t n;
@@ -913,7 +913,7 @@ static void test_partial_records(void **state)
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char msg[40000], cipher[50000], got[40001];
     size_t clen, n, total;
@@ -970,7 +970,7 @@ static void test_close_notify(void **state)
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char buf[64];
     size_t n, out;
@@ -1112,18 +1112,18 @@ static void test_misuse(void **state)
     (void)state;
     memset(longname, 'a', sizeof(longname) - 1);
     longname[sizeof(longname) - 1] = '\0';
-    assert_null(tlsconn_new_client(sc, "localhost"));
+    assert_null(tlsconn_new_client(sc, "localhost", NULL));
     assert_null(tlsconn_new_server(cc));
-    assert_null(tlsconn_new_client(cc, NULL)); /* verification is not optional */
-    assert_null(tlsconn_new_client(cc, ""));
-    assert_null(tlsconn_new_client(cc, "."));
-    assert_null(tlsconn_new_client(cc, longname));
-    assert_null(tlsconn_new_client(NULL, "localhost"));
+    assert_null(tlsconn_new_client(cc, NULL, NULL)); /* verification is not optional */
+    assert_null(tlsconn_new_client(cc, "", NULL));
+    assert_null(tlsconn_new_client(cc, ".", NULL));
+    assert_null(tlsconn_new_client(cc, longname, NULL));
+    assert_null(tlsconn_new_client(NULL, "localhost", NULL));
     assert_null(tlsconn_new_server(NULL));
     tlsconn_free(NULL);
     tlsconn_ctx_free(NULL);
 
-    t = tlsconn_new_client(cc, "localhost");
+    t = tlsconn_new_client(cc, "localhost", NULL);
     assert_non_null(t);
     assert_int_equal(tlsconn_write(t, "x", 1), TLSCONN_ERROR);
     assert_contains(tlsconn_error(t), "handshake");
@@ -1174,7 +1174,7 @@ static void test_ctx_freed_before_connections(void **state)
 {
     struct tlsconn_ctx *cc = client_ctx("ca1.pem");
     struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
-    struct end c = engine(tlsconn_new_client(cc, "localhost"));
+    struct end c = engine(tlsconn_new_client(cc, "localhost", NULL));
     struct end s = engine(tlsconn_new_server(sc));
     char buf[16];
 
@@ -1205,7 +1205,7 @@ static void test_tls12_server(void **state)
     assert_int_equal(SSL_CTX_use_PrivateKey_file(raw, path_of("server.key"), SSL_FILETYPE_PEM),
                      1);
 
-    c = engine(tlsconn_new_client(cc, "localhost"));
+    c = engine(tlsconn_new_client(cc, "localhost", NULL));
     s = raw_peer(raw, true);
     handshake_ok(&c, &s);
     assert_int_equal(SSL_version(s.ssl), TLS1_2_VERSION);
@@ -1233,7 +1233,7 @@ static void test_tls12_server(void **state)
     end_free(&c);
     end_free(&s);
 
-    c = engine(tlsconn_new_client(cc, "127.0.0.2"));
+    c = engine(tlsconn_new_client(cc, "127.0.0.2", NULL));
     s = raw_peer(raw, true);
     handshake(&c, &s, &rc, &rs);
     assert_int_equal(rc, -1);
