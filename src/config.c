@@ -1310,7 +1310,56 @@ static int load_credentials(struct loader *ld, const yaml_node_t *v, void *obj, 
     return 0;
 }
 
-enum { UP_URL, UP_CA, UP_SNI, UP_TIMEOUT, UP_PASS_FILE, UP_CREDS, UP_N };
+static int load_pool_mode(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_pool *p = obj;
+    char *s;
+    int rc = get_scalar(ld, v, path, &s);
+    if (rc < 0)
+        return rc;
+    if (strcmp(s, "session") == 0)
+        p->mode = CONFIG_POOL_SESSION;
+    else if (strcmp(s, "multiplex") == 0)
+        p->mode = CONFIG_POOL_MULTIPLEX;
+    else
+        rc = fail(ld, v, "%s: expected session or multiplex", path);
+    sfree(s);
+    return rc;
+}
+
+#define PO(name, type, member, min, max) \
+    {name, type, offsetof(struct config_pool, member), 0, min, max, NULL, NULL}
+enum { PO_MODE, PO_SIZE, PO_MIN_IDLE, PO_IDLE, PO_LIFETIME, PO_KEEPALIVE, PO_ACQUIRE, PO_N };
+static const struct field pool_fields[PO_N] = {
+    [PO_MODE] = {"mode", T_CUSTOM, 0, 0, 0, 0, NULL, load_pool_mode},
+    [PO_SIZE] = PO("size", T_COUNT, size, 1, 100000),
+    [PO_MIN_IDLE] = PO("min_idle", T_COUNT, min_idle, 0, 100000),
+    [PO_IDLE] = PO("idle_timeout", T_DURATION, idle_timeout_ms, 0, 7ull * 86400000),
+    [PO_LIFETIME] = PO("max_lifetime", T_DURATION, max_lifetime_ms, 0, 365ull * 86400000),
+    [PO_KEEPALIVE] = PO("keepalive", T_DURATION, keepalive_ms, 0, 86400000),
+    [PO_ACQUIRE] = PO("acquire_timeout", T_DURATION, acquire_timeout_ms, 1, 3600000),
+};
+#undef PO
+
+static int load_pool(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_pool *p = &((struct config_upstream *)obj)->pool;
+    struct found f[PO_N];
+    int rc = load_fields(ld, v, path, pool_fields, PO_N, p, f);
+    if (rc < 0)
+        return rc;
+    if (p->min_idle > p->size) {
+        if (!f[PO_MIN_IDLE].value) {
+            p->min_idle = p->size; /* the default never exceeds a smaller size */
+            return 0;
+        }
+        return fail(ld, f[PO_MIN_IDLE].value, "%s.min_idle: %" PRIu64 " is more than size (%" PRIu64 ")", path,
+                    p->min_idle, p->size);
+    }
+    return 0;
+}
+
+enum { UP_URL, UP_CA, UP_SNI, UP_TIMEOUT, UP_PASS_FILE, UP_CREDS, UP_POOL, UP_N };
 static const struct field upstream_fields[UP_N] = {
     [UP_URL] = {.name = "url", .type = T_STRING, .off = offsetof(struct config_upstream, url),
                 .flags = REQUIRED},
@@ -1323,6 +1372,7 @@ static const struct field upstream_fields[UP_N] = {
     [UP_PASS_FILE] = {.name = "password_file", .type = T_SECRET_FILE,
                       .off = offsetof(struct config_upstream, password)},
     [UP_CREDS] = {.name = "credentials", .type = T_CUSTOM, .load = load_credentials},
+    [UP_POOL] = {.name = "pool", .type = T_CUSTOM, .load = load_pool},
 };
 
 static int load_upstream(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
@@ -1929,6 +1979,15 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
         return fail_at(&ld, 1, 1, -ENOMEM, "out of memory");
     }
     c->upstream.connect_timeout_ms = 5000;
+    c->upstream.pool = (struct config_pool){
+        .mode = CONFIG_POOL_SESSION,
+        .size = 64,
+        .min_idle = 4,
+        .idle_timeout_ms = 300000,
+        .max_lifetime_ms = 3600000,
+        .keepalive_ms = 30000,
+        .acquire_timeout_ms = 5000,
+    };
     c->limits = (struct config_limits){
         .max_clients = 10000,
         .max_request_bytes = 10ull << 20,

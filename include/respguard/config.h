@@ -57,6 +57,22 @@ struct config_credential {
     char *password;   /* secret */
 };
 
+/* upstream.pool: how sessions get their upstream connections (pool.h). */
+enum config_pool_mode {
+    CONFIG_POOL_SESSION,   /* each logged-in client holds one pooled connection (default) */
+    CONFIG_POOL_MULTIPLEX, /* clients share connections; a client with connection state pins one */
+};
+
+struct config_pool {
+    enum config_pool_mode mode;
+    uint64_t size;               /* default 64: upstream connections per worker and credential */
+    uint64_t min_idle;           /* default 4 (at most size): kept open and logged in, ready */
+    uint64_t idle_timeout_ms;    /* default 5m: idle connections above min_idle close; 0: never */
+    uint64_t max_lifetime_ms;    /* default 1h: a connection is replaced after this; 0: never */
+    uint64_t keepalive_ms;       /* default 30s: idle connections are PINGed; 0: never */
+    uint64_t acquire_timeout_ms; /* default 5s: how long a client waits for a connection */
+};
+
 struct config_upstream {
     char *url;               /* as written, never logged (contains the password) */
     char *host;              /* from the URL */
@@ -68,6 +84,7 @@ struct config_upstream {
     uint64_t connect_timeout_ms; /* default 5000 */
     struct config_credential *credentials;
     size_t credential_count;
+    struct config_pool pool;
 };
 
 /* A command rate limit (token bucket, see ratelimit.h). */
