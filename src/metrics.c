@@ -44,6 +44,31 @@ const uint64_t metrics_bucket_ns[METRICS_BUCKETS] = {
     2500000000ull, 5000000000ull, 10000000000ull,           /* .. 10 s */
 };
 
+/* Upper bounds of respguard_pool_commands_per_write. */
+static const uint64_t per_write_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+
+/* Each histogram: its family, its bucket bounds, and whether values are nanoseconds (exposed in
+ * seconds) or plain counts. */
+static const struct {
+    const char *name;
+    const char *help;
+    const uint64_t *bounds;
+    size_t count;
+    bool seconds;
+} histograms[MH_COUNT] = {
+    [MH_UPSTREAM_RTT] = {"respguard_upstream_rtt_seconds",
+                         "Time from handing a command to the upstream connection to receiving its complete reply.",
+                         metrics_bucket_ns, METRICS_BUCKETS, true},
+    [MH_ADDED_LATENCY] = {"respguard_added_latency_seconds",
+                          "Time a command spends inside respguard, on its way to the upstream and its reply's way "
+                          "back.",
+                          metrics_bucket_ns, METRICS_BUCKETS, true},
+    [MH_COMMANDS_PER_WRITE] = {"respguard_pool_commands_per_write",
+                               "Client commands a pooled upstream connection sent in one write.", per_write_bounds,
+                               sizeof per_write_bounds / sizeof per_write_bounds[0], false},
+};
+_Static_assert(sizeof per_write_bounds / sizeof per_write_bounds[0] <= METRICS_BUCKETS, "too many buckets");
+
 struct metrics {
     size_t user_count;
     char **names; /* user_count copies */
@@ -162,17 +187,18 @@ enum metrics_counter metrics_upstream_failure(const char *stage, const char *rea
 /* counting                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-void metrics_observe(struct metrics_shard *s, enum metrics_histogram h, uint64_t ns)
+void metrics_observe(struct metrics_shard *s, enum metrics_histogram h, uint64_t v)
 {
     if ((unsigned)h >= MH_COUNT)
         return;
     struct metrics_histogram_data *d = &s->hist[h];
-    size_t i = 0;
-    while (i < METRICS_BUCKETS && ns > metrics_bucket_ns[i])
+    const uint64_t *bounds = histograms[h].bounds;
+    size_t n = histograms[h].count, i = 0;
+    while (i < n && v > bounds[i])
         i++;
-    metrics_add(&d->buckets[i], 1); /* i == METRICS_BUCKETS: the +Inf slot */
+    metrics_add(&d->buckets[i], 1); /* i == n: the +Inf slot */
     metrics_add(&d->count, 1);
-    metrics_add(&d->sum_ns, ns);
+    metrics_add(&d->sum_ns, v);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -236,6 +262,8 @@ static struct metrics_shard *shard_new(size_t user_count, size_t ncommands, size
     }
     zero_slots(s->commands, ncommands);
     zero_slots(s->anomalies, nanomalies);
+    zero_slots(s->pool_entered, MPS_COUNT);
+    zero_slots(s->pool_left, MPS_COUNT);
     return s;
 }
 
@@ -543,16 +571,41 @@ static const struct {
     {"respguard_upstream_bytes_sent_total", "Plaintext bytes sent to the upstream.", MC_UPSTREAM_BYTES_OUT},
 };
 
-static const struct {
-    const char *name;
-    const char *help;
-} histograms[MH_COUNT] = {
-    [MH_UPSTREAM_RTT] = {"respguard_upstream_rtt_seconds",
-                         "Time from handing a command to the upstream connection to receiving its complete reply."},
-    [MH_ADDED_LATENCY] = {"respguard_added_latency_seconds",
-                          "Time a command spends inside respguard, on its way to the upstream and its reply's way "
-                          "back."},
-};
+static const char *const handshake_types[] = {"full", "resumed"};
+_Static_assert(NVALUES(handshake_types) == MC_HANDSHAKE_RESUMED - MC_HANDSHAKE_FULL + 1, "handshake types");
+
+static const char *const reset_results[] = {"ok", "failed"};
+_Static_assert(NVALUES(reset_results) == MC_POOL_RESET_FAILED - MC_POOL_RESET_OK + 1, "reset results");
+
+static const struct counter_family handshakes_family = {
+    "respguard_upstream_handshakes_total",
+    "Upstream TLS handshakes of pooled connections: full, or resumed from an earlier session.", "type",
+    MC_HANDSHAKE_FULL, handshake_types, NVALUES(handshake_types)};
+
+static const struct counter_family resets_family = {
+    "respguard_pool_resets_total",
+    "Pooled connections given back with connection state on them and reset (RESET, login) before reuse; "
+    "failed: closed instead.",
+    "result", MC_POOL_RESET_OK, reset_results, NVALUES(reset_results)};
+
+static const char *const pool_state_names[MPS_COUNT] = {
+    [MPS_CONNECTING] = "connecting", [MPS_IDLE] = "idle", [MPS_BUSY] = "busy", [MPS_PINNED] = "pinned",
+    [MPS_RESETTING] = "resetting"};
+
+static void pool_states(struct out *o, const struct metrics *m)
+{
+    static const char name[] = "respguard_pool_connections";
+    family(o, name, "gauge", "Pooled upstream connections by state.");
+    for (int st = 0; st < MPS_COUNT; st++) {
+        uint64_t in = 0, out = 0;
+        for (size_t i = 0; i < m->shard_count; i++) {
+            in += load(&m->shards[i]->pool_entered[st]);
+            out += load(&m->shards[i]->pool_left[st]);
+        }
+        struct label l = {"state", pool_state_names[st]};
+        sample_u64(o, name, &l, 1, in > out ? in - out : 0);
+    }
+}
 
 static void commands(struct out *o, const struct metrics *m)
 {
@@ -603,20 +656,26 @@ static void histogram(struct out *o, const struct metrics *m, enum metrics_histo
     uint64_t buckets[METRICS_BUCKETS + 1], sum_ns, cum = 0;
     sum_histogram(m, h, buckets, &sum_ns);
     family(o, name, "histogram", histograms[h].help);
-    for (size_t b = 0; b <= METRICS_BUCKETS; b++) {
+    size_t n = histograms[h].count;
+    for (size_t b = 0; b <= n; b++) {
         cum += buckets[b];
         put(o, name);
         put(o, "_bucket{le=\"");
-        if (b < METRICS_BUCKETS)
-            put_seconds(o, metrics_bucket_ns[b]);
-        else
+        if (b == n)
             put(o, "+Inf");
+        else if (histograms[h].seconds)
+            put_seconds(o, histograms[h].bounds[b]);
+        else
+            put_u64(o, histograms[h].bounds[b]);
         put(o, "\"} ");
         put_u64(o, cum);
         put(o, "\n");
     }
     sample_start(o, name, "_sum", NULL, 0);
-    put_seconds(o, sum_ns);
+    if (histograms[h].seconds)
+        put_seconds(o, sum_ns);
+    else
+        put_u64(o, sum_ns);
     put(o, "\n");
     /* The buckets' total rather than the count slot, so that _count always equals +Inf. */
     sample_start(o, name, "_count", NULL, 0);
@@ -668,6 +727,14 @@ int metrics_render(const struct metrics *m, const struct metrics_gauge *gauges, 
            "Upstream connections opened (TLS handshake completed and verified).", sum_counter(m, MC_UPSTREAM_OPENED));
     labelled(&o, m, &upstream_failures_family);
     labelled(&o, m, &probes_family);
+    labelled(&o, m, &handshakes_family);
+    pool_states(&o, m);
+    single(&o, "respguard_pool_acquire_waits_total", "counter",
+           "Times a client waited for a pooled upstream connection.", sum_counter(m, MC_POOL_ACQUIRE_WAITS));
+    single(&o, "respguard_pool_acquire_timeouts_total", "counter",
+           "Times a client got no pooled upstream connection within acquire_timeout.",
+           sum_counter(m, MC_POOL_ACQUIRE_TIMEOUTS));
+    labelled(&o, m, &resets_family);
     anomalies(&o, m);
     for (int h = 0; h < MH_COUNT; h++)
         histogram(&o, m, (enum metrics_histogram)h);

@@ -71,6 +71,18 @@ enum metrics_counter {
     /* respguard_upstream_probes_total{result="ok"|"failed"}: the readiness probe */
     MC_PROBE_OK,
     MC_PROBE_FAILED,
+    /* respguard_upstream_handshakes_total{type="full"|"resumed"}: completed upstream TLS
+     * handshakes of pooled connections, by whether an earlier session was resumed */
+    MC_HANDSHAKE_FULL,
+    MC_HANDSHAKE_RESUMED,
+    /* respguard_pool_acquire_waits_total: a client had to wait for a pooled connection */
+    MC_POOL_ACQUIRE_WAITS,
+    /* respguard_pool_acquire_timeouts_total: ... and got none within acquire_timeout */
+    MC_POOL_ACQUIRE_TIMEOUTS,
+    /* respguard_pool_resets_total{result="ok"|"failed"}: connections given back with state on
+     * them, reset (RESET and respguard's login) before reuse; failed: closed instead */
+    MC_POOL_RESET_OK,
+    MC_POOL_RESET_FAILED,
     MC_COUNT
 };
 
@@ -100,6 +112,18 @@ enum metrics_verdict {
     MV_COUNT
 };
 
+/* respguard_pool_connections{state=...}: pooled upstream connections by state, kept as how many
+ * entered and how many left each state (metrics_pool_move). */
+enum metrics_pool_state {
+    MPS_CONNECTING, /* "connecting": connect, TLS handshake, respguard's login */
+    MPS_IDLE,       /* "idle": ready, no client */
+    MPS_BUSY,       /* "busy": held by a client (session mode) or shared by clients (multiplex) */
+    MPS_PINNED,     /* "pinned": multiplex, one client's while it has connection state */
+    MPS_RESETTING,  /* "resetting": given back with state on it, being reset */
+    MPS_COUNT,
+    MPS_NONE = -1,  /* not in the pool (before it opens, after it closed) */
+};
+
 enum metrics_histogram {
     /* respguard_upstream_rtt_seconds: from the moment a command is handed to the upstream
      * connection to the moment its complete reply has arrived */
@@ -108,10 +132,15 @@ enum metrics_histogram {
      * read that delivered it to its hand-off upstream, plus from its reply's arrival to the
      * hand-off of that reply to the client connection */
     MH_ADDED_LATENCY,
+    /* respguard_pool_commands_per_write: client commands a pooled connection sent upstream in
+     * one write (multiplexing at work: several clients' commands in one TLS batch). Counts, not
+     * time. */
+    MH_COMMANDS_PER_WRITE,
     MH_COUNT
 };
 
-/* Upper bounds of the histogram buckets in nanoseconds (10 us .. 10 s); +Inf is implicit. */
+/* Upper bounds of the time histograms' buckets in nanoseconds (10 us .. 10 s); +Inf is
+ * implicit. No histogram has more buckets than this. */
 #define METRICS_BUCKETS 19
 extern const uint64_t metrics_bucket_ns[METRICS_BUCKETS];
 
@@ -120,15 +149,18 @@ extern const uint64_t metrics_bucket_ns[METRICS_BUCKETS];
 #define METRICS_ANOMALY_TYPES 5
 
 struct metrics_histogram_data {
-    _Atomic uint64_t buckets[METRICS_BUCKETS + 1]; /* per bucket, not cumulative; last: +Inf */
+    _Atomic uint64_t buckets[METRICS_BUCKETS + 1]; /* per bucket, not cumulative; +Inf after the
+                                                      histogram's own last bound */
     _Atomic uint64_t count;
-    _Atomic uint64_t sum_ns;
+    _Atomic uint64_t sum_ns; /* the sum of observations (nanoseconds, or counts) */
 };
 
 /* One worker's counters. Written only by that worker's thread. */
 struct metrics_shard {
     _Atomic uint64_t c[MC_COUNT];
     struct metrics_histogram_data hist[MH_COUNT];
+    _Atomic uint64_t pool_entered[MPS_COUNT];
+    _Atomic uint64_t pool_left[MPS_COUNT];
     size_t user_count;
     _Atomic uint64_t *commands;  /* [user][category][verdict]: user_count * MCAT_COUNT * MV_COUNT */
     _Atomic uint64_t *anomalies; /* [type][user + 1] (0: per-source events, no user):
@@ -159,8 +191,20 @@ static inline void metrics_count_anomaly(struct metrics_shard *s, int type, int 
     metrics_add(&s->anomalies[(size_t)type * (s->user_count + 1) + (size_t)(user + 1)], 1);
 }
 
-/* Record one observation of ns nanoseconds. */
-void metrics_observe(struct metrics_shard *s, enum metrics_histogram h, uint64_t ns);
+/* A pooled connection moved from one state to another (MPS_NONE: it opened, or it closed). */
+static inline void metrics_pool_move(struct metrics_shard *s, enum metrics_pool_state from, enum metrics_pool_state to)
+{
+    if (from == to)
+        return;
+    if (from != MPS_NONE)
+        metrics_add(&s->pool_left[from], 1);
+    if (to != MPS_NONE)
+        metrics_add(&s->pool_entered[to], 1);
+}
+
+/* Record one observation: nanoseconds for the time histograms, a count for
+ * MH_COMMANDS_PER_WRITE. */
+void metrics_observe(struct metrics_shard *s, enum metrics_histogram h, uint64_t v);
 
 /* The category a command with these cmdtab category bits (enum cmdtab_category) is counted
  * under: the first of admin, dangerous, scripting, pubsub, transaction, connection, blocking,

@@ -532,9 +532,15 @@ static void test_family_order(void **state)
         "respguard_upstream_connections_opened_total",
         "respguard_upstream_failures_total",
         "respguard_upstream_probes_total",
+        "respguard_upstream_handshakes_total",
+        "respguard_pool_connections",
+        "respguard_pool_acquire_waits_total",
+        "respguard_pool_acquire_timeouts_total",
+        "respguard_pool_resets_total",
         "respguard_anomalies_total",
         "respguard_upstream_rtt_seconds",
         "respguard_added_latency_seconds",
+        "respguard_pool_commands_per_write",
         "respguard_ready",
     };
     size_t n = sizeof order / sizeof order[0];
@@ -830,7 +836,7 @@ static void test_exposition_format(void **state)
         {"respguard_weird", "", "k", "", -0.0},
     };
     char *out = render(m, g, sizeof g / sizeof g[0]);
-    assert_int_equal(check_exposition(out), 19 + 3);
+    assert_int_equal(check_exposition(out), 25 + 3);
     assert_int_equal(count_prefix(out, "respguard_rate_limited_commands_total{"), USERS);
     assert_int_equal(count_prefix(out, "respguard_anomalies_total{"), METRICS_ANOMALY_TYPES * (USERS + 1));
     assert_int_equal(count_prefix(out, "respguard_commands_total{"), USERS * MCAT_COUNT * MV_COUNT);
@@ -862,6 +868,58 @@ static void test_exposition_format(void **state)
     metrics_free(m);
 }
 
+/* Pool connections by state (entered - left, over shards), the pool counters, and the one
+ * histogram of counts rather than time. */
+static void test_pool_metrics(void **state)
+{
+    (void)state;
+    struct metrics *m = make(0, NULL, 2);
+    struct metrics_shard *a = metrics_shard(m, 0), *b = metrics_shard(m, 1);
+    metrics_pool_move(a, MPS_NONE, MPS_CONNECTING);
+    metrics_pool_move(a, MPS_CONNECTING, MPS_IDLE);
+    metrics_pool_move(a, MPS_IDLE, MPS_BUSY);
+    metrics_pool_move(b, MPS_NONE, MPS_CONNECTING);
+    metrics_pool_move(b, MPS_CONNECTING, MPS_IDLE);
+    metrics_pool_move(b, MPS_IDLE, MPS_PINNED);
+    metrics_pool_move(b, MPS_PINNED, MPS_RESETTING);
+    metrics_pool_move(b, MPS_RESETTING, MPS_IDLE);
+    metrics_pool_move(b, MPS_NONE, MPS_CONNECTING);
+    metrics_pool_move(b, MPS_CONNECTING, MPS_NONE); /* failed */
+    metrics_pool_move(b, MPS_IDLE, MPS_IDLE);       /* no move */
+    metrics_inc(a, MC_HANDSHAKE_FULL);
+    metrics_inc(b, MC_HANDSHAKE_RESUMED);
+    metrics_inc(b, MC_HANDSHAKE_RESUMED);
+    metrics_inc(a, MC_POOL_ACQUIRE_WAITS);
+    metrics_inc(a, MC_POOL_ACQUIRE_TIMEOUTS);
+    metrics_inc(b, MC_POOL_RESET_OK);
+    metrics_inc(b, MC_POOL_RESET_FAILED);
+    metrics_observe(a, MH_COMMANDS_PER_WRITE, 1);
+    metrics_observe(a, MH_COMMANDS_PER_WRITE, 3);
+    metrics_observe(b, MH_COMMANDS_PER_WRITE, 2000);
+    char *out = render(m, NULL, 0);
+    EXPECT_LINE(out, "respguard_pool_connections{state=\"connecting\"} 0");
+    EXPECT_LINE(out, "respguard_pool_connections{state=\"idle\"} 1");
+    EXPECT_LINE(out, "respguard_pool_connections{state=\"busy\"} 1");
+    EXPECT_LINE(out, "respguard_pool_connections{state=\"pinned\"} 0");
+    EXPECT_LINE(out, "respguard_pool_connections{state=\"resetting\"} 0");
+    EXPECT_LINE(out, "respguard_upstream_handshakes_total{type=\"full\"} 1");
+    EXPECT_LINE(out, "respguard_upstream_handshakes_total{type=\"resumed\"} 2");
+    EXPECT_LINE(out, "respguard_pool_acquire_waits_total 1");
+    EXPECT_LINE(out, "respguard_pool_acquire_timeouts_total 1");
+    EXPECT_LINE(out, "respguard_pool_resets_total{result=\"ok\"} 1");
+    EXPECT_LINE(out, "respguard_pool_resets_total{result=\"failed\"} 1");
+    EXPECT_LINE(out, "respguard_pool_commands_per_write_bucket{le=\"1\"} 1");
+    EXPECT_LINE(out, "respguard_pool_commands_per_write_bucket{le=\"2\"} 1");
+    EXPECT_LINE(out, "respguard_pool_commands_per_write_bucket{le=\"4\"} 2");
+    EXPECT_LINE(out, "respguard_pool_commands_per_write_bucket{le=\"1024\"} 2");
+    EXPECT_LINE(out, "respguard_pool_commands_per_write_bucket{le=\"+Inf\"} 3");
+    EXPECT_LINE(out, "respguard_pool_commands_per_write_sum 2004");
+    EXPECT_LINE(out, "respguard_pool_commands_per_write_count 3");
+    assert_int_equal(count_prefix(out, "respguard_pool_commands_per_write_bucket{"), 12);
+    free(out);
+    metrics_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -872,6 +930,7 @@ int main(void)
         cmocka_unit_test(test_family_order),
         cmocka_unit_test(test_connection_gauges),
         cmocka_unit_test(test_histogram),
+        cmocka_unit_test(test_pool_metrics),
         cmocka_unit_test(test_label_escaping),
         cmocka_unit_test(test_category_of),
         cmocka_unit_test(test_upstream_failure),
