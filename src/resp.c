@@ -1275,3 +1275,8 @@ enum resp_frame_status resp_framer_feed(struct resp_framer *f, const char *buf, 
     *consumed = len;
     return RESP_FRAME_MORE;
 }
+
+bool resp_framer_idle(const struct resp_framer *f)
+{
+    return !f->in_frame && f->state != RESP_FR_ERROR;
+}

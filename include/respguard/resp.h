@@ -206,4 +206,7 @@ enum resp_frame_status resp_framer_feed(struct resp_framer *f, const char *buf, 
                                         size_t *consumed, struct resp_frame_info *info,
                                         const char **err);
 
+/* Between two frames: every frame fed so far has ended (and the stream is usable). */
+bool resp_framer_idle(const struct resp_framer *f);
+
 #endif
