@@ -182,6 +182,7 @@ static int build_tls(struct runtime *rt, char *err, size_t errlen)
 
 static void runtime_free(struct runtime *rt)
 {
+    worker_free(&rt->w);
     for (size_t i = 0; i < rt->w.user_count; i++)
         acl_user_deinit(&rt->w.users[i]);
     free(rt->w.users);
@@ -535,6 +536,7 @@ static void on_all_drained(struct worker *w)
         uv_timer_stop(&w->shutdown_timer);
         uv_close((uv_handle_t *)&w->shutdown_timer, NULL);
         close_signals(rt);
+        worker_close_turn(w);
     }
 }
 
@@ -559,6 +561,7 @@ static void begin_shutdown(struct runtime *rt, const char *signame)
               LOG_INT("sessions", (long long)w->session_count), LOG_END);
     for (size_t i = 0; i < rt->cfg->listener_count; i++)
         listener_stop(&rt->listeners[i], NULL);
+    worker_stop_pools(w);
     uv_timer_init(w->loop, &w->shutdown_timer);
     w->shutdown_timer.data = w;
     uv_timer_start(&w->shutdown_timer, on_shutdown_timeout, rt->cfg->limits.shutdown_timeout_ms, 0);
@@ -601,6 +604,10 @@ static int cmd_run(const char *path)
 
     rt.listeners = calloc(rt.cfg->listener_count, sizeof *rt.listeners);
     int status = start_enforcement(&rt) == 0 ? 0 : 1;
+    if (status == 0 && worker_start(&rt.w) != 0) {
+        fprintf(stderr, "respguard: cannot start the upstream pools\n");
+        status = 1;
+    }
     for (size_t i = 0; status == 0 && rt.listeners && i < rt.cfg->listener_count; i++) {
         char err[256];
         rt.listeners[i].tls_ctx = rt.listener_tls[i];
@@ -636,6 +643,8 @@ static int cmd_run(const char *path)
         for (size_t i = 0; rt.listeners && i < rt.cfg->listener_count; i++)
             listener_stop(&rt.listeners[i], NULL);
         close_signals(&rt);
+        worker_stop_pools(&rt.w);
+        worker_close_turn(&rt.w);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
     admin_stop(rt.admin); /* after the loop: scrapes keep working while sessions drain */

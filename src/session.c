@@ -1,18 +1,23 @@
 /*
- * session: a client connection, its login state, its upstream connection and the ordered reply
- * queue that ties them together.
+ * session: one client connection: its login, the judgement of each command, the upstream
+ * connection each command goes to (from the pool), the reply queue that puts the answers back
+ * in order, and the session's lifetime.
  *
- * Every command the client sends becomes one entry in the queue, in order: forwarded commands
- * wait for their reply (or replies: SUBSCRIBE a b answers twice) from the upstream, local
- * replies (refusals, AUTH) wait for the entries before them, and commands respguard injects
- * itself (the upstream login, markers) have their replies swallowed. Reply bytes are streamed to
- * the client as they arrive, except while the frame at hand may belong to a swallowed entry.
+ * A command goes through three steps. The plan says which upstream connection it needs, from
+ * nothing the step changes: none (respguard answers it), the user's pool's connection (held for
+ * the session's life in session mode, shared in multiplex mode), or one of its own (pinned, in
+ * multiplex mode, for connection state). If that connection is not at hand yet, the session
+ * waits: the command stays unread and the pool calls back. Only then does anything happen: the
+ * rate limit, the verdict's effects (counting, the audit line, the refusal), and the forwarding.
+ * Dispatch is on the command table's roles and flags, never on names.
  *
  * What this file must not do: forward a byte it did not parse and check, let a refused command
- * reach the upstream, log a secret, or free itself while a libuv callback is due.
+ * reach the upstream, log a secret, leave state of its own on a connection it gives back
+ * unmarked, or free itself while a libuv callback is due.
  */
 #include "respguard/session.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -25,77 +30,96 @@
 #include "respguard/config.h"
 #include "respguard/listener.h"
 #include "respguard/log.h"
+#include "respguard/login.h"
 #include "respguard/metrics.h"
+#include "respguard/pool.h"
 #include "respguard/ratelimit.h"
+#include "respguard/replyq.h"
 #include "respguard/resp.h"
 #include "respguard/tlsconn.h"
 #include "respguard/transport.h"
-#include "respguard/upstream.h"
 #include "respguard/worker.h"
 
 /* A pipeline deeper than this waits for replies before more of it is read. */
 #define MAX_PENDING (1u << 20)
-/* Frames held back in case they answer a swallowed command are streamed past this size. */
-#define HOLD_MAX (64u * 1024)
 
 enum session_state {
-    SESSION_LOGIN,   /* connected, no user yet: only AUTH, HELLO, QUIT, RESET are served */
-    SESSION_ACTIVE,  /* a user is logged in; the upstream is connecting or connected */
-    SESSION_CLOSING, /* closing its handles; freed when the last one is closed */
+    SESSION_LOGIN,    /* connected, no user yet: only AUTH, HELLO, QUIT, RESET are served */
+    SESSION_ACTIVE,   /* a user is logged in: commands are judged and forwarded */
+    SESSION_DRAINING, /* reads nothing more (QUIT, a protocol error, shutdown, the client's
+                         half-close): answers what is due, then closes */
+    SESSION_CLOSING,  /* closing its handles; freed when the last one is closed */
 };
 
-enum pending_kind {
-    PENDING_FORWARD, /* upstream replies go to the client */
-    PENDING_LOCAL,   /* respguard's reply, in s->local, sent when it reaches the head */
-    PENDING_SWALLOW, /* a command respguard injected; its reply is dropped */
-    PENDING_LOGIN,   /* the upstream AUTH; an error ends the session, success sends local bytes */
-    PENDING_REPLACE, /* the upstream reply is dropped and the local bytes are sent instead */
+/* Connection state a client can leave on a held or pinned upstream connection: any of it makes
+ * the connection unclean when it is given back (the reply queue knows the rest: replies due,
+ * subscriptions, RESP3). */
+enum conn_state {
+    CS_WATCH = 1u << 0,      /* WATCH sent, no successful EXEC, DISCARD or UNWATCH since */
+    CS_NAME = 1u << 1,       /* CLIENT SETNAME or HELLO SETNAME sent */
+    CS_DB = 1u << 2,         /* SELECT of a database other than 0 */
+    CS_SETTING = 1u << 3,    /* CLIENT TRACKING/CACHING/REPLY, SCRIPT DEBUG, READONLY, ... */
+    CS_CREDENTIAL = 1u << 4, /* logged in upstream with another credential than its pool's */
+    CS_STICKY = 1u << 5,     /* CLIENT NO-EVICT: RESET does not clear it, the connection goes */
 };
 
-enum pending_flag {
-    PENDING_PUBSUB = 1,     /* replies are subscribe confirmations (RESP3: pushes) */
-    PENDING_UNBOUNDED = 2,  /* argument-less UNSUBSCRIBE: confirmations until the next reply */
-    PENDING_CLOSE_AFTER = 4,/* close the client once this reply is sent (QUIT, protocol error) */
-    PENDING_SET_RESP2 = 8,  /* on success the connection speaks RESP2 (HELLO 2, RESET) */
-    PENDING_SET_RESP3 = 16, /* on success the connection speaks RESP3 (HELLO 3) */
-    PENDING_RESET = 32,     /* RESET: on success subscriptions end and RESP2 is back */
-    PENDING_MULTI = 64,     /* MULTI: an error reply means no transaction was opened */
-    PENDING_SUBSCRIBE = 128,/* a (P|S)SUBSCRIBE: counted in pending_subscribes until answered */
+/* What a queue entry tells the session when it leaves (replyq_entry.tag). */
+enum entry_tag {
+    TAG_NONE,
+    TAG_MULTI,  /* MULTI: an error means no transaction was opened */
+    TAG_TX_END, /* EXEC, DISCARD, UNWATCH: on success WATCH is over */
+    TAG_RESET,  /* the client's RESET: on success the connection's state is gone */
+    TAG_LOGIN,  /* respguard's upstream login: an error ends the session */
 };
 
-struct pending {
-    uint8_t kind;
-    uint8_t flags;
-    uint32_t expected;  /* replies still due from the upstream */
-    uint32_t local_len; /* bytes of s->local owned by this entry */
-    uint32_t multi_seq; /* PENDING_MULTI: which MULTI this is (a later one may have replaced it) */
-    /* Latency (uv_hrtime ns): when the read that delivered the command began, and when the
-     * command was handed to the upstream connection (0: not measured, e.g. sent before the
-     * upstream was up, when connecting would count as round trip). */
-    uint64_t t_in, t_sent;
+/* A transaction whose MULTI respguard refused: nothing runs until EXEC or DISCARD. */
+enum tx_refusal {
+    TX_NONE,
+    TX_RATE_LIMIT, /* the rate limit refused the MULTI */
+    TX_NO_CONN,    /* no upstream connection was free for it */
+};
+
+/* What the step before a command's effects decided it needs. */
+enum go { GO, WAIT, FAIL };
+
+/* A command resolved in the table once: the container and the entry that runs. */
+struct command {
+    const struct cmdtab_cmd *top;
+    const struct cmdtab_cmd *cmd; /* the subcommand when there is one; NULL: unknown */
+    enum cmdtab_role role;
 };
 
 struct session {
     struct worker *w;
-    struct session *prev, *next; /* worker's list */
+    struct session *prev, *next;     /* the worker's sessions */
+    /* Work for the end of the loop turn (the worker's lists): commands that waited for the pool
+     * are read again; what was written to the client leaves in one write. */
+    struct session *input_next, *flush_next;
+    bool input_queued, flush_queued;
     const struct listener *listener;
     uint64_t id;
     char peer[64];
-    struct sockaddr_storage peer_addr; /* for allow_from and per-source anomaly counts */
+    struct sockaddr_storage peer_addr; /* for allow_from and per-source counts */
     enum session_state state;
-    int refs;                    /* open handles + one while a function of ours runs */
+    int refs;                        /* open handles + one while a function of ours runs */
+    uint64_t created_ms, last_ms;    /* loop time of the accept and of the last command */
 
     struct transport client;
-    struct upstream up;
-    bool upstream_started;
-    size_t up_login;             /* which of the worker's upstream logins the upstream uses */
-    uv_timer_t login_timer;
+    uv_timer_t timer;                /* login timeout, then the user's expiry, then the close
+                                        deadline */
+    const struct acl_user *user;     /* NULL before login */
 
-    const struct acl_user *user; /* NULL before login */
+    struct pool_client pc;           /* its use of the pool */
+    struct pool *pool;               /* its user's pool (the user's upstream credential) */
+    size_t up_login;                 /* the credential its held or pinned connection speaks */
+    bool stalled;                    /* the command at the input's head waits for the pool */
+    bool have_failure;               /* ... and the pool could not serve it */
+    enum pool_failure failure;
+    const struct acl_user *pending_user; /* certificate or default login waiting for a connection */
 
     struct resp_parser parser;
-    struct resp_framer framer;
-    struct buf enc;              /* scratch for re-encoded commands */
+    struct replyq q;
+    struct buf enc;                  /* scratch for re-encoded commands */
     /* ACL scratch for commands with more keys than acl_check holds on its stack, and argv
      * with an appended MATCH: grown to the largest seen, never per command. */
     struct cmdtab_key *scratch_keys;
@@ -104,35 +128,21 @@ struct session {
     struct resp_arg *scratch_args;
     size_t scratch_args_cap;
 
-    struct pending *q;           /* ring of pending replies */
-    size_t q_head, q_len, q_cap;
-    struct buf local;            /* local reply bytes, in queue order */
-    struct buf hold;             /* upstream frame bytes held until the frame ends */
-    bool frame_open;
-    bool frame_held;
-    bool frame_unsolicited;      /* the frame began with nothing pending: it answers no command */
-
     /* request side */
-    bool in_multi;               /* MULTI sent, no EXEC/DISCARD yet */
-    uint32_t multi_seq;          /* counts MULTIs that opened a transaction here */
-    bool multi_dirty;            /* a command was refused inside it: EXEC becomes EXECABORT */
-    bool multi_refused;          /* MULTI was refused by the rate limit: a transaction that was
-                                    never opened, whose commands must not run on their own */
-    bool quitting;               /* QUIT or a protocol error: read nothing more */
-    bool draining;               /* shutdown: close once the queue is empty */
-    bool peer_closed;            /* the client half-closed: answer what it sent, then close */
-    /* reply side */
-    int reply_proto;             /* 2 or 3, as the upstream speaks at the current reply */
-    long long subs, ssubs;       /* subscription counts from the last confirmations */
+    bool in_multi;                   /* MULTI sent, no EXEC/DISCARD yet */
+    bool multi_dirty;                /* a command was refused inside it: EXEC becomes EXECABORT */
+    uint8_t tx_refused;              /* enum tx_refusal */
+    uint32_t multi_seq;              /* counts MULTIs that opened a transaction here */
+    uint32_t multi_queued;           /* commands queued in the open transaction */
+    int req_proto;                   /* 2 or 3, as the client asked by the commands read so far */
+    uint8_t cs;                      /* enum conn_state */
+    char *name;                      /* multiplex: CLIENT SETNAME, answered by respguard */
+    bool peer_closed;                /* the client half-closed: answer what it sent, then close */
     bool client_paused, upstream_paused;
-    int req_proto;               /* 2 or 3, as the client asked by the commands read so far */
-    uint32_t pending_subscribes; /* subscribe commands not yet answered */
-    /* metrics */
-    bool counted;                /* counted as an accepted connection: count its close too */
-    bool up_opened;              /* counted as an open upstream connection */
-    uint64_t batch_t;            /* uv_hrtime at the start of the current client read batch */
-    size_t batch_pushed;         /* queue entries added in the current batch */
-    uint64_t reply_t;            /* uv_hrtime at the start of the current upstream read batch */
+    bool counted;                    /* counted as an accepted connection: count its close too */
+    uint64_t batch_t;                /* uv_hrtime at the start of the current client read batch */
+    size_t batch_pushed;             /* queue entries added in the current batch */
+    uint64_t reply_t;                /* uv_hrtime when the reply being delivered began */
 };
 
 static void process_input(struct session *s);
@@ -141,6 +151,13 @@ static void unref(struct session *s);
 static void on_user_expired(uv_timer_t *t);
 static void on_close_deadline(uv_timer_t *t);
 static void on_login_timeout(uv_timer_t *t);
+static void close_after_reply(struct session *s);
+static void apply_login(struct session *s, const struct acl_user *u, const char *reply, size_t reply_len);
+static void login_unavailable(struct session *s);
+
+static const char err_lost[] = "-ERR respguard: upstream connection lost\r\n";
+static const char err_failed[] = "-ERR respguard: upstream connection failed\r\n";
+static const char err_no_conn[] = "-ERR respguard: no upstream connection available\r\n";
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small helpers                                                                            */
@@ -157,107 +174,216 @@ static bool arg_is(const struct resp_arg *a, const char *lower)
     return true;
 }
 
-/* Lower-case copy of a (short) argument; "" when it does not fit. */
-static void arg_lower(const struct resp_arg *a, char *out, size_t cap)
-{
-    if (a->len >= cap) {
-        out[0] = '\0';
-        return;
-    }
-    for (size_t i = 0; i < a->len; i++)
-        out[i] = (char)tolower((unsigned char)a->ptr[i]);
-    out[a->len] = '\0';
-}
-
 static bool authenticated(const struct session *s) { return s->user != NULL; }
+static bool multiplex(const struct session *s) { return s->w->cfg->upstream.pool.mode == CONFIG_POOL_MULTIPLEX; }
+static bool owns_conn(const struct session *s) { return s->pc.conn && s->pc.use != POOL_USE_SHARE; }
+static size_t user_index(const struct session *s) { return (size_t)(s->user - s->w->users); }
 
-static struct pending *q_at(struct session *s, size_t i)
+static struct pool *pool_of(const struct session *s, const struct acl_user *u)
 {
-    return &s->q[(s->q_head + i) & (s->q_cap - 1)];
+    return &s->w->pools[s->w->user_login[u - s->w->users]];
 }
 
-static struct pending *q_front(struct session *s) { return s->q_len ? q_at(s, 0) : NULL; }
-
-static int q_push(struct session *s, struct pending e)
+static struct login_source source_of(struct session *s)
 {
-    if (s->q_len == s->q_cap) {
-        size_t cap = s->q_cap ? s->q_cap * 2 : 64;
-        struct pending *n = malloc(cap * sizeof *n);
-        if (!n)
-            return -1;
-        for (size_t i = 0; i < s->q_len; i++)
-            n[i] = *q_at(s, i);
-        free(s->q);
-        s->q = n;
-        s->q_cap = cap;
-        s->q_head = 0;
+    return (struct login_source){.w = s->w, .addr = (const struct sockaddr *)&s->peer_addr, .peer = s->peer,
+                                 .session = s->id};
+}
+
+static struct command resolve(const struct resp_request *req)
+{
+    struct command c = {NULL, NULL, CMDTAB_ROLE_NONE};
+    c.top = cmdtab_lookup(req->argv[0].ptr, req->argv[0].len);
+    c.cmd = c.top;
+    if (c.top && c.top->subcommands)
+        c.cmd = req->argc > 1 ? cmdtab_lookup_sub(c.top, req->argv[1].ptr, req->argv[1].len) : NULL;
+    if (c.cmd)
+        c.role = (enum cmdtab_role)c.cmd->role;
+    else if (c.top && !c.top->subcommands)
+        c.role = (enum cmdtab_role)c.top->role;
+    return c;
+}
+
+/* The entry counted for a command (a container alone: the container). */
+static const struct cmdtab_cmd *counted_cmd(const struct command *c) { return c->cmd ? c->cmd : c->top; }
+
+/* ---------------------------------------------------------------------------------------- */
+/* State                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+static bool legal_move(enum session_state from, enum session_state to)
+{
+    switch (to) {
+    case SESSION_LOGIN: return from == SESSION_ACTIVE; /* RESET */
+    case SESSION_ACTIVE: return from == SESSION_LOGIN || from == SESSION_ACTIVE;
+    case SESSION_DRAINING: return from == SESSION_LOGIN || from == SESSION_ACTIVE;
+    case SESSION_CLOSING: return from != SESSION_CLOSING;
     }
-    e.t_in = s->batch_t;
-    *q_at(s, s->q_len) = e;
-    s->q_len++;
-    s->batch_pushed++;
-    return 0;
+    return false;
+}
+
+/* The one door for state changes. */
+static void set_state(struct session *s, enum session_state to)
+{
+    if (!legal_move(s->state, to)) {
+        log_event(LOG_ERROR, "internal_error", LOG_STR("what", "illegal session state change"),
+                  LOG_INT("from", s->state), LOG_INT("to", to), LOG_INT("session", s->id), LOG_END);
+        abort();
+    }
+    s->state = to;
+    if (to == SESSION_DRAINING)
+        transport_pause(&s->client); /* later pipelined commands are not run, as in Redis */
+}
+
+/* Read nothing more: answer what is due, then close. */
+static void stop_reading(struct session *s)
+{
+    if (s->state == SESSION_LOGIN || s->state == SESSION_ACTIVE)
+        set_state(s, SESSION_DRAINING);
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Reply queue                                                                              */
+/* Work at the end of the loop turn                                                         */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Whatever is still to be written gets shutdown_timeout to leave; a client that never reads
- * (or a blocked command that never returns after a half-close) cannot keep the session. */
-static void start_close_deadline(struct session *s)
+/* Replies written now leave with everything else of this turn, in one write. */
+static void flush_later(struct session *s)
 {
-    uv_timer_stop(&s->login_timer);
-    uv_timer_start(&s->login_timer, on_close_deadline, s->w->cfg->limits.shutdown_timeout_ms, 0);
+    if (s->flush_queued || s->state == SESSION_CLOSING)
+        return;
+    s->flush_queued = true;
+    s->flush_next = s->w->flush_head;
+    s->w->flush_head = s;
 }
 
-static void close_after_reply(struct session *s)
+/* Read the commands that waited, at the end of this turn (never from inside a pool callback). */
+static void input_later(struct session *s)
 {
-    if (!s->client.closing)
-        start_close_deadline(s);
-    s->quitting = true;
-    if (s->upstream_started)
-        upstream_close(&s->up);
-    transport_close_when_flushed(&s->client);
+    if (s->input_queued || s->state == SESSION_CLOSING)
+        return;
+    s->input_queued = true;
+    s->input_next = s->w->input_head;
+    s->w->input_head = s;
 }
 
-/* Send the local bytes of the front entry and remove it. */
-static void q_pop(struct session *s)
+static void unlink_from(struct session **head, struct session *s, size_t next_off)
 {
-    struct pending *e = q_front(s);
-    if (e->local_len) {
-        transport_write(&s->client, buf_head(&s->local), e->local_len);
-        buf_consume(&s->local, e->local_len);
+    for (struct session **pp = head; *pp; pp = (struct session **)((char *)*pp + next_off))
+        if (*pp == s) {
+            *pp = *(struct session **)((char *)s + next_off);
+            return;
+        }
+}
+
+/* A session being freed leaves the turn's lists. */
+static void unqueue(struct session *s)
+{
+    if (s->input_queued)
+        unlink_from(&s->w->input_head, s, offsetof(struct session, input_next));
+    if (s->flush_queued)
+        unlink_from(&s->w->flush_head, s, offsetof(struct session, flush_next));
+    s->input_queued = s->flush_queued = false;
+}
+
+bool session_turn_input(struct worker *w)
+{
+    /* A few rounds: reading one session's commands may free a connection another waits for. */
+    for (int round = 0; round < 4 && w->input_head; round++) {
+        struct session *s = w->input_head;
+        w->input_head = NULL;
+        while (s) {
+            struct session *next = s->input_next;
+            s->input_queued = false;
+            s->refs++;
+            s->stalled = false; /* the command that waited is planned again */
+            process_input(s);
+            unref(s);
+            s = next;
+        }
     }
-    uint8_t flags = e->flags;
-    s->q_head = (s->q_head + 1) & (s->q_cap - 1);
-    s->q_len--;
-    if (flags & PENDING_CLOSE_AFTER)
+    return w->input_head != NULL;
+}
+
+void session_turn_flush(struct worker *w)
+{
+    struct session *s = w->flush_head;
+    w->flush_head = NULL;
+    while (s) {
+        struct session *next = s->flush_next;
+        s->flush_queued = false;
+        transport_flush(&s->client);
+        s = next;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Replies                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static void write_client(void *owner, const char *p, size_t n)
+{
+    struct session *s = owner;
+    transport_write(&s->client, p, n);
+    flush_later(s);
+}
+
+/* A forwarded command's reply is complete and handed to the client connection. */
+static void observe_latency(struct session *s, const struct replyq_entry *e)
+{
+    if (e->kind != REPLYQ_FORWARD || !e->t_sent || s->reply_t < e->t_sent)
+        return;
+    uint64_t now = uv_hrtime();
+    metrics_observe(s->w->metrics, MH_UPSTREAM_RTT, s->reply_t - e->t_sent);
+    metrics_observe(s->w->metrics, MH_ADDED_LATENCY, (e->t_sent - e->t_in) + (now - s->reply_t));
+}
+
+static void fail_upstream(struct session *s, const char *err, size_t len, bool keep);
+
+static void entry_done(void *owner, const struct replyq_entry *e, bool error, const char *reply, size_t len)
+{
+    struct session *s = owner;
+    observe_latency(s, e);
+    switch ((enum entry_tag)e->tag) {
+    case TAG_MULTI:
+        if (error && e->seq == s->multi_seq)
+            s->in_multi = s->multi_dirty = false; /* Redis refused the MULTI: no transaction */
+        break;
+    case TAG_TX_END:
+        if (!error)
+            s->cs &= (uint8_t)~CS_WATCH;
+        break;
+    case TAG_RESET:
+        if (!error)
+            s->cs &= CS_STICKY | CS_CREDENTIAL; /* the login after it decides the credential */
+        break;
+    case TAG_LOGIN:
+        if (error) {
+            /* Only the error's code goes to the log: its text may echo respguard's AUTH
+             * arguments (an upstream without AUTH answers "unknown command ... with args"). */
+            char code[32], reason[96];
+            resp_error_code(reply, len, code, sizeof code);
+            snprintf(reason, sizeof reason, "the upstream refused respguard's login (%s)", code[0] ? code : "error");
+            log_event(LOG_WARN, "upstream_error", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+                      LOG_STR("user", s->user ? s->user->name : NULL), LOG_STR("stage", "auth"),
+                      LOG_STR("reason", reason), LOG_END);
+            metrics_inc(s->w->metrics, MC_UPSTREAM_FAIL_AUTH);
+            if (e->local_len)
+                write_client(s, err_failed, sizeof err_failed - 1); /* the AUTH that rode on it */
+            fail_upstream(s, err_failed, sizeof err_failed - 1, false);
+        }
+        break;
+    case TAG_NONE:
+        break;
+    }
+    if (e->flags & REPLYQ_CLOSE_AFTER)
         close_after_reply(s);
 }
 
-/* Local replies at the front have nothing to wait for. */
-static void q_drain_local(struct session *s)
-{
-    struct pending *e;
-    while ((e = q_front(s)) && e->kind == PENDING_LOCAL && s->state != SESSION_CLOSING && !s->client.closing)
-        q_pop(s);
-    if (s->q_len == 0 && (s->draining || (s->peer_closed && (s->quitting || buf_len(&s->client.in) == 0))))
-        close_after_reply(s); /* the last replies are queued, not yet written */
-}
+static const struct replyq_ops replyq_ops = {.write = write_client, .done = entry_done};
 
 static void reply_local(struct session *s, const char *bytes, size_t len, uint8_t flags)
 {
-    /* Straight out only when nothing is due and no out-of-band frame (a pub/sub message, a
-     * push) is half way through to the client; otherwise it waits its turn in the queue. */
-    if (s->q_len == 0 && !s->frame_open) {
-        transport_write(&s->client, bytes, len);
-        if (flags & PENDING_CLOSE_AFTER)
-            close_after_reply(s);
-        return;
-    }
-    if (buf_append(&s->local, bytes, len) != 0 ||
-        q_push(s, (struct pending){.kind = PENDING_LOCAL, .flags = flags, .local_len = (uint32_t)len}) != 0)
+    if (replyq_local(&s->q, bytes, len, flags, TAG_NONE) != 0)
         session_close(s, "out of memory");
 }
 
@@ -273,28 +399,50 @@ static void reply_error(struct session *s, const char *text)
 #define REPLY_LITERAL(s, lit) reply_local((s), (lit), sizeof(lit) - 1, 0)
 
 /* Queue an entry that waits for the upstream; local bytes (if any) are sent on success. */
-static void expect_upstream(struct session *s, enum pending_kind kind, uint8_t flags, uint32_t expected,
-                            const char *local, size_t local_len)
+static void expect_upstream(struct session *s, enum replyq_kind kind, uint8_t flags, uint32_t expected,
+                            uint8_t tag, const char *local, size_t local_len)
 {
-    if ((local_len && buf_append(&s->local, local, local_len) != 0) ||
-        q_push(s, (struct pending){.kind = (uint8_t)kind, .flags = flags, .expected = expected,
-                                   .local_len = (uint32_t)local_len}) != 0)
+    struct replyq_entry e = {.kind = (uint8_t)kind, .flags = flags, .tag = tag, .expected = expected,
+                             .seq = s->multi_seq, .t_in = s->batch_t};
+    if (replyq_expect(&s->q, e, local, local_len) != 0) {
         session_close(s, "out of memory");
+        return;
+    }
+    s->batch_pushed++;
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Upstream                                                                                  */
+/* The upstream connection                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-static void send_upstream(struct session *s, const char *bytes, size_t len)
+/* What giving the connection back means: does it carry anything of this session's? */
+static enum pool_return connection_return(const struct session *s)
 {
-    transport_write(&s->up.t, bytes, len);
+    if (s->cs & CS_STICKY)
+        return POOL_RETURN_BROKEN;
+    if (s->q.upstream_due || s->q.frame_open || s->in_multi || s->cs || replyq_subscribed(&s->q) ||
+        s->q.proto != 2 || s->req_proto != 2)
+        return POOL_RETURN_DIRTY;
+    return POOL_RETURN_CLEAN;
+}
+
+/* Multiplex mode: a pinned connection whose state has ended rejoins the shared ones. */
+static void maybe_unpin(struct session *s)
+{
+    if (multiplex(s) && owns_conn(s) && connection_return(s) == POOL_RETURN_CLEAN)
+        pool_release(&s->pc, POOL_RETURN_CLEAN);
+}
+
+/* Send bytes that answer `frames` reply frames (commands: client commands among them). */
+static void send_upstream(struct session *s, const char *bytes, size_t len, uint32_t frames, uint32_t commands)
+{
+    pool_send(&s->pc, bytes, len, frames, commands);
 }
 
 static void forward_command(struct session *s, const char *frame, const struct resp_request *req)
 {
     if (req->canonical) {
-        send_upstream(s, frame, req->frame_len);
+        send_upstream(s, frame, req->frame_len, 1, 1);
         return;
     }
     /* Inline or non-canonical multibulk: what leaves is the canonical encoding of what we
@@ -306,495 +454,243 @@ static void forward_command(struct session *s, const char *frame, const struct r
         return;
     }
     size_t n = resp_encode_command(buf_tail(&s->enc), req->argc, req->argv);
-    send_upstream(s, buf_head(&s->enc), n);
+    send_upstream(s, buf_head(&s->enc), n, 1, 1);
     if (s->enc.cap > 256 * 1024)
         buf_free(&s->enc); /* a one-off big inline or odd command: do not keep its size */
 }
 
-/* The upstream is gone or never came: every reply still due becomes an error, then close. */
-static void fail_upstream(struct session *s, const char *stage, const char *reason)
+/* Log the connection in with upstream credential idx (AUTH); reply (if any) goes to the client
+ * once the upstream accepted it. */
+static void upstream_login(struct session *s, size_t idx, const char *reply, size_t reply_len)
 {
-    log_event(LOG_WARN, "upstream_error", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
-              LOG_STR("user", s->user ? s->user->name : NULL), LOG_STR("stage", stage),
-              LOG_STR("reason", reason), LOG_END);
-    metrics_inc(s->w->metrics, metrics_upstream_failure(stage, reason));
-    static const char lost[] = "-ERR respguard: upstream connection lost\r\n";
-    static const char failed[] = "-ERR respguard: upstream connection failed\r\n";
-    const char *err = strcmp(stage, "lost") == 0 ? lost : failed;
-    size_t errlen = strlen(err);
-    /* A reply that was half streamed cannot be completed: the client only gets the close. */
-    bool midframe = s->frame_open && !s->frame_held;
-    buf_reset(&s->hold);
-    s->frame_open = false;
-    while (s->q_len && !midframe) {
-        struct pending *e = q_front(s);
-        if (e->kind == PENDING_LOCAL) {
-            q_pop(s);
-            continue;
-        }
-        /* Only entries the client is waiting on get the error: not what respguard injected. */
-        if (e->kind == PENDING_FORWARD || e->kind == PENDING_REPLACE || (e->kind == PENDING_LOGIN && e->local_len))
-            transport_write(&s->client, err, errlen);
-        buf_consume(&s->local, e->local_len);
-        s->q_head = (s->q_head + 1) & (s->q_cap - 1);
-        s->q_len--;
-    }
-    s->q_len = 0;
-    buf_reset(&s->local);
-    close_after_reply(s);
-}
-
-static void on_up_ready(struct upstream *u)
-{
-    struct session *s = u->owner;
-    log_event(LOG_DEBUG, "upstream_connected", LOG_INT("session", s->id), LOG_END);
-    metrics_inc(s->w->metrics, MC_UPSTREAM_OPENED);
-    s->up_opened = true;
-    /* The login command and any commands already queued were held by the transport until the
-     * handshake completed; they leave now. */
-    transport_flush(&u->t);
-}
-
-static void on_up_failed(struct upstream *u, const char *stage, const char *reason)
-{
-    struct session *s = u->owner;
-    s->refs++;
-    fail_upstream(s, stage, reason);
-    unref(s);
-}
-
-static void on_up_closed(struct upstream *u)
-{
-    struct session *s = u->owner;
-    if (s->up_opened) {
-        s->up_opened = false;
-        metrics_inc(s->w->metrics, MC_UPSTREAM_CLOSED);
-    }
-    unref(s);
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Reply framing                                                                            */
-/* ---------------------------------------------------------------------------------------- */
-
-static bool head_is(const struct resp_frame_info *f, const char *s)
-{
-    size_t n = strlen(s);
-    if (!f->has_head || f->head_len != n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (tolower((unsigned char)f->head[i]) != s[i])
-            return false;
-    return true;
-}
-
-static bool is_confirmation(const struct resp_frame_info *f, bool *shard)
-{
-    *shard = head_is(f, "ssubscribe") || head_is(f, "sunsubscribe");
-    return *shard || head_is(f, "subscribe") || head_is(f, "unsubscribe") || head_is(f, "psubscribe") ||
-           head_is(f, "punsubscribe");
-}
-
-static bool is_message(const struct resp_frame_info *f)
-{
-    return head_is(f, "message") || head_is(f, "pmessage") || head_is(f, "smessage");
-}
-
-/* Frames that may be dropped are held until they end; everything else streams through. */
-static bool must_hold(struct session *s)
-{
-    struct pending *e = q_front(s);
-    if (!e)
-        return false;
-    return e->kind != PENDING_FORWARD || (e->flags & PENDING_UNBOUNDED);
-}
-
-static void forward_held(struct session *s)
-{
-    if (buf_len(&s->hold))
-        transport_write(&s->client, buf_head(&s->hold), buf_len(&s->hold));
-    buf_reset(&s->hold);
-}
-
-/* A forwarded command's reply is complete and handed to the client connection. */
-static void observe_latency(struct session *s, const struct pending *e)
-{
-    if (e->kind != PENDING_FORWARD || !e->t_sent || s->reply_t < e->t_sent)
-        return;
-    uint64_t now = uv_hrtime();
-    metrics_observe(s->w->metrics, MH_UPSTREAM_RTT, s->reply_t - e->t_sent);
-    metrics_observe(s->w->metrics, MH_ADDED_LATENCY, (e->t_sent - e->t_in) + (now - s->reply_t));
-}
-
-static void complete_entry(struct session *s, struct pending *e, bool error)
-{
-    observe_latency(s, e);
-    if (!error) {
-        if (e->flags & (PENDING_SET_RESP2 | PENDING_RESET))
-            s->reply_proto = 2;
-        if (e->flags & PENDING_SET_RESP3)
-            s->reply_proto = 3;
-        if (e->flags & PENDING_RESET)
-            s->subs = s->ssubs = 0;
-    } else if ((e->flags & PENDING_MULTI) && e->multi_seq == s->multi_seq) {
-        s->in_multi = s->multi_dirty = false; /* Redis refused the MULTI: no transaction */
-    }
-    if (e->flags & PENDING_SUBSCRIBE)
-        s->pending_subscribes--;
-    q_pop(s);
-    q_drain_local(s);
-}
-
-/* One complete top-level frame arrived from the upstream. */
-static void on_frame(struct session *s, const struct resp_frame_info *f)
-{
-    bool held = s->frame_held;
-    struct pending *e = q_front(s);
-    bool shard = false;
-    bool confirm = false, oob = false;
-
-    if (f->kind == RESP_FRAME_ATTRIBUTE) {
-        /* An attribute belongs to the frame after it: keep holding, or it already streamed. */
-        return;
-    }
-    bool subscribed2 = s->reply_proto == 2 && (s->subs > 0 || s->ssubs > 0);
-    bool expecting = e && (e->flags & PENDING_PUBSUB);
-    if ((f->kind == RESP_FRAME_PUSH || (f->type == '*' && (expecting || subscribed2))) &&
-        is_confirmation(f, &shard)) {
-        /* A real confirmation: a push, or a RESP2 array where one can stand. Its count says
-         * whether the connection is still in subscribed mode. */
-        if (f->has_last_int) {
-            if (shard)
-                s->ssubs = f->last_int;
-            else
-                s->subs = f->last_int;
-        }
-        confirm = expecting;
-        oob = !confirm;
-    } else if (f->kind == RESP_FRAME_PUSH) {
-        oob = true;
-    } else if (subscribed2 && f->type == '*' && is_message(f)) {
-        oob = true;
-    }
-
-    if (s->frame_unsolicited)
-        oob = true; /* e.g. MONITOR output or a push arriving while nothing was pending */
-    if (oob || !e) {
-        if (!e && !oob)
-            log_event(LOG_WARN, "unexpected_reply", LOG_INT("session", s->id), LOG_END);
-        if (held)
-            forward_held(s);
-        q_drain_local(s); /* local replies that waited for this frame to end */
-        return;
-    }
-
-    if (e->flags & PENDING_UNBOUNDED) {
-        if (confirm) {
-            forward_held(s);
-            return;
-        }
-        if (f->is_error) {
-            /* The argument-less UNSUBSCRIBE itself failed: the error is its reply. */
-            forward_held(s);
-            complete_entry(s, e, true);
-            return;
-        }
-        /* The first reply that is not a confirmation answers the marker after it. */
-        complete_entry(s, e, false);
-        e = q_front(s);
-        if (!e) {
-            forward_held(s);
-            return;
-        }
-    }
-
-    switch ((enum pending_kind)e->kind) {
-    case PENDING_FORWARD:
-        if (held)
-            forward_held(s);
-        break;
-    case PENDING_LOGIN:
-        if (f->is_error) {
-            /* Only the error's code goes to the log: its text may echo respguard's AUTH
-             * arguments (an upstream without AUTH answers "unknown command ... with args"). */
-            char code[32], reason[96];
-            resp_error_code(buf_head(&s->hold), buf_len(&s->hold), code, sizeof code);
-            snprintf(reason, sizeof reason, "the upstream refused respguard's login (%s)", code[0] ? code : "error");
-            buf_reset(&s->hold);
-            fail_upstream(s, "auth", reason);
-            return;
-        }
-        upstream_logged_in(&s->up);
-        buf_reset(&s->hold);
-        break;
-    case PENDING_SWALLOW:
-    case PENDING_REPLACE:
-        buf_reset(&s->hold);
-        break;
-    case PENDING_LOCAL:
-        /* Only when a frame nobody asked for ends behind it: the frame goes out, then the
-         * local replies that waited for it. */
-        forward_held(s);
-        q_drain_local(s);
-        return;
-    }
-    if (f->is_error || e->expected <= 1)
-        complete_entry(s, e, f->is_error);
+    const struct worker_login *l = &s->w->upstream_logins[idx];
+    s->up_login = idx;
+    if (s->pc.conn && idx != s->pc.conn->pool->login)
+        s->cs |= CS_CREDENTIAL;
     else
-        e->expected--;
+        s->cs &= (uint8_t)~CS_CREDENTIAL;
+    send_upstream(s, l->cmd, l->len, 1, 0);
+    expect_upstream(s, REPLYQ_LOGIN, 0, 1, TAG_LOGIN, reply, reply_len);
 }
 
-static void process_replies(struct session *s)
+/* The upstream connection broke (or never came): every reply still due becomes err. keep: the
+ * session goes on (multiplex, shared: nothing of the client's was on the connection but its
+ * commands in flight); otherwise the client is closed once the errors are out, so that its
+ * reconnect logic takes over. */
+static void fail_upstream(struct session *s, const char *err, size_t len, bool keep)
 {
-    struct buf *in = &s->up.t.in;
-    s->reply_t = uv_hrtime();
-    while (buf_len(in) > 0 && s->state != SESSION_CLOSING && !s->client.closing) {
-        if (!s->frame_open) {
-            s->frame_open = true;
-            s->frame_held = must_hold(s);
-            s->frame_unsolicited = s->q_len == 0;
-        }
-        size_t used = 0;
-        struct resp_frame_info info;
-        const char *err = NULL;
-        enum resp_frame_status st = resp_framer_feed(&s->framer, buf_head(in), buf_len(in), &used, &info, &err);
-        if (st == RESP_FRAME_ERROR) {
-            fail_upstream(s, "lost", err ? err : "protocol error in reply");
-            return;
-        }
-        if (s->frame_held) {
-            if (buf_append(&s->hold, buf_head(in), used) != 0) {
-                session_close(s, "out of memory");
-                return;
-            }
-            /* Swallowed replies (+OK, +PONG, a short error) are small; a frame this big is an
-             * out-of-band message or a confirmation's neighbour: stream the rest. */
-            if (buf_len(&s->hold) > HOLD_MAX && st != RESP_FRAME_DONE) {
-                forward_held(s);
-                s->frame_held = false;
-            }
-        } else {
-            transport_write(&s->client, buf_head(in), used);
-        }
-        buf_consume(in, used);
-        if (st == RESP_FRAME_DONE) {
-            s->frame_open = false;
-            on_frame(s, &info);
-        }
+    if (s->state == SESSION_CLOSING)
+        return;
+    bool midframe = replyq_fail(&s->q, err, len);
+    flush_later(s);
+    if (midframe || !keep) {
+        stop_reading(s);
+        close_after_reply(s);
+        return;
     }
-    transport_flush(&s->client);
-    maybe_resume_client(s);
-    if (!s->upstream_paused && transport_pending(&s->client) > s->w->cfg->limits.client_output_bytes) {
-        s->upstream_paused = true;
-        transport_pause(&s->up.t);
-    }
+    input_later(s); /* a command may have waited for these replies */
 }
 
-static void on_up_data(struct upstream *u)
+static struct session *of_client(struct pool_client *pc)
 {
-    struct session *s = u->owner;
+    return (struct session *)((char *)pc - offsetof(struct session, pc));
+}
+
+static void on_pool_acquired(struct pool_client *pc)
+{
+    struct session *s = of_client(pc);
+    if (pc->use != POOL_USE_SHARE)
+        s->up_login = pc->conn->pool->login;
+    if (s->pending_user) {
+        /* A login at connect (certificate, default user) waited for this. */
+        const struct acl_user *u = s->pending_user;
+        s->pending_user = NULL;
+        s->refs++;
+        if (s->state == SESSION_LOGIN)
+            apply_login(s, u, NULL, 0);
+        unref(s);
+    }
+    input_later(s);
+}
+
+static void on_pool_failed(struct pool_client *pc, enum pool_failure why)
+{
+    struct session *s = of_client(pc);
+    if (s->pending_user) {
+        s->pending_user = NULL;
+        s->refs++;
+        s->failure = why;
+        login_unavailable(s);
+        unref(s);
+        return;
+    }
+    s->have_failure = true;
+    s->failure = why;
+    input_later(s);
+}
+
+static void after_reply(struct session *s);
+
+static void on_pool_reply(struct pool_client *pc, const char *p, size_t n, const struct resp_frame_info *end)
+{
+    struct session *s = of_client(pc);
+    if (s->state == SESSION_CLOSING)
+        return;
     s->refs++;
-    if (!s->upstream_paused)
-        process_replies(s);
+    if (!s->q.frame_open)
+        s->reply_t = uv_hrtime();
+    if (replyq_feed(&s->q, p, n, end) != 0)
+        session_close(s, "out of memory");
+    else if (end)
+        after_reply(s);
     unref(s);
 }
 
-static void on_up_drained(struct upstream *u)
+static void on_pool_lost(struct pool_client *pc, const char *stage, const char *reason)
 {
-    struct session *s = u->owner;
+    struct session *s = of_client(pc);
+    (void)stage;
+    (void)reason; /* the pool logged it, once for every client */
+    s->refs++;
+    /* Shared in multiplex mode: only the commands in flight on it are lost; the client's next
+     * ones go to another connection. Held or pinned: the connection's state is gone with it. */
+    bool keep = multiplex(s) && pc->use == POOL_USE_SHARE;
+    fail_upstream(s, err_lost, sizeof err_lost - 1, keep);
+    unref(s);
+}
+
+static void on_pool_drained(struct pool_client *pc)
+{
+    struct session *s = of_client(pc);
     s->refs++;
     maybe_resume_client(s);
     unref(s);
 }
 
-static const struct upstream_ops upstream_ops = {
-    .on_ready = on_up_ready,
-    .on_data = on_up_data,
-    .on_drained = on_up_drained,
-    .on_failed = on_up_failed,
-    .on_closed = on_up_closed,
+static const struct pool_client_ops pool_client_ops = {
+    .acquired = on_pool_acquired,
+    .failed = on_pool_failed,
+    .reply = on_pool_reply,
+    .lost = on_pool_lost,
+    .drained = on_pool_drained,
 };
+
+/* Make sure the connection a command needs is at hand: the held or pinned one serves
+ * everything; a shared one serves SHARE commands of its pool. Changing connections waits until
+ * nothing is due on the old one, so the client's commands run in the order it sent them. */
+static enum go ensure_conn(struct session *s, struct pool *pool, enum pool_use use)
+{
+    struct pool_client *pc = &s->pc;
+    if (s->have_failure) {
+        s->have_failure = false;
+        return FAIL;
+    }
+    if (pc->waiting)
+        return WAIT;
+    if (pc->conn) {
+        if (pc->use != POOL_USE_SHARE)
+            return GO;
+        if (use == POOL_USE_SHARE && pc->conn->pool == pool)
+            return GO;
+        if (pc->due)
+            return WAIT; /* input_later when its last reply is in */
+        pool_release(pc, POOL_RETURN_CLEAN);
+    }
+    int rc = pool_acquire(pool, pc, use);
+    if (rc == 1)
+        return WAIT;
+    if (rc < 0) {
+        s->failure = POOL_FAIL_STOPPED;
+        return FAIL;
+    }
+    if (use != POOL_USE_SHARE)
+        s->up_login = pool->login;
+    return GO;
+}
+
+static const char *failure_error(const struct session *s, size_t *len)
+{
+    if (s->failure == POOL_FAIL_TIMEOUT) {
+        *len = sizeof err_no_conn - 1;
+        return err_no_conn;
+    }
+    *len = sizeof err_failed - 1;
+    return err_failed;
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Login                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Send upstream credential idx (AUTH); reply (if any) goes to the client once it succeeded. */
-static void upstream_login(struct session *s, size_t idx, const char *reply, size_t reply_len)
-{
-    const struct worker_login *l = &s->w->upstream_logins[idx];
-    s->up_login = idx;
-    send_upstream(s, l->cmd, l->len);
-    expect_upstream(s, PENDING_LOGIN, 0, 1, reply, reply_len);
-}
-
-/* Log in as u. The reply (local bytes, e.g. "+OK") is sent once the upstream has accepted
- * respguard's own login, so a client never hears OK from a session that cannot work. */
-static void login(struct session *s, const struct acl_user *u, const char *reply, size_t reply_len)
+/* Log in as u (checked). The reply (local bytes, e.g. "+OK") is sent once the connection the
+ * user's credential needs is ready: at once, or after respguard's AUTH on a held connection. */
+static void apply_login(struct session *s, const struct acl_user *u, const char *reply, size_t reply_len)
 {
     s->user = u;
-    s->state = SESSION_ACTIVE;
-    uv_timer_stop(&s->login_timer);
-    /* A user with an expiry: the session ends when the user does (the login timer is free now). */
+    set_state(s, SESSION_ACTIVE);
+    uv_timer_stop(&s->timer);
+    /* A user with an expiry: the session ends when the user does. */
     const struct config_user *uc = worker_user_config(s->w, u);
     if (uc->has_expires) {
         time_t now = time(NULL);
         uint64_t ms = uc->expires > now ? (uint64_t)(uc->expires - now) * 1000 : 0;
-        uv_timer_start(&s->login_timer, on_user_expired, ms, 0);
+        uv_timer_start(&s->timer, on_user_expired, ms, 0);
     }
-    log_event(LOG_INFO, "login", LOG_STR("result", "ok"), LOG_STR("user", u->name), LOG_STR("peer", s->peer),
-              LOG_INT("session", s->id), LOG_END);
-    metrics_inc(s->w->metrics, MC_LOGIN_OK);
-    if (s->w->anomaly)
-        anomaly_record_connection(s->w->anomaly, (int)(u - s->w->users), (struct sockaddr *)&s->peer_addr,
-                                  uv_now(s->w->loop));
-    size_t want = s->w->user_login[u - s->w->users];
-    if (s->upstream_started) {
-        if (want != s->up_login)
-            upstream_login(s, want, reply, reply_len); /* this user maps to another credential */
-        else if (reply_len)
-            reply_local(s, reply, reply_len, 0);
+    struct login_source src = source_of(s);
+    login_record_success(&src, u);
+    s->pool = pool_of(s, u);
+    size_t want = s->pool->login;
+    if (owns_conn(s) && want != s->up_login) {
+        upstream_login(s, want, reply, reply_len); /* this user maps to another credential */
         return;
     }
-    s->upstream_started = true;
-    s->refs++; /* released by on_up_closed */
-    if (upstream_start(&s->up, s->w, &upstream_ops, s) < 0) {
-        fail_upstream(s, "connect", "cannot start the connection");
-        return;
+    if (owns_conn(s))
+        s->up_login = want;
+    if (reply_len)
+        reply_local(s, reply, reply_len, 0);
+}
+
+/* The pool and use a login as u needs: session mode holds a connection of u's pool (a held one
+ * serves a re-login too); multiplex mode proves at the first login that u's pool can serve, and
+ * a RESP3 HELLO pins. */
+static bool login_needs(struct session *s, const struct acl_user *u, bool resp3, struct pool **pool,
+                        enum pool_use *use)
+{
+    *pool = pool_of(s, u);
+    if (!multiplex(s)) {
+        *use = POOL_USE_HOLD;
+        return true;
     }
-    s->up.t.bytes_in_counter = &s->w->metrics->c[MC_UPSTREAM_BYTES_IN];
-    s->up.t.bytes_out_counter = &s->w->metrics->c[MC_UPSTREAM_BYTES_OUT];
-    upstream_login(s, want, reply, reply_len);
-}
-
-enum login_result { LOGIN_OK, LOGIN_UNKNOWN_USER, LOGIN_BAD_PASSWORD, LOGIN_EXPIRED, LOGIN_SOURCE };
-
-static const char *login_result_name(enum login_result r)
-{
-    switch (r) {
-    case LOGIN_OK: return "ok";
-    case LOGIN_UNKNOWN_USER: return "unknown user";
-    case LOGIN_BAD_PASSWORD: return "wrong password or disabled";
-    case LOGIN_EXPIRED: return "expired";
-    case LOGIN_SOURCE: return "source not allowed";
+    if (resp3) {
+        *use = POOL_USE_PIN;
+        return true;
     }
-    return "?";
+    *use = POOL_USE_SHARE;
+    return !authenticated(s);
 }
 
-static enum metrics_counter login_result_counter(enum login_result r)
+static void login_unavailable(struct session *s)
 {
-    switch (r) {
-    case LOGIN_OK: return MC_LOGIN_OK;
-    case LOGIN_UNKNOWN_USER: return MC_LOGIN_UNKNOWN_USER;
-    case LOGIN_BAD_PASSWORD: return MC_LOGIN_WRONG_PASSWORD;
-    case LOGIN_EXPIRED: return MC_LOGIN_EXPIRED;
-    case LOGIN_SOURCE: return MC_LOGIN_SOURCE;
-    }
-    return MC_LOGIN_WRONG_PASSWORD;
+    size_t len;
+    const char *err = failure_error(s, &len);
+    stop_reading(s);
+    reply_local(s, err, len, REPLYQ_CLOSE_AFTER);
 }
 
-static enum login_result check_user_allowed(struct session *s, const struct acl_user *u);
-
-static enum login_result check_login(struct session *s, const struct resp_arg *user, const struct resp_arg *pass,
-                                     const struct acl_user **out)
+/* The user AUTH user pass (or HELLO ... AUTH) would log in as, without recording anything;
+ * NULL when it would fail (locked out, unknown, wrong password, not allowed). */
+static const struct acl_user *login_would_succeed(struct session *s, const struct resp_arg *user,
+                                                  const struct resp_arg *pass)
 {
-    const struct acl_user *u = worker_find_user(s->w, user->ptr, user->len);
-    *out = u;
-    if (!u) {
-        /* Same work as for a real user, so timing does not tell which names exist. */
-        uint8_t h[CRYPTO_SHA256_LEN];
-        crypto_sha256(pass->ptr, pass->len, h);
-        return LOGIN_UNKNOWN_USER;
-    }
-    if (!acl_user_check_password(u, pass->ptr, pass->len))
-        return LOGIN_BAD_PASSWORD;
-    return check_user_allowed(s, u);
-}
-
-/* What a login needs besides the password: not expired, from an allowed network. */
-static enum login_result check_user_allowed(struct session *s, const struct acl_user *u)
-{
-    if (!u->enabled)
-        return LOGIN_BAD_PASSWORD;
-    const struct config_user *uc = worker_user_config(s->w, u);
-    if (uc->has_expires && time(NULL) >= uc->expires)
-        return LOGIN_EXPIRED;
-    if (uc->allow_from.count && !config_cidr_match(&uc->allow_from, (struct sockaddr *)&s->peer_addr))
-        return LOGIN_SOURCE;
-    return LOGIN_OK;
-}
-
-static const char wrongpass[] = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
-
-static void login_failed(struct session *s, const struct resp_arg *user, enum login_result r)
-{
-    uint64_t now = uv_now(s->w->loop);
-    if (s->w->anomaly)
-        anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, now);
-    log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", user->ptr, user->len),
-              LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_INT("session", s->id),
-              LOG_END);
-    metrics_inc(s->w->metrics, login_result_counter(r));
+    struct login_source src = source_of(s);
     if (s->w->lockout &&
-        lockout_record_failure(s->w->lockout, (struct sockaddr *)&s->peer_addr, user->ptr, user->len, now)) {
-        const struct config_login_lockout *lo = &s->w->cfg->limits.login_lockout;
-        log_event(LOG_WARN, "login_lockout", LOG_STR("peer", s->peer), LOG_BYTES("user", user->ptr, user->len),
-                  LOG_INT("failures", lo->failures),
-                  LOG_INT("window_ms", (long long)lo->window_ms), LOG_INT("duration_ms", (long long)lo->duration_ms),
-                  LOG_END);
-        metrics_inc(s->w->metrics, MC_LOCKOUTS);
-    }
-    REPLY_LITERAL(s, wrongpass);
+        lockout_locked(s->w->lockout, src.addr, user->ptr, user->len, uv_now(s->w->loop), NULL))
+        return NULL;
+    const struct acl_user *u = NULL;
+    return login_check(&src, user, pass, &u) == LOGIN_OK ? u : NULL;
 }
 
-/* login_lockout: a user name with too many recent failures from this source is refused before
- * its password is looked at (each attempt still counts as a failed login for the anomaly
- * detector, not in the log: the lockout's start was logged once). */
-static bool login_locked_out(struct session *s, const struct resp_arg *user)
-{
-    uint64_t retry_ms = 0, now = uv_now(s->w->loop);
-    if (!s->w->lockout ||
-        !lockout_locked(s->w->lockout, (struct sockaddr *)&s->peer_addr, user->ptr, user->len, now, &retry_ms))
-        return false;
-    if (s->w->anomaly)
-        anomaly_record_auth_failure(s->w->anomaly, (struct sockaddr *)&s->peer_addr, now);
-    metrics_inc(s->w->metrics, MC_LOGIN_LOCKED_OUT);
-    char line[160];
-    snprintf(line, sizeof line,
-             "WRONGPASS too many failed logins for this user from this address, try again in %llu seconds",
-             (unsigned long long)((retry_ms + 999) / 1000));
-    reply_error(s, line);
-    return true;
-}
-
-/* user_from_cert: cn. The verified client certificate's CN names the user; no password. A CN
- * that names no usable user leaves the session unauthenticated (AUTH still works). */
-static void login_from_certificate(struct session *s)
-{
-    char cn[256];
-    if (tlsconn_peer_cn(s->client.tls, cn, sizeof cn) != 0)
-        return;
-    struct resp_arg name = {cn, strlen(cn)};
-    const struct acl_user *u = worker_find_user(s->w, name.ptr, name.len);
-    enum login_result r = u ? check_user_allowed(s, u) : LOGIN_UNKNOWN_USER;
-    if (r != LOGIN_OK) {
-        log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", name.ptr, name.len),
-                  LOG_STR("peer", s->peer), LOG_STR("reason", login_result_name(r)), LOG_STR("method", "certificate"),
-                  LOG_INT("session", s->id), LOG_END);
-        metrics_inc(s->w->metrics, login_result_counter(r));
-        return;
-    }
-    login(s, u, NULL, 0);
-}
-
-/* As in Redis, a default user without a password logs everyone in at connect. */
-static void login_at_connect(struct session *s)
-{
-    const struct acl_user *d = worker_find_user(s->w, "default", 7);
-    if (d && d->enabled && d->nopass && check_user_allowed(s, d) == LOGIN_OK)
-        login(s, d, NULL, 0);
-}
-
+/* AUTH [user] pass: the effects (the plan has made sure of the connection). */
 static void cmd_auth(struct session *s, const struct resp_request *req)
 {
     static const struct resp_arg default_user = {"default", 7};
@@ -808,15 +704,20 @@ static void cmd_auth(struct session *s, const struct resp_request *req)
     }
     const struct resp_arg *user = req->argc == 3 ? &req->argv[1] : &default_user;
     const struct resp_arg *pass = &req->argv[req->argc - 1];
-    const struct acl_user *u = NULL;
-    if (login_locked_out(s, user))
-        return;
-    enum login_result r = check_login(s, user, pass, &u);
-    if (r != LOGIN_OK) {
-        login_failed(s, user, r);
+    struct login_source src = source_of(s);
+    char line[160];
+    if (login_locked_out(&src, user, line, sizeof line)) {
+        reply_local(s, line, strlen(line), 0);
         return;
     }
-    login(s, u, "+OK\r\n", 5);
+    const struct acl_user *u = NULL;
+    enum login_result r = login_check(&src, user, pass, &u);
+    if (r != LOGIN_OK) {
+        login_record_failure(&src, user, r, NULL);
+        reply_local(s, login_wrongpass, strlen(login_wrongpass), 0);
+        return;
+    }
+    apply_login(s, u, "+OK\r\n", 5);
 }
 
 static bool valid_client_name(const struct resp_arg *a)
@@ -827,70 +728,117 @@ static bool valid_client_name(const struct resp_arg *a)
     return true;
 }
 
-static void cmd_hello(struct session *s, const struct resp_request *req)
+/* HELLO [protover [AUTH user pass] [SETNAME name]], parsed. */
+struct hello {
+    long long ver;                     /* 0: not given */
+    const struct resp_arg *user, *pass, *name;
+    const char *error;                 /* a syntax error to answer instead (with '-', no CRLF) */
+    char errbuf[160];
+};
+
+static void parse_hello(const struct resp_request *req, struct hello *h)
 {
-    long long ver = 0;
+    memset(h, 0, sizeof *h);
     if (req->argc >= 2) {
-        if (!resp_string2ll(req->argv[1].ptr, req->argv[1].len, &ver)) {
-            REPLY_LITERAL(s, "-ERR Protocol version is not an integer or out of range\r\n");
+        if (!resp_string2ll(req->argv[1].ptr, req->argv[1].len, &h->ver)) {
+            h->error = "-ERR Protocol version is not an integer or out of range";
             return;
         }
-        if (ver < 2 || ver > 3) {
-            REPLY_LITERAL(s, "-NOPROTO unsupported protocol version\r\n");
+        if (h->ver < 2 || h->ver > 3) {
+            h->error = "-NOPROTO unsupported protocol version";
             return;
         }
     }
-    const struct resp_arg *user = NULL, *pass = NULL, *name = NULL;
     for (size_t j = 2; j < req->argc; j++) {
         size_t more = req->argc - 1 - j;
         if (arg_is(&req->argv[j], "auth") && more >= 2) {
-            user = &req->argv[j + 1];
-            pass = &req->argv[j + 2];
+            h->user = &req->argv[j + 1];
+            h->pass = &req->argv[j + 2];
             j += 2;
         } else if (arg_is(&req->argv[j], "setname") && more >= 1) {
-            name = &req->argv[j + 1];
-            if (!valid_client_name(name)) {
-                REPLY_LITERAL(s, "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+            h->name = &req->argv[j + 1];
+            if (!valid_client_name(h->name)) {
+                h->error = "-ERR Client names cannot contain spaces, newlines or special characters.";
                 return;
             }
             j++;
         } else {
-            char msg[160];
             const struct resp_arg *o = &req->argv[j];
-            snprintf(msg, sizeof msg, "ERR Syntax error in HELLO option '%.*s'", (int)(o->len > 64 ? 64 : o->len), o->ptr);
-            reply_error(s, msg);
+            snprintf(h->errbuf, sizeof h->errbuf, "-ERR Syntax error in HELLO option '%.*s'",
+                     (int)(o->len > 64 ? 64 : o->len), o->ptr);
+            h->error = h->errbuf;
             return;
         }
     }
-    if (user) {
-        const struct acl_user *u = NULL;
-        if (login_locked_out(s, user))
-            return;
-        enum login_result r = check_login(s, user, pass, &u);
-        if (r != LOGIN_OK) {
-            login_failed(s, user, r);
+}
+
+static const char hello_noauth[] =
+    "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> "
+    "option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
+
+static bool set_name(struct session *s, const struct resp_arg *name)
+{
+    char *n = NULL;
+    if (name->len) {
+        n = malloc(name->len + 1);
+        if (!n) {
+            session_close(s, "out of memory");
+            return false;
+        }
+        memcpy(n, name->ptr, name->len);
+        n[name->len] = '\0';
+    }
+    free(s->name);
+    s->name = n;
+    return true;
+}
+
+/* HELLO: the effects (the plan has made sure of the connection). */
+static void cmd_hello(struct session *s, const struct resp_request *req)
+{
+    struct hello h;
+    parse_hello(req, &h);
+    if (h.error) {
+        reply_error(s, h.error + 1);
+        return;
+    }
+    if (h.user) {
+        struct login_source src = source_of(s);
+        char line[160];
+        if (login_locked_out(&src, h.user, line, sizeof line)) {
+            reply_local(s, line, strlen(line), 0);
             return;
         }
-        login(s, u, NULL, 0);
+        const struct acl_user *u = NULL;
+        enum login_result r = login_check(&src, h.user, h.pass, &u);
+        if (r != LOGIN_OK) {
+            login_record_failure(&src, h.user, r, NULL);
+            reply_local(s, login_wrongpass, strlen(login_wrongpass), 0);
+            return;
+        }
+        apply_login(s, u, NULL, 0);
         if (s->state == SESSION_CLOSING)
             return;
     }
     if (!authenticated(s)) {
-        REPLY_LITERAL(s, "-NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-                         "HELLO AUTH <user> <pass> option can be used to authenticate the client and select "
-                         "the RESP protocol version at the same time\r\n");
+        REPLY_LITERAL(s, hello_noauth);
         return;
     }
     /* The upstream answers HELLO itself (server, version, id, ...), without the AUTH part: it is
-     * already logged in as respguard. */
+     * already logged in as respguard. In multiplex mode the name stays with respguard (CLIENT
+     * GETNAME answers it): a shared connection must not carry it. */
     struct resp_arg argv[4];
     size_t argc = 0;
     argv[argc++] = req->argv[0];
     if (req->argc >= 2)
         argv[argc++] = req->argv[1];
-    if (name) {
+    if (h.name && multiplex(s)) {
+        if (!set_name(s, h.name))
+            return;
+    } else if (h.name) {
         argv[argc++] = (struct resp_arg){"SETNAME", 7};
-        argv[argc++] = *name;
+        argv[argc++] = *h.name;
+        s->cs |= CS_NAME;
     }
     buf_reset(&s->enc);
     if (buf_reserve(&s->enc, resp_encoded_size(argc, argv)) != 0) {
@@ -898,18 +846,68 @@ static void cmd_hello(struct session *s, const struct resp_request *req)
         return;
     }
     size_t n = resp_encode_command(buf_tail(&s->enc), argc, argv);
-    send_upstream(s, buf_head(&s->enc), n);
-    uint8_t flags = ver == 3 ? PENDING_SET_RESP3 : ver == 2 ? PENDING_SET_RESP2 : 0;
-    if (ver)
-        s->req_proto = (int)ver;
-    expect_upstream(s, PENDING_FORWARD, flags, 1, NULL, 0);
+    send_upstream(s, buf_head(&s->enc), n, 1, 1);
+    uint8_t flags = h.ver == 3 ? REPLYQ_SET_RESP3 : h.ver == 2 ? REPLYQ_SET_RESP2 : 0;
+    if (h.ver)
+        s->req_proto = (int)h.ver;
+    expect_upstream(s, REPLYQ_FORWARD, flags, 1, TAG_NONE, NULL, 0);
+}
+
+/* user_from_cert: cn. The verified client certificate's CN names the user; no password. A CN
+ * that names no usable user leaves the session unauthenticated (AUTH still works). */
+static const struct acl_user *certificate_user(struct session *s)
+{
+    char cn[256];
+    if (tlsconn_peer_cn(s->client.tls, cn, sizeof cn) != 0)
+        return NULL;
+    struct resp_arg name = {cn, strlen(cn)};
+    struct login_source src = source_of(s);
+    const struct acl_user *u = worker_find_user(s->w, name.ptr, name.len);
+    enum login_result r = u ? login_check_user(&src, u) : LOGIN_UNKNOWN_USER;
+    if (r != LOGIN_OK) {
+        login_record_failure(&src, &name, r, "certificate");
+        return NULL;
+    }
+    return u;
+}
+
+/* As in Redis, a default user without a password logs everyone in at connect. */
+static const struct acl_user *default_user(struct session *s)
+{
+    const struct acl_user *d = worker_find_user(s->w, "default", 7);
+    struct login_source src = source_of(s);
+    if (d && d->enabled && d->nopass && login_check_user(&src, d) == LOGIN_OK)
+        return d;
+    return NULL;
+}
+
+/* A login without a command (certificate, default user): once the connection is there. */
+static void login_at_connect(struct session *s, const struct acl_user *u)
+{
+    struct pool *pool;
+    enum pool_use use;
+    if (!login_needs(s, u, false, &pool, &use)) {
+        apply_login(s, u, NULL, 0);
+        return;
+    }
+    int rc = pool_acquire(pool, &s->pc, use);
+    if (rc == 1) {
+        s->pending_user = u; /* on_pool_acquired completes it, before any command is read */
+        return;
+    }
+    if (rc < 0) {
+        s->failure = POOL_FAIL_STOPPED;
+        login_unavailable(s);
+        return;
+    }
+    if (use != POOL_USE_SHARE)
+        s->up_login = pool->login;
+    apply_login(s, u, NULL, 0);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* ACL                                                                                       */
 /* ---------------------------------------------------------------------------------------- */
-
-static size_t user_index(const struct session *s) { return (size_t)(s->user - s->w->users); }
 
 /* Every command of a logged-in user is counted once, under its category and verdict. */
 static void count_command(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_verdict v)
@@ -952,35 +950,40 @@ static const char *refusal_kind(enum acl_result r)
     }
 }
 
-/* Judge the command for the session's user. True: it may run (v says whether respguard must
- * append MATCH). False: the error has been answered in the command's place in the reply order
- * and, for a refusal, written to the audit log. */
-static bool acl_allows(struct session *s, const struct resp_request *req, struct acl_verdict *v)
+/* The verdict for the session's user, with no effect (the plan needs it before anything may
+ * happen). 0: it may run. */
+static int judge(struct session *s, const struct resp_request *req, struct acl_verdict *v)
 {
-    int rc;
-    if (req->argc <= ACL_CHECK_STACK_ITEMS) {
-        rc = acl_check(s->user, req->argc, req->argv, v);
-    } else {
-        /* Big multi-key commands: scratch that grows to the largest seen, never per command. */
-        if (s->scratch_cap < req->argc) {
-            void *k = realloc(s->scratch_keys, req->argc * sizeof *s->scratch_keys);
-            if (k)
-                s->scratch_keys = k;
-            void *c = realloc(s->scratch_channels, req->argc * sizeof *s->scratch_channels);
-            if (c)
-                s->scratch_channels = c;
-            if (!k || !c) {
-                session_close(s, "out of memory");
-                return false;
-            }
-            s->scratch_cap = req->argc;
+    if (req->argc <= ACL_CHECK_STACK_ITEMS)
+        return acl_check(s->user, req->argc, req->argv, v);
+    /* Big multi-key commands: scratch that grows to the largest seen, never per command. */
+    if (s->scratch_cap < req->argc) {
+        void *k = realloc(s->scratch_keys, req->argc * sizeof *s->scratch_keys);
+        if (k)
+            s->scratch_keys = k;
+        void *c = realloc(s->scratch_channels, req->argc * sizeof *s->scratch_channels);
+        if (c)
+            s->scratch_channels = c;
+        if (!k || !c) {
+            memset(v, 0, sizeof *v);
+            v->result = ACL_DENIED_KEY;
+            v->reason = ACL_REASON_TOO_MANY;
+            return -ENOMEM;
         }
-        rc = acl_check_ex(s->user, req->argc, req->argv, v, s->scratch_keys, s->scratch_channels, s->scratch_cap);
+        s->scratch_cap = req->argc;
     }
+    return acl_check_ex(s->user, req->argc, req->argv, v, s->scratch_keys, s->scratch_channels, s->scratch_cap);
+}
+
+/* The verdict's effects. True: the command may run (v says whether respguard must append
+ * MATCH). False: the error has been answered in the command's place in the reply order and,
+ * for a refusal, written to the audit log. */
+static bool acl_allows(struct session *s, const struct resp_request *req, int rc, const struct acl_verdict *v)
+{
     /* What the user does, allowed or not, feeds its baselines: a read-only client trying DEL
      * is the change in behaviour even when it is refused. */
     if (s->w->anomaly && v->cmd) {
-        int idx = (int)(s->user - s->w->users);
+        int idx = (int)user_index(s);
         uint64_t now = uv_now(s->w->loop);
         anomaly_record_command(s->w->anomaly, idx, v->cmd->categories, now);
         if (rc != 0 && v->result >= ACL_DENIED_COMMAND)
@@ -1011,12 +1014,12 @@ static bool acl_allows(struct session *s, const struct resp_request *req, struct
                   LOG_INT("session", s->id), with_key ? LOG_T_BYTES : LOG_T_END, "argument",
                   arg ? arg->ptr : NULL, arg ? arg->len : (size_t)0, LOG_END);
     }
-    if (s->in_multi && v->cmd && strcmp(v->cmd->name, "exec") == 0) {
+    if (s->in_multi && v->cmd && v->cmd->role == CMDTAB_ROLE_EXEC) {
         /* A refused EXEC ends the transaction (Redis: EXECABORT ... because of: <error>): the
          * upstream discards it and its reply is replaced by the error. */
         static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
-        send_upstream(s, discard, sizeof discard - 1);
-        expect_upstream(s, PENDING_REPLACE, 0, 1, line, n + 3);
+        send_upstream(s, discard, sizeof discard - 1, 1, 1);
+        expect_upstream(s, REPLYQ_REPLACE, 0, 1, TAG_TX_END, line, n + 3);
         s->in_multi = s->multi_dirty = false;
         return false;
     }
@@ -1050,45 +1053,12 @@ static void forward_with_match(struct session *s, const struct resp_request *req
         return;
     }
     size_t n = resp_encode_command(buf_tail(&s->enc), argc, s->scratch_args);
-    send_upstream(s, buf_head(&s->enc), n);
+    send_upstream(s, buf_head(&s->enc), n, 1, 1);
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Commands                                                                                  */
+/* Rate limit                                                                                */
 /* ---------------------------------------------------------------------------------------- */
-
-static void cmd_reset(struct session *s, const struct resp_request *req, const char *frame)
-{
-    uv_timer_stop(&s->login_timer); /* the previous user's expiry no longer applies */
-    /* Redis resets the upstream connection too (and logs it out): send RESET, then log the
-     * upstream back in as respguard and swallow that reply. */
-    forward_command(s, frame, req);
-    expect_upstream(s, PENDING_FORWARD, PENDING_RESET, 1, NULL, 0);
-    s->in_multi = s->multi_dirty = s->multi_refused = false;
-    /* After RESET the client is the default user again: logged in only if that needs no
-     * password, as in Redis. The upstream connection is logged back in with the credential of
-     * whoever the client now is. */
-    const struct acl_user *d = worker_find_user(s->w, "default", 7);
-    upstream_login(s, d && d->enabled && d->nopass ? s->w->user_login[d - s->w->users] : 0, NULL, 0);
-    s->req_proto = 2;
-    if (d && d->enabled && d->nopass) {
-        s->user = d;
-    } else {
-        s->user = NULL;
-        s->state = SESSION_LOGIN;
-        uv_timer_start(&s->login_timer, on_login_timeout, s->w->cfg->limits.login_timeout_ms, 0);
-    }
-}
-
-/* The command a request names, subcommand included where the table has one (CONFIG SET is
- * admin, CONFIG alone only slow): for counting a command the ACL never looked at. */
-static const struct cmdtab_cmd *lookup_command(const struct resp_request *req)
-{
-    const struct cmdtab_cmd *cmd = cmdtab_lookup(req->argv[0].ptr, req->argv[0].len);
-    const struct cmdtab_cmd *sub = cmd && req->argc > 1 ? cmdtab_lookup_sub(cmd, req->argv[1].ptr, req->argv[1].len)
-                                                        : NULL;
-    return sub ? sub : cmd;
-}
 
 /* The user's rate limit, or NULL when it has none. */
 static const struct config_rate_limit *rate_limit_of(struct session *s)
@@ -1113,10 +1083,10 @@ static void reply_rate_limited(struct session *s, const struct cmdtab_cmd *cmd)
  * never opened (see refused_transaction), so that the commands meant to run atomically do not
  * run one by one. The log gets one line when a user starts being limited;
  * worker_rate_limit_tick logs the end once a second has passed without a refusal. */
-static bool rate_limited(struct session *s, const struct resp_request *req, const char *name)
+static bool rate_limited(struct session *s, const struct command *c)
 {
     const struct config_rate_limit *rl = rate_limit_of(s);
-    if (!rl || (s->in_multi && (strcmp(name, "exec") == 0 || strcmp(name, "discard") == 0)))
+    if (!rl || (s->in_multi && (c->role == CMDTAB_ROLE_EXEC || c->role == CMDTAB_ROLE_DISCARD)))
         return false;
     struct worker_user_rate *r = &s->w->rates[user_index(s)];
     uint64_t now = uv_now(s->w->loop);
@@ -1131,204 +1101,486 @@ static bool rate_limited(struct session *s, const struct resp_request *req, cons
     }
     r->refused++;
     r->last_refused_ms = now;
-    const struct cmdtab_cmd *cmd = lookup_command(req);
+    const struct cmdtab_cmd *cmd = counted_cmd(c);
     /* What the user tries is still its behaviour: the detector sees the attempted rate. */
     if (s->w->anomaly && cmd)
         anomaly_record_command(s->w->anomaly, (int)user_index(s), cmd->categories, now);
     if (s->in_multi)
         s->multi_dirty = true;
-    else if (strcmp(name, "multi") == 0)
-        s->multi_refused = true;
+    else if (c->role == CMDTAB_ROLE_MULTI)
+        s->tx_refused = TX_RATE_LIMIT;
     reply_rate_limited(s, cmd);
     return true;
 }
 
-/* After a MULTI the rate limit refused, until EXEC or DISCARD: nothing runs (the commands were
- * meant to run together), each command gets the rate-limit error and EXEC gets EXECABORT, as if
- * the transaction had been opened and doomed; DISCARD ends it with +OK. QUIT and RESET work as
- * always (RESET ends it too). True: the command was answered here. */
-static bool refused_transaction(struct session *s, const struct resp_request *req, const char *name)
+/* After a MULTI respguard refused (the rate limit, or no connection for it), until EXEC or
+ * DISCARD: nothing runs (the commands were meant to run together), each command gets the
+ * refusal's error and EXEC gets EXECABORT, as if the transaction had been opened and doomed;
+ * DISCARD ends it with +OK. QUIT and RESET work as always (RESET ends it too). */
+static void refused_transaction(struct session *s, const struct command *c)
 {
-    if (!s->multi_refused || strcmp(name, "quit") == 0 || strcmp(name, "reset") == 0)
-        return false;
-    const struct cmdtab_cmd *cmd = lookup_command(req);
-    if (strcmp(name, "exec") == 0) {
-        s->multi_refused = false;
-        count_command(s, cmd, MV_RATE_LIMITED);
+    const struct cmdtab_cmd *cmd = counted_cmd(c);
+    switch (c->role) {
+    case CMDTAB_ROLE_EXEC:
+        count_command(s, cmd, s->tx_refused == TX_RATE_LIMIT ? MV_RATE_LIMITED : MV_ERROR);
+        s->tx_refused = TX_NONE;
         REPLY_LITERAL(s, "-EXECABORT Transaction discarded because of previous errors.\r\n");
-    } else if (strcmp(name, "discard") == 0) {
-        s->multi_refused = false;
+        return;
+    case CMDTAB_ROLE_DISCARD:
+        s->tx_refused = TX_NONE;
         count_command(s, cmd, MV_ALLOWED);
         REPLY_LITERAL(s, "+OK\r\n");
-    } else if (strcmp(name, "multi") == 0) {
+        return;
+    case CMDTAB_ROLE_MULTI:
         count_command(s, cmd, MV_ERROR);
         REPLY_LITERAL(s, "-ERR MULTI calls can not be nested\r\n");
-    } else {
-        reply_rate_limited(s, cmd);
+        return;
+    default:
+        break;
     }
-    return true;
+    if (s->tx_refused == TX_RATE_LIMIT) {
+        reply_rate_limited(s, cmd);
+        return;
+    }
+    count_command(s, cmd, MV_ERROR);
+    reply_local(s, err_no_conn, sizeof err_no_conn - 1, 0);
 }
 
-static void handle_command(struct session *s, const struct resp_request *req, const char *frame)
+/* ---------------------------------------------------------------------------------------- */
+/* The plan: which connection a command needs                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* XREAD/XREADGROUP block only with BLOCK before STREAMS. */
+static bool has_block_option(const struct resp_request *req)
 {
-    char name[32];
-    arg_lower(&req->argv[0], name, sizeof name);
+    for (size_t i = 1; i < req->argc; i++) {
+        if (arg_is(&req->argv[i], "streams"))
+            return false;
+        if (arg_is(&req->argv[i], "block"))
+            return true;
+    }
+    return false;
+}
+
+/* Multiplex mode: the commands that need a connection of their own (connection state, or a
+ * reply that does not come at once), those respguard answers itself, and the rest. */
+static bool mux_needs(const struct resp_request *req, const struct cmdtab_cmd *cmd,
+                      enum pool_use *use)
+{
+    *use = POOL_USE_SHARE;
+    switch ((enum cmdtab_role)cmd->role) {
+    case CMDTAB_ROLE_CLIENT_ID:
+    case CMDTAB_ROLE_CLIENT_INFO:
+    case CMDTAB_ROLE_CLIENT_GETNAME:
+    case CMDTAB_ROLE_CLIENT_SETNAME:
+    case CMDTAB_ROLE_MONITOR:
+        return false; /* answered by respguard */
+    case CMDTAB_ROLE_CLIENT_REPLY:
+        return req->argc == 3 && arg_is(&req->argv[2], "on"); /* OFF and SKIP are refused */
+    case CMDTAB_ROLE_MULTI:
+    case CMDTAB_ROLE_WATCH:
+    case CMDTAB_ROLE_SUBSCRIBE:
+    case CMDTAB_ROLE_UNSUBSCRIBE:
+    case CMDTAB_ROLE_CONN_STATE:
+    case CMDTAB_ROLE_STICKY_STATE:
+    case CMDTAB_ROLE_BLOCKING:
+        *use = POOL_USE_PIN;
+        return true;
+    case CMDTAB_ROLE_SELECT:
+        if (!(req->argv[1].len == 1 && req->argv[1].ptr[0] == '0'))
+            *use = POOL_USE_PIN;
+        return true;
+    case CMDTAB_ROLE_BLOCK_OPTION:
+        if (has_block_option(req))
+            *use = POOL_USE_PIN;
+        return true;
+    default:
+        if (cmd->flags & CMDTAB_BLOCKING)
+            *use = POOL_USE_PIN;
+        return true;
+    }
+}
+
+/* Decide, changing nothing, what connection the command needs. False: none. For commands the
+ * ACL judges, the verdict is computed here (*vrc, *v) and used by the effects. */
+static bool plan(struct session *s, const struct resp_request *req, const struct command *c, int *vrc,
+                 struct acl_verdict *v, bool *judged, struct pool **pool, enum pool_use *use)
+{
+    *judged = false;
+    *pool = s->pool;
+    *use = multiplex(s) ? POOL_USE_SHARE : POOL_USE_HOLD;
+    if (c->role == CMDTAB_ROLE_AUTH && req->argc >= 2 && req->argc <= 3) {
+        static const struct resp_arg def = {"default", 7};
+        const struct resp_arg *user = req->argc == 3 ? &req->argv[1] : &def;
+        const struct acl_user *u = login_would_succeed(s, user, &req->argv[req->argc - 1]);
+        return u && !(s->in_multi && authenticated(s)) && login_needs(s, u, false, pool, use);
+    }
+    if (c->role == CMDTAB_ROLE_HELLO) {
+        struct hello h;
+        parse_hello(req, &h);
+        if (h.error || (authenticated(s) && s->in_multi))
+            return false;
+        const struct acl_user *u = h.user ? login_would_succeed(s, h.user, h.pass) : s->user;
+        if (!u)
+            return false;
+        bool resp3 = h.ver == 3 || (h.ver == 0 && s->req_proto == 3);
+        if (!login_needs(s, u, resp3, pool, use)) {
+            /* a multiplex re-login or a RESP2 HELLO: the HELLO itself goes to a shared one */
+            *use = POOL_USE_SHARE;
+        }
+        return true;
+    }
+    if (!authenticated(s) || s->tx_refused || c->role == CMDTAB_ROLE_QUIT)
+        return false;
+    if (c->role == CMDTAB_ROLE_RESET)
+        return owns_conn(s); /* forwarded on a held or pinned connection, else answered here */
+    *vrc = judge(s, req, v);
+    *judged = true;
+    if (*vrc != 0)
+        return false;
+    if (!multiplex(s) || owns_conn(s))
+        return true; /* the held or pinned connection serves everything */
+    return mux_needs(req, v->cmd, use);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Commands                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static void cmd_quit(struct session *s)
+{
+    stop_reading(s);
+    reply_local(s, "+OK\r\n", 5, REPLYQ_CLOSE_AFTER);
+}
+
+static void cmd_reset(struct session *s, const struct resp_request *req, const char *frame)
+{
+    uv_timer_stop(&s->timer); /* the previous user's expiry no longer applies */
+    const struct acl_user *d = worker_find_user(s->w, "default", 7);
+    bool nopass_default = d && d->enabled && d->nopass;
+    if (owns_conn(s)) {
+        /* Redis resets the upstream connection too (and logs it out): send RESET, then log it
+         * back in as respguard and swallow that reply. Session mode: with the credential of
+         * whoever the client now is; multiplex: with the connection's own, as it must be to
+         * rejoin the shared ones. */
+        forward_command(s, frame, req);
+        expect_upstream(s, REPLYQ_FORWARD, REPLYQ_RESET, 1, TAG_RESET, NULL, 0);
+        size_t login = s->pc.conn->pool->login;
+        if (!multiplex(s) && nopass_default)
+            login = s->w->user_login[d - s->w->users];
+        upstream_login(s, login, NULL, 0);
+    } else {
+        REPLY_LITERAL(s, "+RESET\r\n");
+    }
+    s->in_multi = s->multi_dirty = false;
+    s->tx_refused = TX_NONE;
+    s->req_proto = 2;
+    free(s->name);
+    s->name = NULL;
+    /* After RESET the client is the default user again: logged in only if that needs no
+     * password, as in Redis. */
+    if (nopass_default) {
+        s->user = d;
+        s->pool = pool_of(s, d);
+    } else {
+        s->user = NULL;
+        set_state(s, SESSION_LOGIN);
+        uv_timer_start(&s->timer, on_login_timeout, s->w->cfg->limits.login_timeout_ms, 0);
+    }
+}
+
+/* Multiplex mode: what a client asks about its own connection is answered from respguard's
+ * view of it (its session id, address, name, user), in Redis's formats: a shared upstream
+ * connection is not the client's. */
+static void cmd_client_identity(struct session *s, const struct command *c, const struct resp_request *req)
+{
+    char line[1024];
+    int n = 0;
+    switch (c->role) {
+    case CMDTAB_ROLE_CLIENT_ID:
+        n = snprintf(line, sizeof line, ":%llu\r\n", (unsigned long long)s->id);
+        break;
+    case CMDTAB_ROLE_CLIENT_GETNAME:
+        if (!s->name)
+            n = snprintf(line, sizeof line, "%s", s->req_proto == 3 ? "_\r\n" : "$-1\r\n");
+        else
+            n = snprintf(line, sizeof line, "$%zu\r\n%s\r\n", strlen(s->name), s->name);
+        break;
+    case CMDTAB_ROLE_CLIENT_SETNAME:
+        if (!valid_client_name(&req->argv[2])) {
+            REPLY_LITERAL(s, "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+            return;
+        }
+        if (!set_name(s, &req->argv[2]))
+            return;
+        n = snprintf(line, sizeof line, "+OK\r\n");
+        break;
+    case CMDTAB_ROLE_CLIENT_INFO: {
+        char info[768];
+        uint64_t now = uv_now(s->w->loop);
+        int fd = -1;
+        uv_fileno((const uv_handle_t *)&s->client.tcp, &fd);
+        const char *flags = s->in_multi ? "x" : replyq_subscribed(&s->q) ? "P" : "N";
+        int m = snprintf(info, sizeof info,
+                         "id=%llu addr=%s laddr=%s fd=%d name=%s age=%llu idle=0 flags=%s db=0 sub=%lld psub=0 "
+                         "ssub=%lld multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 "
+                         "omem=0 tot-mem=0 events=r cmd=client|info user=%s redir=-1 resp=%d\n",
+                         (unsigned long long)s->id, s->peer, s->listener->bound, fd, s->name ? s->name : "",
+                         (unsigned long long)((now - s->created_ms) / 1000), flags, s->q.subs, s->q.ssubs,
+                         s->in_multi ? (int)s->multi_queued : -1, s->user->name, s->req_proto);
+        if (m < 0 || (size_t)m >= sizeof info)
+            m = (int)sizeof info - 1;
+        if (s->req_proto == 3)
+            n = snprintf(line, sizeof line, "=%d\r\ntxt:%.*s\r\n", m + 4, m, info);
+        else
+            n = snprintf(line, sizeof line, "$%d\r\n%.*s\r\n", m, m, info);
+        break;
+    }
+    default:
+        return;
+    }
+    if (n < 0 || (size_t)n >= sizeof line)
+        return;
+    reply_local(s, line, (size_t)n, 0);
+}
+
+/* The connection state a forwarded command leaves behind, and what its entry must tell. */
+static void note_conn_state(struct session *s, const struct resp_request *req, const struct cmdtab_cmd *cmd)
+{
+    switch ((enum cmdtab_role)cmd->role) {
+    case CMDTAB_ROLE_WATCH: s->cs |= CS_WATCH; break;
+    case CMDTAB_ROLE_CLIENT_SETNAME: s->cs |= CS_NAME; break;
+    case CMDTAB_ROLE_SELECT:
+        if (!(req->argv[1].len == 1 && req->argv[1].ptr[0] == '0'))
+            s->cs |= CS_DB;
+        break;
+    case CMDTAB_ROLE_CLIENT_REPLY:
+    case CMDTAB_ROLE_CONN_STATE: s->cs |= CS_SETTING; break;
+    case CMDTAB_ROLE_STICKY_STATE: s->cs |= CS_STICKY; break;
+    default: break;
+    }
+}
+
+/* A command of a logged-in user that the ACL judges (the plan has made sure of the connection). */
+static void run_command(struct session *s, const struct resp_request *req, const char *frame,
+                        const struct command *c, int vrc, const struct acl_verdict *v)
+{
+    if (!acl_allows(s, req, vrc, v))
+        return;
+    const struct cmdtab_cmd *cmd = v->cmd;
+    enum cmdtab_role role = (enum cmdtab_role)cmd->role;
+    if (role == CMDTAB_ROLE_CLIENT_REPLY && !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
+        /* Replies that never come would shift every later reply: refuse rather than guess. */
+        count_refusal(s, cmd, MC_REFUSED_UNSUPPORTED);
+        REPLY_LITERAL(s, "-ERR CLIENT REPLY OFF|SKIP is not supported through respguard\r\n");
+        return;
+    }
+    if (role == CMDTAB_ROLE_MONITOR) {
+        /* MONITOR turns the connection into a stream that answers no command; even a user
+         * granted +monitor cannot use it through a proxy that matches replies to commands. */
+        count_refusal(s, cmd, MC_REFUSED_UNSUPPORTED);
+        REPLY_LITERAL(s, "-ERR MONITOR is not supported through respguard\r\n");
+        return;
+    }
+    bool sub_cmd = role == CMDTAB_ROLE_SUBSCRIBE, unsub_cmd = role == CMDTAB_ROLE_UNSUBSCRIBE;
+    if ((sub_cmd || unsub_cmd) && s->in_multi) {
+        /* Inside MULTI the confirmations would come back inside EXEC's array, where respguard
+         * cannot follow the subscription state: refuse, and the transaction with it. */
+        count_refusal(s, cmd, MC_REFUSED_UNSUPPORTED);
+        s->multi_dirty = true;
+        REPLY_LITERAL(s, "-ERR (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE inside MULTI are not supported through respguard\r\n");
+        return;
+    }
+    if (role == CMDTAB_ROLE_MULTI && !s->in_multi && s->req_proto == 2 && replyq_subscribed(&s->q)) {
+        /* A RESP2 connection in subscribed mode: Redis refuses MULTI, and so do we, before a
+         * transaction state we would then have to undo. */
+        count_command(s, cmd, MV_ERROR);
+        REPLY_LITERAL(s, "-ERR Can't execute 'multi': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+                         "RESET are allowed in this context\r\n");
+        return;
+    }
+    if (multiplex(s) && (role == CMDTAB_ROLE_CLIENT_ID || role == CMDTAB_ROLE_CLIENT_INFO ||
+                         role == CMDTAB_ROLE_CLIENT_GETNAME || role == CMDTAB_ROLE_CLIENT_SETNAME)) {
+        count_command(s, cmd, MV_ALLOWED);
+        cmd_client_identity(s, c, req);
+        return;
+    }
+
+    uint8_t flags = 0, tag = TAG_NONE;
+    uint32_t expected = 1;
+    bool marker = false;
+    if (!s->in_multi && (sub_cmd || unsub_cmd)) {
+        flags |= REPLYQ_PUBSUB;
+        if (sub_cmd)
+            flags |= REPLYQ_SUBSCRIBE;
+        expected = req->argc > 1 ? (uint32_t)(req->argc - 1) : 1;
+        if (unsub_cmd && req->argc == 1) {
+            /* As many confirmations as subscriptions: count them until the reply to a PING we
+             * send right after. */
+            flags |= REPLYQ_UNBOUNDED;
+            marker = true;
+        }
+    }
+    switch (role) {
+    case CMDTAB_ROLE_MULTI:
+        if (!s->in_multi) {
+            tag = TAG_MULTI;
+            s->multi_seq++;
+            s->multi_queued = 0;
+        }
+        s->in_multi = true;
+        break;
+    case CMDTAB_ROLE_EXEC:
+        if (s->in_multi) {
+            bool dirty = s->multi_dirty;
+            s->in_multi = s->multi_dirty = false;
+            tag = TAG_TX_END;
+            if (dirty) {
+                count_command(s, cmd, MV_ALLOWED); /* it runs: as DISCARD, answered EXECABORT */
+                static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
+                static const char abort[] = "-EXECABORT Transaction discarded because of previous errors.\r\n";
+                send_upstream(s, discard, sizeof discard - 1, 1, 1);
+                expect_upstream(s, REPLYQ_REPLACE, 0, 1, TAG_TX_END, abort, sizeof abort - 1);
+                return;
+            }
+        }
+        break;
+    case CMDTAB_ROLE_DISCARD:
+        s->in_multi = s->multi_dirty = false;
+        tag = TAG_TX_END;
+        break;
+    case CMDTAB_ROLE_UNWATCH:
+        tag = TAG_TX_END;
+        break;
+    default:
+        if (s->in_multi)
+            s->multi_queued++;
+        break;
+    }
+    note_conn_state(s, req, cmd);
+
+    count_command(s, cmd, MV_ALLOWED);
+    if (v->result == ACL_OK_APPEND_MATCH)
+        forward_with_match(s, req, v);
+    else
+        forward_command(s, frame, req);
+    expect_upstream(s, REPLYQ_FORWARD, flags, expected, tag, NULL, 0);
+    if (marker) {
+        static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+        send_upstream(s, ping, sizeof ping - 1, 1, 0);
+        expect_upstream(s, REPLYQ_SWALLOW, 0, 1, TAG_NONE, NULL, 0);
+    }
+}
+
+/* The pool could not give the command its connection. */
+static void answer_failure(struct session *s, const struct command *c)
+{
+    size_t len;
+    const char *err = failure_error(s, &len);
+    if (!authenticated(s) || ((c->role == CMDTAB_ROLE_AUTH || c->role == CMDTAB_ROLE_HELLO) && !multiplex(s))) {
+        /* A login that cannot get its connection: as when the upstream cannot be reached. */
+        login_unavailable(s);
+        return;
+    }
+    count_command(s, counted_cmd(c), MV_ERROR);
+    if (c->role == CMDTAB_ROLE_MULTI && !s->in_multi)
+        s->tx_refused = TX_NO_CONN; /* what was meant to run together must not run alone */
+    else if (s->in_multi)
+        s->multi_dirty = true;
+    reply_local(s, err, len, 0);
+}
+
+/* One command. False: it waits for the pool (nothing was done; it is read again later). */
+static bool handle_command(struct session *s, const struct resp_request *req, const char *frame)
+{
+    struct command c = resolve(req);
+    int vrc = 0;
+    struct acl_verdict v;
+    bool judged;
+    struct pool *pool;
+    enum pool_use use;
+    if (plan(s, req, &c, &vrc, &v, &judged, &pool, &use)) {
+        switch (ensure_conn(s, pool, use)) {
+        case WAIT:
+            s->stalled = true;
+            return false;
+        case FAIL:
+            answer_failure(s, &c);
+            return true;
+        case GO:
+            break;
+        }
+    } else {
+        s->have_failure = false; /* a failure of a wait this command no longer needs */
+    }
+    s->last_ms = uv_now(s->w->loop);
 
     if (!authenticated(s)) {
-        if (strcmp(name, "auth") == 0)
-            cmd_auth(s, req);
-        else if (strcmp(name, "hello") == 0)
-            cmd_hello(s, req);
-        else if (strcmp(name, "quit") == 0) {
-            s->quitting = true;
-            transport_pause(&s->client);
-            reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
-        } else if (strcmp(name, "reset") == 0) {
+        switch (c.role) {
+        case CMDTAB_ROLE_AUTH: cmd_auth(s, req); break;
+        case CMDTAB_ROLE_HELLO: cmd_hello(s, req); break;
+        case CMDTAB_ROLE_QUIT: cmd_quit(s); break;
+        case CMDTAB_ROLE_RESET:
             if (req->argc != 1)
                 REPLY_LITERAL(s, "-ERR wrong number of arguments for 'reset' command\r\n");
             else
                 REPLY_LITERAL(s, "+RESET\r\n");
+            break;
+        default: REPLY_LITERAL(s, "-NOAUTH Authentication required.\r\n"); break;
         }
-        else
-            REPLY_LITERAL(s, "-NOAUTH Authentication required.\r\n");
-        return;
+        return true;
     }
-
-    if (refused_transaction(s, req, name))
-        return;
-    /* The connection commands respguard answers itself are counted here. */
-    bool is_auth = strcmp(name, "auth") == 0, is_hello = !is_auth && strcmp(name, "hello") == 0;
-    if (s->in_multi && (is_auth || is_hello)) {
+    if (s->tx_refused && c.role != CMDTAB_ROLE_QUIT && c.role != CMDTAB_ROLE_RESET) {
+        refused_transaction(s, &c);
+        return true;
+    }
+    bool is_login = c.role == CMDTAB_ROLE_AUTH || c.role == CMDTAB_ROLE_HELLO;
+    if (s->in_multi && is_login) {
         /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
          * place its answer inside EXEC's array: refuse, and the transaction with it. */
         count_connection_command(s, MV_DENIED);
         metrics_inc(s->w->metrics, MC_REFUSED_UNSUPPORTED);
         s->multi_dirty = true;
         REPLY_LITERAL(s, "-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n");
-        return;
+        return true;
     }
-    if (strcmp(name, "quit") == 0) {
+    if (c.role == CMDTAB_ROLE_QUIT) {
         count_connection_command(s, MV_ALLOWED); /* free of the rate limit: a client can always leave */
-        s->quitting = true; /* later pipelined commands are not run, as in Redis */
-        transport_pause(&s->client);
-        reply_local(s, "+OK\r\n", 5, PENDING_CLOSE_AFTER);
-        return;
+        cmd_quit(s);
+        return true;
     }
-    if (rate_limited(s, req, name))
-        return;
-    if (is_auth) {
+    if (rate_limited(s, &c))
+        return true;
+    switch (c.role) {
+    case CMDTAB_ROLE_AUTH:
         count_connection_command(s, MV_ALLOWED);
         cmd_auth(s, req);
-        return;
-    }
-    if (is_hello) {
+        return true;
+    case CMDTAB_ROLE_HELLO:
         count_connection_command(s, MV_ALLOWED);
         cmd_hello(s, req);
-        return;
-    }
-    if (strcmp(name, "reset") == 0) {
+        return true;
+    case CMDTAB_ROLE_RESET:
         count_connection_command(s, req->argc == 1 ? MV_ALLOWED : MV_ERROR);
         if (req->argc != 1) {
             if (s->in_multi)
                 s->multi_dirty = true;
             REPLY_LITERAL(s, "-ERR wrong number of arguments for 'reset' command\r\n");
-            return;
+            return true;
         }
         cmd_reset(s, req, frame);
-        return;
+        return true;
+    default:
+        break;
     }
-
-    struct acl_verdict v;
-    if (!acl_allows(s, req, &v))
-        return;
-    if (v.cmd && strcmp(v.cmd->name, "client|reply") == 0 && !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
-        /* Replies that never come would shift every later reply: refuse rather than guess. */
-        count_refusal(s, v.cmd, MC_REFUSED_UNSUPPORTED);
-        REPLY_LITERAL(s, "-ERR CLIENT REPLY OFF|SKIP is not supported through respguard\r\n");
-        return;
+    if (!judged)
+        vrc = judge(s, req, &v);
+    if (vrc == -ENOMEM) {
+        session_close(s, "out of memory");
+        return true;
     }
-    if (v.cmd && strcmp(v.cmd->name, "monitor") == 0) {
-        /* MONITOR turns the connection into a stream that answers no command; even a user
-         * granted +monitor cannot use it through a proxy that matches replies to commands. */
-        count_refusal(s, v.cmd, MC_REFUSED_UNSUPPORTED);
-        REPLY_LITERAL(s, "-ERR MONITOR is not supported through respguard\r\n");
-        return;
-    }
-
-    uint8_t flags = 0;
-    uint32_t expected = 1;
-    bool marker = false;
-    bool sub_cmd = strcmp(name, "subscribe") == 0 || strcmp(name, "psubscribe") == 0 ||
-                   strcmp(name, "ssubscribe") == 0;
-    bool unsub_cmd = strcmp(name, "unsubscribe") == 0 || strcmp(name, "punsubscribe") == 0 ||
-                     strcmp(name, "sunsubscribe") == 0;
-    if ((sub_cmd || unsub_cmd) && s->in_multi) {
-        /* Inside MULTI the confirmations would come back inside EXEC's array, where respguard
-         * cannot follow the subscription state: refuse, and the transaction with it. */
-        count_refusal(s, v.cmd, MC_REFUSED_UNSUPPORTED);
-        s->multi_dirty = true;
-        REPLY_LITERAL(s, "-ERR (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE inside MULTI are not supported through respguard\r\n");
-        return;
-    }
-    if (strcmp(name, "multi") == 0 && !s->in_multi && s->req_proto == 2 &&
-        (s->subs > 0 || s->ssubs > 0 || s->pending_subscribes > 0)) {
-        /* A RESP2 connection in subscribed mode: Redis refuses MULTI, and so do we, before a
-         * transaction state we would then have to undo. */
-        count_command(s, v.cmd, MV_ERROR);
-        REPLY_LITERAL(s, "-ERR Can't execute 'multi': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
-                         "RESET are allowed in this context\r\n");
-        return;
-    }
-    if (!s->in_multi) {
-        if (sub_cmd || unsub_cmd) {
-            flags |= PENDING_PUBSUB;
-            if (sub_cmd) {
-                flags |= PENDING_SUBSCRIBE;
-                s->pending_subscribes++;
-            }
-            expected = req->argc > 1 ? (uint32_t)(req->argc - 1) : 1;
-            if (unsub_cmd && req->argc == 1) {
-                /* As many confirmations as subscriptions: count them until the reply to a
-                 * PING we send right after. */
-                flags |= PENDING_UNBOUNDED;
-                marker = true;
-            }
-        }
-    }
-    if (strcmp(name, "multi") == 0) {
-        if (!s->in_multi) {
-            flags |= PENDING_MULTI;
-            s->multi_seq++;
-        }
-        s->in_multi = true;
-    } else if (strcmp(name, "exec") == 0 && s->in_multi) {
-        bool dirty = s->multi_dirty;
-        s->in_multi = s->multi_dirty = false;
-        if (dirty) {
-            count_command(s, v.cmd, MV_ALLOWED); /* it runs: as DISCARD, answered EXECABORT */
-            static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
-            static const char abort[] = "-EXECABORT Transaction discarded because of previous errors.\r\n";
-            send_upstream(s, discard, sizeof discard - 1);
-            expect_upstream(s, PENDING_REPLACE, 0, 1, abort, sizeof abort - 1);
-            return;
-        }
-    } else if (strcmp(name, "discard") == 0) {
-        s->in_multi = s->multi_dirty = false;
-    }
-
-    count_command(s, v.cmd, MV_ALLOWED);
-    if (v.result == ACL_OK_APPEND_MATCH)
-        forward_with_match(s, req, &v);
-    else
-        forward_command(s, frame, req);
-    expect_upstream(s, PENDING_FORWARD, flags, expected, NULL, 0);
-    if ((flags & PENDING_MULTI) && s->q_len)
-        q_at(s, s->q_len - 1)->multi_seq = s->multi_seq;
-    if (marker) {
-        static const char ping[] = "*1\r\n$4\r\nPING\r\n";
-        send_upstream(s, ping, sizeof ping - 1);
-        expect_upstream(s, PENDING_SWALLOW, 0, 1, NULL, 0);
-    }
+    run_command(s, req, frame, &c, vrc, &v);
+    return true;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1340,14 +1592,18 @@ static void handle_command(struct session *s, const struct resp_request *req, co
 static bool backlogged(struct session *s, size_t divisor)
 {
     const struct config_limits *lim = &s->w->cfg->limits;
-    return s->q_len >= MAX_PENDING / divisor ||
-           (s->upstream_started && transport_pending(&s->up.t) > lim->upstream_output_bytes / divisor) ||
-           transport_pending(&s->client) + buf_len(&s->local) > lim->client_output_bytes / divisor;
+    return s->q.len >= MAX_PENDING / divisor || pool_pending(&s->pc) > lim->upstream_output_bytes / divisor ||
+           transport_pending(&s->client) + buf_len(&s->q.local) > lim->client_output_bytes / divisor;
+}
+
+static bool reading(const struct session *s)
+{
+    return s->state == SESSION_LOGIN || s->state == SESSION_ACTIVE;
 }
 
 static void maybe_resume_client(struct session *s)
 {
-    if (!s->client_paused || s->quitting || s->draining || s->state == SESSION_CLOSING || backlogged(s, 2))
+    if (!s->client_paused || !reading(s) || backlogged(s, 2))
         return;
     s->client_paused = false;
     if (!s->peer_closed)
@@ -1356,17 +1612,31 @@ static void maybe_resume_client(struct session *s)
     transport_shrink_input(&s->client);
 }
 
-/* The batch's commands were handed to the upstream connection just now: stamp them for the
- * latency histograms. Only over an established upstream (before, the round trip would include
- * connecting); one clock read per batch. */
+/* The batch's commands were handed to their upstream connection just now: stamp them for the
+ * latency histograms. One clock read per batch. */
 static void stamp_sent(struct session *s)
 {
-    size_t n = s->batch_pushed < s->q_len ? s->batch_pushed : s->q_len;
-    if (n == 0 || s->up.state != UPSTREAM_READY)
+    size_t n = s->batch_pushed < s->q.len ? s->batch_pushed : s->q.len;
+    if (n == 0)
         return;
     uint64_t now = uv_hrtime();
-    for (size_t i = s->q_len - n; i < s->q_len; i++)
-        q_at(s, i)->t_sent = now;
+    for (size_t i = s->q.len - n; i < s->q.len; i++)
+        replyq_at(&s->q, i)->t_sent = now;
+}
+
+/* Whatever is still to be written gets shutdown_timeout to leave; a client that never reads
+ * (or a blocked command that never returns after a half-close) cannot keep the session. */
+static void start_close_deadline(struct session *s)
+{
+    uv_timer_stop(&s->timer);
+    uv_timer_start(&s->timer, on_close_deadline, s->w->cfg->limits.shutdown_timeout_ms, 0);
+}
+
+/* Once nothing more is read: close when every reply is out. */
+static void maybe_finish(struct session *s)
+{
+    if (s->state == SESSION_DRAINING && s->q.len == 0 && !s->client.closing)
+        close_after_reply(s);
 }
 
 static void process_input(struct session *s)
@@ -1375,7 +1645,7 @@ static void process_input(struct session *s)
     const struct config_limits *lim = &s->w->cfg->limits;
     s->batch_t = uv_hrtime();
     s->batch_pushed = 0;
-    while (buf_len(in) > 0 && s->state != SESSION_CLOSING && !s->quitting && !s->draining) {
+    while (buf_len(in) > 0 && reading(s) && !s->stalled && !s->pending_user) {
         if (backlogged(s, 1)) {
             s->client_paused = true;
             transport_pause(&s->client);
@@ -1402,25 +1672,71 @@ static void process_input(struct session *s)
             char line[256];
             int n = snprintf(line, sizeof line, "-%s\r\n", err);
             /* Read nothing more; answer in order, after what is already due, then close. */
-            s->quitting = true;
-            transport_pause(&s->client);
-            reply_local(s, line, (size_t)n, PENDING_CLOSE_AFTER);
+            stop_reading(s);
+            reply_local(s, line, (size_t)n, REPLYQ_CLOSE_AFTER);
             break;
         }
-        if (st == RESP_REQ_COMMAND)
-            handle_command(s, &req, buf_head(in));
+        if (st == RESP_REQ_COMMAND && !handle_command(s, &req, buf_head(in)))
+            break; /* it waits for the pool: it stays in the buffer */
         buf_consume(in, req.frame_len);
     }
-    if (s->upstream_started) {
-        transport_flush(&s->up.t);
-        stamp_sent(s);
+    if (s->state == SESSION_CLOSING)
+        return;
+    stamp_sent(s);
+    /* A shared connection it has nothing due on is not its any more. */
+    if (s->pc.conn && s->pc.use == POOL_USE_SHARE && s->pc.due == 0)
+        pool_release(&s->pc, POOL_RETURN_CLEAN);
+    maybe_unpin(s);
+    if (s->peer_closed && reading(s) && !s->stalled && !s->pending_user && !s->client_paused)
+        set_state(s, SESSION_DRAINING); /* it half-closed and all it sent is read: answer, close */
+    maybe_finish(s);
+}
+
+/* After a reply frame was delivered: the session may move on. */
+static void after_reply(struct session *s)
+{
+    if (s->state == SESSION_CLOSING)
+        return;
+    if (s->stalled && !s->pc.waiting && (!s->pc.conn || s->pc.use != POOL_USE_SHARE || s->pc.due == 0))
+        input_later(s); /* it waited for the replies due on its old connection */
+    maybe_unpin(s);
+    maybe_finish(s);
+    if (s->client.closing || s->state == SESSION_CLOSING)
+        return; /* only its last replies are leaving */
+    size_t pending = transport_pending(&s->client);
+    uint64_t limit = s->w->cfg->limits.client_output_bytes;
+    if (owns_conn(s)) {
+        if (!s->upstream_paused && pending > limit) {
+            s->upstream_paused = true;
+            pool_pause(&s->pc);
+        }
+    } else if (multiplex(s) && pending > 2 * limit) {
+        /* A client that does not read its replies cannot stop a shared connection: past twice
+         * the limit it is closed, as Redis closes clients over their output limit. */
+        log_event(LOG_WARN, "client_output_limit", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+                  LOG_INT("bytes", (long long)pending), LOG_END);
+        session_close(s, "client output limit");
+        return;
     }
-    transport_flush(&s->client);
+    maybe_resume_client(s);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Lifetime                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
+
+static void close_after_reply(struct session *s)
+{
+    if (s->state == SESSION_CLOSING)
+        return;
+    if (!s->client.closing)
+        start_close_deadline(s);
+    stop_reading(s);
+    replyq_stop(&s->q);
+    pool_cancel(&s->pc);
+    pool_release(&s->pc, connection_return(s));
+    transport_close_when_flushed(&s->client);
+}
 
 void worker_add_session(struct worker *w, struct session *s)
 {
@@ -1469,15 +1785,15 @@ static void session_free(struct session *s)
 {
     if (s->counted)
         metrics_inc(s->w->metrics, MC_CONN_CLOSED);
+    unqueue(s);
     worker_remove_session(s->w, s);
     resp_parser_deinit(&s->parser);
+    replyq_deinit(&s->q);
     buf_free(&s->enc);
     free(s->scratch_keys);
     free(s->scratch_channels);
     free(s->scratch_args);
-    buf_free(&s->local);
-    buf_free(&s->hold);
-    free(s->q);
+    free(s->name);
     free(s);
 }
 
@@ -1487,22 +1803,24 @@ static void unref(struct session *s)
         session_free(s);
 }
 
-static void on_login_timer_closed(uv_handle_t *h) { unref(h->data); }
+static void on_timer_closed(uv_handle_t *h) { unref(h->data); }
 
 void session_close(struct session *s, const char *reason)
 {
     if (s->state == SESSION_CLOSING)
         return;
     s->refs++;
-    s->state = SESSION_CLOSING;
+    set_state(s, SESSION_CLOSING);
     log_event(LOG_DEBUG, "session_close", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
               LOG_STR("reason", reason), LOG_END);
-    uv_timer_stop(&s->login_timer);
-    if (!uv_is_closing((uv_handle_t *)&s->login_timer))
-        uv_close((uv_handle_t *)&s->login_timer, on_login_timer_closed);
+    replyq_stop(&s->q);
+    pool_cancel(&s->pc);
+    pool_release(&s->pc, connection_return(s));
+    unqueue(s);
+    uv_timer_stop(&s->timer);
+    if (!uv_is_closing((uv_handle_t *)&s->timer))
+        uv_close((uv_handle_t *)&s->timer, on_timer_closed);
     transport_close(&s->client);
-    if (s->upstream_started)
-        upstream_close(&s->up);
     unref(s);
 }
 
@@ -1533,26 +1851,36 @@ static void on_login_timeout(uv_timer_t *t)
     session_close(s, "login timeout");
 }
 
+/* A login at connect: a verified client certificate naming the user, or the nopass default. */
+static void connect_login(struct session *s)
+{
+    const struct acl_user *u = NULL;
+    if (s->listener->cfg->tls.user_from_cert_cn)
+        u = certificate_user(s);
+    if (!u)
+        u = default_user(s);
+    if (u)
+        login_at_connect(s, u);
+}
+
 static void on_client(struct transport *t, enum transport_event ev, const char *reason)
 {
     struct session *s = t->owner;
     s->refs++;
     switch (ev) {
     case TRANSPORT_CONNECTED:
-        if (s->listener->cfg->tls.user_from_cert_cn && !authenticated(s))
-            login_from_certificate(s);
-        if (!authenticated(s) && s->state != SESSION_CLOSING)
-            login_at_connect(s);
+        if (!authenticated(s) && s->state == SESSION_LOGIN)
+            connect_login(s);
         break;
     case TRANSPORT_DATA:
-        process_input(s);
+        if (reading(s))
+            process_input(s);
         break;
     case TRANSPORT_DRAINED:
-        if (s->upstream_paused && s->upstream_started &&
+        if (s->upstream_paused && owns_conn(s) &&
             transport_pending(&s->client) < s->w->cfg->limits.client_output_bytes / 2) {
             s->upstream_paused = false;
-            transport_resume(&s->up.t);
-            process_replies(s);
+            pool_resume(&s->pc);
         }
         maybe_resume_client(s);
         break;
@@ -1562,10 +1890,12 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
             break;
         s->peer_closed = true;
         transport_pause(&s->client);
-        process_input(s); /* what it sent before closing is answered, as by Redis */
-        if (s->state == SESSION_CLOSING || s->client.closing)
-            break;
-        if (s->q_len == 0 && (s->quitting || buf_len(&s->client.in) == 0))
+        if (reading(s)) {
+            process_input(s); /* what it sent before closing is answered, as by Redis */
+            if (s->state == SESSION_CLOSING || s->client.closing)
+                break;
+        }
+        if (s->state == SESSION_DRAINING && s->q.len == 0)
             session_close(s, "client closed the connection");
         else
             start_close_deadline(s);
@@ -1594,8 +1924,10 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     s->w = w;
     s->listener = l;
     s->id = ++w->next_session_id;
-    s->reply_proto = s->req_proto = 2;
-    resp_framer_init(&s->framer);
+    s->req_proto = 2;
+    s->pc.ops = &pool_client_ops;
+    s->created_ms = s->last_ms = uv_now(w->loop);
+    replyq_init(&s->q, &replyq_ops, s);
     if (resp_parser_init(&s->parser) != 0) {
         free(s);
         return UV_ENOMEM;
@@ -1608,8 +1940,8 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     }
     s->refs = 1; /* the client handle */
     worker_add_session(w, s);
-    uv_timer_init(w->loop, &s->login_timer);
-    s->login_timer.data = s;
+    uv_timer_init(w->loop, &s->timer);
+    s->timer.data = s;
     s->refs++;
 
     rc = transport_accept(&s->client, server, l->tls_ctx);
@@ -1646,9 +1978,9 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
 
     /* On TLS listeners nothing is decided before the handshake has verified the client (its
      * certificate may name the user); until then the login timeout runs. */
-    uv_timer_start(&s->login_timer, on_login_timeout, w->cfg->limits.login_timeout_ms, 0);
+    uv_timer_start(&s->timer, on_login_timeout, w->cfg->limits.login_timeout_ms, 0);
     if (!l->tls_ctx)
-        login_at_connect(s);
+        connect_login(s);
     return 0;
 }
 
@@ -1656,10 +1988,11 @@ void session_drain(struct session *s)
 {
     if (s->state == SESSION_CLOSING)
         return;
-    if (!authenticated(s) || s->q_len == 0) {
+    if (!authenticated(s) || s->q.len == 0) {
         session_close(s, "shutdown");
         return;
     }
-    s->draining = true;
-    transport_pause(&s->client);
+    stop_reading(s);
+    pool_cancel(&s->pc);
+    s->pending_user = NULL;
 }

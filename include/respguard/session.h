@@ -9,6 +9,7 @@
 #ifndef RESPGUARD_SESSION_H
 #define RESPGUARD_SESSION_H
 
+#include <stdbool.h>
 #include <uv.h>
 
 struct worker;
@@ -20,6 +21,12 @@ struct tlsconn_ctx;
  * pending connection has been accepted and closed, or left for libuv on ENOMEM). */
 int session_accept(struct worker *w, const struct listener *l, uv_stream_t *server)
     __attribute__((warn_unused_result));
+
+/* The end of a loop turn (the worker's uv_prepare_t): read again the commands of sessions whose
+ * wait for the pool ended (true: more such sessions are left for the next turn), then send every
+ * client's replies of the turn. */
+bool session_turn_input(struct worker *w);
+void session_turn_flush(struct worker *w);
 
 /* Graceful shutdown: stop reading new commands; close once every pending reply is delivered. */
 void session_drain(struct session *s);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "respguard/pool.h"
 #include "respguard/ratelimit.h"
 
 struct config;
@@ -57,6 +58,14 @@ struct worker {
     struct metrics_shard *metrics; /* this worker's counters (never NULL while running) */
     struct worker_user_rate *rates;/* per compiled user (used when its rate_limit is enabled) */
     struct lockout *lockout;       /* failed logins per source; NULL when login_lockout is off */
+    struct pool *pools;            /* one per upstream login, same index (pool.h) */
+    size_t pool_count;             /* pools started */
+    uv_prepare_t turn;             /* once a loop turn, before the loop waits: deferred input,
+                                      then every write of the turn */
+    uv_idle_t spin;                /* keeps the loop from waiting while deferred input is left */
+    bool turn_open;                /* turn and spin are initialised and not closed */
+    struct session *input_head;    /* sessions to read again at the turn's end (session.c) */
+    struct session *flush_head;    /* sessions with client writes to send (session.c) */
     struct session *sessions;      /* intrusive list of live sessions */
     size_t session_count;
     uint64_t next_session_id;
@@ -73,6 +82,17 @@ const struct config_user *worker_user_config(const struct worker *w, const struc
 /* Once a second: a user whose commands were refused by its rate limit, and none in the last
  * second, gets the end of its episode logged (one line, with the count). */
 void worker_rate_limit_tick(struct worker *w, uint64_t now_ms);
+
+/* Start the pools (one per upstream login, opening their min_idle connections) and the
+ * per-turn handles. 0, or -1 after logging why. */
+int worker_start(struct worker *w) __attribute__((warn_unused_result));
+/* Shutdown: the pools stop (waiters fail, idle connections close, busy ones close when given
+ * back). */
+void worker_stop_pools(struct worker *w);
+/* Once no session is left: close the per-turn handles. */
+void worker_close_turn(struct worker *w);
+/* After the loop ended: free the pools. */
+void worker_free(struct worker *w);
 
 /* Session registry (implemented in session.c, which knows the session's links). */
 void worker_add_session(struct worker *w, struct session *s);

@@ -29,7 +29,7 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from resp_util import RawConn  # noqa: E402
-from helpers import (DELETE, OFF_USER_PASSWORD, PASSWORDS, REFERENCE, deep_merge,  # noqa: E402
+from helpers import (DELETE, OFF_USER_PASSWORD, PASSWORDS, POOL_MODE, REFERENCE, deep_merge,  # noqa: E402
                      default_users, free_port, openssl, respguard_bin, to_yaml,
                      wait_port, wait_until)
 
@@ -419,6 +419,8 @@ def respguard(request, tmp_path, certs, upstream):
             listeners.append({"bind": "127.0.0.1:%d" % free_port(), "tls": tls})
         up = {"url": "rediss://default:${UPSTREAM_PW}@%s:%d" % (upstream_host, srv.tls_port),
               "ca_file": certs.path("ca.crt"), "connect_timeout": "2s"}
+        if POOL_MODE != "session":
+            up["pool"] = {"mode": POOL_MODE}
         if ca_file is DELETE:
             del up["ca_file"]
         elif ca_file is not None:

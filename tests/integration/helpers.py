@@ -10,6 +10,10 @@ import time
 import uuid
 
 REFERENCE = os.environ.get("RESPGUARD_REFERENCE", "") == "redis"
+# The upstream pool mode every respguard of the run uses unless a test sets its own
+# (upstream.pool.mode): scripts/test.sh runs the suite in both.
+POOL_MODE = os.environ.get("RESPGUARD_POOL_MODE", "session")
+assert POOL_MODE in ("session", "multiplex"), "RESPGUARD_POOL_MODE must be session or multiplex"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 # Passwords of the test users.  Distinctive strings so that a leak into the
