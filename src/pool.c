@@ -586,6 +586,8 @@ static void conn_open(struct pool *p)
         conn_failed(c, "connect", reason); /* on_closed follows and frees it */
         return;
     }
+    if (c->state == UPCONN_CLOSING)
+        return; /* it failed at once (resolution): on_closed frees it */
     c->up.t.bytes_in_counter = &p->w->metrics->c[MC_UPSTREAM_BYTES_IN];
     c->up.t.bytes_out_counter = &p->w->metrics->c[MC_UPSTREAM_BYTES_OUT];
     send_login(c);
@@ -660,7 +662,8 @@ static void own_frame_done(struct upconn *c, enum route_kind kind)
         route_pop(c);
         c->ping_ms = 0;
         if (!frame_is(c, "+PONG\r\n")) {
-            conn_close(c, "keepalive PING failed");
+            conn_failed(c, "lost", "keepalive PING failed");
+            refill(p, true);
             return;
         }
         c->active_ms = now_ms(p);
@@ -697,9 +700,13 @@ static void unexpected(struct upconn *c)
 static void route_input(struct upconn *c)
 {
     struct buf *in = &c->up.t.in;
+    if (c->routing)
+        return; /* called from inside a callback of the loop below: it goes on by itself */
+    c->routing = true;
     while (buf_len(in) > 0 && c->state != UPCONN_CLOSING && !c->paused) {
         struct pool_route *r = route_head(c);
         if (!r) {
+            c->routing = false;
             unexpected(c);
             return;
         }
@@ -708,6 +715,7 @@ static void route_input(struct upconn *c)
         const char *err = NULL;
         enum resp_frame_status st = resp_framer_feed(&c->framer, buf_head(in), buf_len(in), &used, &info, &err);
         if (st == RESP_FRAME_ERROR) {
+            c->routing = false;
             conn_failed(c, "lost", err ? err : "protocol error in reply");
             refill(c->pool, true);
             return;
@@ -759,6 +767,7 @@ static void route_input(struct upconn *c)
             c->frame_len = 0;
         }
     }
+    c->routing = false;
     if (c->state != UPCONN_CLOSING)
         transport_shrink_input(&c->up.t);
 }
@@ -903,7 +912,8 @@ static void maintain(struct upconn *c, uint64_t now)
             return;
         }
         if (c->ping_ms && now - c->ping_ms > p->w->cfg->upstream.connect_timeout_ms) {
-            conn_close(c, "keepalive PING not answered");
+            conn_failed(c, "lost", "keepalive PING not answered within connect_timeout");
+            refill(p, true);
             return;
         }
         if (pc->idle_timeout_ms && now - c->idle_ms >= pc->idle_timeout_ms &&

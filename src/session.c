@@ -1601,6 +1601,8 @@ static bool reading(const struct session *s)
     return s->state == SESSION_LOGIN || s->state == SESSION_ACTIVE;
 }
 
+/* Reading stopped for a backlog: resume below half of it. What was read meanwhile is processed
+ * at the end of the turn (this may run inside a pool callback). */
 static void maybe_resume_client(struct session *s)
 {
     if (!s->client_paused || !reading(s) || backlogged(s, 2))
@@ -1608,8 +1610,7 @@ static void maybe_resume_client(struct session *s)
     s->client_paused = false;
     if (!s->peer_closed)
         transport_resume(&s->client);
-    process_input(s);
-    transport_shrink_input(&s->client);
+    input_later(s);
 }
 
 /* The batch's commands were handed to their upstream connection just now: stamp them for the
@@ -1683,6 +1684,7 @@ static void process_input(struct session *s)
     if (s->state == SESSION_CLOSING)
         return;
     stamp_sent(s);
+    transport_shrink_input(&s->client);
     /* A shared connection it has nothing due on is not its any more. */
     if (s->pc.conn && s->pc.use == POOL_USE_SHARE && s->pc.due == 0)
         pool_release(&s->pc, POOL_RETURN_CLEAN);

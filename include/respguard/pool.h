@@ -102,6 +102,7 @@ struct upconn {
     bool flush_queued;
     bool retiring;               /* past max_lifetime: takes no new client, closes once free */
     bool paused;                 /* the owner's back-pressure: not reading */
+    bool routing;                /* route_input is running (callbacks may call back into it) */
     bool counted_open;           /* counted in respguard_upstream_connections */
     enum metrics_pool_state mstate; /* the state it is counted under */
     /* The reply frame being read: its first bytes (for respguard's own checks) and length. */

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from helpers import PASSWORDS, metric_value as val, wait_until
+from helpers import PASSWORDS, POOL_MODE, metric_value as val, wait_until
 from resp_util import RawConn, encode
 
 pytestmark = pytest.mark.proxy_only
@@ -30,9 +30,16 @@ def family(m, name):
     return {dict(k[1]).get("cert", k[1]): v for k, v in m.items() if k[0] == name}
 
 
+def pool_state(m, state):
+    return val(m, "respguard_pool_connections", state=state)
+
+
 def test_metrics_match_what_was_sent(respguard):
-    p = respguard(admin=True, tls_listener=True)
+    # One warm connection kept ready: the pool's connections are the upstream connections.
+    p = respguard(admin=True, tls_listener=True, overrides={"upstream": {"pool": {"min_idle": 1}}})
     before = settle(p)
+    wait_until(lambda: pool_state(p.metrics(), "idle") == 1, 5, what="the pool's warm connection")
+    before = p.metrics()
     # every fixed label value is listed, zero or not, so alerts can use rate() from the start
     for reason in ("source_not_allowed", "max_clients", "tls_handshake", "login_timeout"):
         assert ("respguard_client_connections_refused_total", frozenset({("reason", reason)})) in before
@@ -83,8 +90,20 @@ def test_metrics_match_what_was_sent(respguard):
     # plaintext bytes, exactly as this client sent and received them
     assert val(m, "respguard_client_bytes_received_total") == sent
     assert val(m, "respguard_client_bytes_sent_total") == received
-    assert val(m, "respguard_upstream_connections") == 1
-    assert val(m, "respguard_upstream_connections_opened_total") == 1
+    # the pool: session mode holds a connection for the client (and opened a new warm one);
+    # multiplex mode shares the one it had, which is free again between commands
+    states = {s: pool_state(m, s) for s in ("connecting", "idle", "busy", "pinned", "resetting")}
+    if POOL_MODE == "session":
+        assert states["busy"] == 1, states
+    else:
+        assert states["busy"] + states["pinned"] == 0, states
+    # verified TLS connections: every pooled one, and a refill that is up but not yet logged in
+    ready = sum(states.values()) - states["connecting"]
+    assert ready <= val(m, "respguard_upstream_connections") <= ready + states["connecting"], states
+    assert val(m, "respguard_upstream_connections_opened_total") == val(m, "respguard_upstream_connections")
+    assert val(m, "respguard_upstream_handshakes_total", type="full") + \
+        val(m, "respguard_upstream_handshakes_total", type="resumed") == \
+        val(m, "respguard_upstream_connections_opened_total")
     # forwarded after the login: 7 SET + 5 GET + PING, each with one round trip and one
     # added-latency observation; cumulative buckets end at _count
     for h in ("respguard_upstream_rtt_seconds", "respguard_added_latency_seconds"):
@@ -97,9 +116,14 @@ def test_metrics_match_what_was_sent(respguard):
     assert val(m, "respguard_upstream_bytes_sent_total") > 0
     assert val(m, "respguard_upstream_bytes_received_total") > 0
 
+    opened = val(m, "respguard_upstream_connections_opened_total")
     c.close()
     wait_until(lambda: val(p.metrics(), "respguard_client_connections") == 0, 5, what="connection gauge at 0")
-    wait_until(lambda: val(p.metrics(), "respguard_upstream_connections") == 0, 5, what="upstream gauge at 0")
+    # the client's connection went back to the pool, clean: no reset, nothing closed
+    wait_until(lambda: pool_state(p.metrics(), "busy") == 0, 5, what="the connection given back")
+    m = p.metrics()
+    assert val(m, "respguard_pool_resets_total", result="ok") == 0
+    assert val(m, "respguard_upstream_connections") == opened
 
     # certificates: the TLS listener's and, once probed, the upstream server's (test CA: 1 day+)
     m = p.metrics()
@@ -110,8 +134,8 @@ def test_metrics_match_what_was_sent(respguard):
     assert abs(val(m, "respguard_config_load_timestamp_seconds") - time.time()) < 120
     assert val(m, "respguard_ready") == 1
     assert val(m, "respguard_upstream_probes_total", result="ok") >= 1
-    # probes are not client sessions
-    assert val(m, "respguard_upstream_connections_opened_total") == 1
+    # probes are not pooled connections
+    assert val(m, "respguard_upstream_connections_opened_total") == opened
 
 
 def test_refused_connections_and_tls_failures_are_counted(respguard):
@@ -249,6 +273,6 @@ def test_upstream_certificate_failure_is_classified(respguard):
     c = RawConn(p.port, timeout=10)
     assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"-ERR respguard: upstream connection failed\r\n"
     m = p.metrics()
-    assert val(m, "respguard_upstream_failures_total", reason="certificate") >= 2  # probes and the session
+    assert val(m, "respguard_upstream_failures_total", reason="certificate") >= 2  # probes and the pool
     assert val(m, "respguard_upstream_connections_opened_total") == 0
     assert val(m, "respguard_ready") == 0

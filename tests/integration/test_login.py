@@ -5,7 +5,7 @@ import time
 import pytest
 import redis
 
-from helpers import HASHED_HEX, OFF_USER_PASSWORD, PASSWORDS, connected_clients, unique, wait_until
+from helpers import HASHED_HEX, OFF_USER_PASSWORD, PASSWORDS, POOL_MODE, connected_clients, unique, wait_until
 from resp_util import encode
 
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
@@ -75,8 +75,12 @@ def test_hello3_auth_switches_to_resp3(proxy):
         assert reply[b"server"] == b"redis"
         assert reply[b"proto"] == 3
         assert reply[b"version"] == b"7.0.15"
-        # the map is the upstream's: its id is this session's upstream connection
-        assert c.call_raw("CLIENT", "ID") == b":%d\r\n" % reply[b"id"]
+        if POOL_MODE == "session":
+            # the map is the upstream's: its id is this session's upstream connection
+            assert c.call_raw("CLIENT", "ID") == b":%d\r\n" % reply[b"id"]
+        else:
+            # multiplex: CLIENT ID is respguard's own id of this client connection
+            assert c.call_raw("CLIENT", "ID").startswith(b":")
         assert c.call_raw("HSET", k, "f", "v") == b":1\r\n"
         assert c.call_raw("HGETALL", k) == b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
         assert c.call_raw("GET", unique()) == b"_\r\n"
@@ -264,8 +268,12 @@ def test_log_lines_are_json_objects(proxy):
 
 
 @pytest.mark.proxy_only
-def test_no_upstream_connection_before_login(proxy, direct):
-    # settle: the proxy may keep nothing open upstream yet
+def test_no_upstream_connection_before_login(respguard, direct):
+    # The pool keeps min_idle connections ready; unauthenticated clients add none.
+    proxy = respguard(overrides={"upstream": {"pool": {"min_idle": 2}}})
+    with proxy.login() as c:  # the pool is up once a login was answered
+        assert c.call_raw("PING") == b"+PONG\r\n"
+    time.sleep(0.3)
     base = connected_clients(direct)
     conns = []
     try:
@@ -277,12 +285,17 @@ def test_no_upstream_connection_before_login(proxy, direct):
         time.sleep(0.3)
         assert connected_clients(direct) <= base, \
             "unauthenticated clients opened upstream connections"
-        # control: after login each session has its upstream connection
+        # control: after login each session holds a connection of its own (session mode), or
+        # they share the warm ones (multiplex)
         for c in conns:
             assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
             assert c.call_raw("PING") == b"+PONG\r\n"
-        wait_until(lambda: connected_clients(direct) >= base + 5, 5,
-                   what="upstream connections for logged-in sessions")
+        if POOL_MODE == "session":
+            wait_until(lambda: connected_clients(direct) >= base + 5, 5,
+                       what="upstream connections for logged-in sessions")
+        else:
+            time.sleep(0.3)
+            assert connected_clients(direct) <= base
     finally:
         for c in conns:
             c.close()
