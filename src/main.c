@@ -252,6 +252,13 @@ static int cmd_check(const char *path)
     printf("upstream rediss://%s:%u verify-name %s ca %s%s\n", cfg->upstream.host, (unsigned)cfg->upstream.port,
            rt.w.upstream_verify_name, cfg->upstream.ca_file ? cfg->upstream.ca_file : "system",
            cfg->upstream.password ? " login" : "");
+    const struct config_pool *pc = &cfg->upstream.pool;
+    printf("upstream pool %s size %llu min_idle %llu idle_timeout %llums max_lifetime %llums keepalive %llums "
+           "acquire_timeout %llums (per credential: %zu)\n",
+           pc->mode == CONFIG_POOL_MULTIPLEX ? "multiplex" : "session", (unsigned long long)pc->size,
+           (unsigned long long)pc->min_idle, (unsigned long long)pc->idle_timeout_ms,
+           (unsigned long long)pc->max_lifetime_ms, (unsigned long long)pc->keepalive_ms,
+           (unsigned long long)pc->acquire_timeout_ms, 1 + cfg->upstream.credential_count);
     for (size_t i = 0; i < rt.w.user_count; i++) {
         const struct acl_user *u = &rt.w.users[i];
         const struct config_rate_limit *rl = &cfg->users[i].rate_limit;
