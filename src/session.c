@@ -893,6 +893,7 @@ static void login_at_connect(struct session *s, const struct acl_user *u)
     int rc = pool_acquire(pool, &s->pc, use);
     if (rc == 1) {
         s->pending_user = u; /* on_pool_acquired completes it, before any command is read */
+        transport_pause(&s->client);
         return;
     }
     if (rc < 0) {
@@ -1685,6 +1686,12 @@ static void process_input(struct session *s)
         return;
     stamp_sent(s);
     transport_shrink_input(&s->client);
+    /* While a command waits for the pool nothing more is read: a client cannot make respguard
+     * buffer without end behind it. */
+    if (s->stalled || s->pending_user)
+        transport_pause(&s->client);
+    else if (reading(s) && !s->client_paused && !s->peer_closed)
+        transport_resume(&s->client);
     /* A shared connection it has nothing due on is not its any more. */
     if (s->pc.conn && s->pc.use == POOL_USE_SHARE && s->pc.due == 0)
         pool_release(&s->pc, POOL_RETURN_CLEAN);
