@@ -547,7 +547,9 @@ int config_parse_size(const char *s, uint64_t *bytes)
 /* "2m" rather than "120000" in a range message. */
 static const char *show_ms(char *buf, size_t size, uint64_t ms)
 {
-    if (ms % 3600000 == 0)
+    if (ms == 0)
+        snprintf(buf, size, "0s");
+    else if (ms % 3600000 == 0)
         snprintf(buf, size, "%" PRIu64 "h", ms / 3600000);
     else if (ms % 60000 == 0)
         snprintf(buf, size, "%" PRIu64 "m", ms / 60000);

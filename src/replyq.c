@@ -201,14 +201,16 @@ static void frame_end(struct replyq *q, const struct resp_frame_info *f)
     if ((f->kind == RESP_FRAME_PUSH || (f->type == '*' && (expecting || subscribed2))) &&
         is_confirmation(f, &shard)) {
         /* A real confirmation: a push, or a RESP2 array where one can stand. Its count says
-         * whether the connection is still in subscribed mode. */
+         * whether the connection is still in subscribed mode. It answers the entry at the front
+         * only if it is the kind that entry expects: a server may also unsubscribe a client on
+         * its own (a cluster moving a shard channel's slot sends sunsubscribe). */
         if (f->has_last_int) {
             if (shard)
                 q->ssubs = f->last_int;
             else
                 q->subs = f->last_int;
         }
-        confirm = expecting;
+        confirm = expecting && e->confirm && head_is(f, e->confirm);
         oob = !confirm;
     } else if (f->kind == RESP_FRAME_PUSH) {
         oob = true;

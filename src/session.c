@@ -1466,6 +1466,8 @@ static void run_command(struct session *s, const struct resp_request *req, const
     else
         forward_command(s, frame, req);
     expect_upstream(s, REPLYQ_FORWARD, flags, expected, tag, NULL, 0);
+    if ((flags & REPLYQ_PUBSUB) && replyq_back(&s->q))
+        replyq_back(&s->q)->confirm = cmd->name; /* the confirmations are named after it */
     if (marker) {
         static const char ping[] = "*1\r\n$4\r\nPING\r\n";
         send_upstream(s, ping, sizeof ping - 1, 1, 0);

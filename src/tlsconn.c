@@ -45,7 +45,8 @@ struct tlsconn_ctx {
  * (see tlsconn.h). The SSL of a connection made with it points here (app data) so that
  * on_new_session can fill it. */
 struct tlsconn_resume {
-    SSL_SESSION *session;
+    SSL_SESSION *session; /* a copy: the connection's own is spoiled when it ends abruptly */
+    char name[256];       /* the verify name it was made under ("": none yet) */
 };
 
 struct tlsconn {
@@ -186,13 +187,21 @@ static struct tlsconn_ctx *ctx_wrap(SSL_CTX *c, bool server, char *err, size_t e
 static int on_new_session(SSL *ssl, SSL_SESSION *session)
 {
     struct tlsconn_resume *r = SSL_get_app_data(ssl);
+    SSL_SESSION *copy;
 
     if (r == NULL || !SSL_SESSION_is_resumable(session)) {
         return 0;
     }
+    /* A copy: OpenSSL marks a connection's session not resumable when the connection is freed
+     * without a close_notify, which is how upstream connections end. */
+    copy = SSL_SESSION_dup(session);
+    if (copy == NULL) {
+        ERR_clear_error();
+        return 0;
+    }
     SSL_SESSION_free(r->session);
-    r->session = session;
-    return 1;
+    r->session = copy;
+    return 0; /* OpenSSL keeps (and frees) the original */
 }
 
 struct tlsconn_ctx *tlsconn_ctx_new_client(const char *ca_file, char *err, size_t errlen)
@@ -439,8 +448,12 @@ struct tlsconn *tlsconn_new_client(struct tlsconn_ctx *ctx, const char *verify_n
     ERR_clear_error();
     if (ok && resume != NULL) {
         SSL_set_app_data(t->ssl, resume);
-        /* A session from this context, for this name (the slot's owner connects to one server
-         * under one name): the server may resume it. It was verified when it was made. */
+        /* A session made under this name (it was verified then) may be resumed; one made under
+         * another name is dropped, never offered: resuming skips the certificate check. */
+        if (strcmp(resume->name, name) != 0) {
+            tlsconn_resume_forget(resume);
+            snprintf(resume->name, sizeof(resume->name), "%s", name);
+        }
         if (resume->session != NULL && SSL_SESSION_is_resumable(resume->session)) {
             ok = SSL_set_session(t->ssl, resume->session) == 1;
         }

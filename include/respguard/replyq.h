@@ -36,7 +36,8 @@ enum replyq_kind {
 };
 
 enum replyq_flag {
-    REPLYQ_PUBSUB = 1u << 0,      /* replies are subscribe confirmations (RESP3: pushes) */
+    REPLYQ_PUBSUB = 1u << 0,      /* replies are confirmations named by entry.confirm (RESP3:
+                                     pushes); other confirmations are not its replies */
     REPLYQ_UNBOUNDED = 1u << 1,   /* argument-less UNSUBSCRIBE: as many confirmations as there
                                      were subscriptions; the reply to the command queued right
                                      after it (a marker) ends them */
@@ -48,6 +49,8 @@ enum replyq_flag {
 };
 
 struct replyq_entry {
+    const char *confirm;/* REPLYQ_PUBSUB: the confirmations it expects, by their first element
+                           ("subscribe", "punsubscribe", ...: the command's name) */
     uint8_t kind;       /* enum replyq_kind */
     uint8_t flags;      /* enum replyq_flag */
     uint8_t tag;        /* the owner's, reported back when the entry leaves */

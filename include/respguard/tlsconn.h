@@ -34,12 +34,13 @@ void tlsconn_ctx_free(struct tlsconn_ctx *ctx);
  * metrics and check output. 0 on success, -1 on failure. */
 int tlsconn_cert_file_expiry(const char *cert_file, long long *seconds_left);
 
-/* Session resumption for client engines: one slot that keeps the newest session a server handed
- * out (TLS 1.3 tickets arrive after the handshake, TLS 1.2 sessions with it) and offers it to the
- * next connection made with the slot, which then skips the certificate exchange and the server's
- * key operation if the server accepts it. A slot belongs to one thread and must serve one
- * context and one verify name; it must outlive every engine made with it. Verification is not
- * weakened: a session exists only after a verified handshake under the same name. */
+/* Session resumption for client engines: one slot that keeps (a copy of) the newest session a
+ * server handed out (TLS 1.3 tickets arrive after the handshake, TLS 1.2 sessions with it) and
+ * offers it to the next connection made with the slot, which then skips the certificate exchange
+ * and the server's key operation if the server accepts it. A slot belongs to one thread and must
+ * serve one context; it must outlive every engine made with it. Verification is not weakened: a
+ * session exists only after a verified handshake, and is offered only under the verify name it
+ * was made under (a connection under another name drops it). */
 struct tlsconn_resume;
 struct tlsconn_resume *tlsconn_resume_new(void); /* NULL when out of memory */
 void tlsconn_resume_free(struct tlsconn_resume *r); /* NULL is fine */

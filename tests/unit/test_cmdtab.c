@@ -284,6 +284,120 @@ static void test_categories(void **state)
     }
 }
 
+/* respguard's roles (scripts/gen_cmdtab.py, ROLES): exactly these commands and subcommands
+ * have one, and every other entry of the table, top level or subcommand, has none. */
+static void test_roles(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name; /* "client|id": a subcommand */
+        enum cmdtab_role role;
+    } roles[] = {
+        {"auth", CMDTAB_ROLE_AUTH},
+        {"hello", CMDTAB_ROLE_HELLO},
+        {"quit", CMDTAB_ROLE_QUIT},
+        {"reset", CMDTAB_ROLE_RESET},
+        {"multi", CMDTAB_ROLE_MULTI},
+        {"exec", CMDTAB_ROLE_EXEC},
+        {"discard", CMDTAB_ROLE_DISCARD},
+        {"watch", CMDTAB_ROLE_WATCH},
+        {"unwatch", CMDTAB_ROLE_UNWATCH},
+        {"subscribe", CMDTAB_ROLE_SUBSCRIBE},
+        {"psubscribe", CMDTAB_ROLE_SUBSCRIBE},
+        {"ssubscribe", CMDTAB_ROLE_SUBSCRIBE},
+        {"unsubscribe", CMDTAB_ROLE_UNSUBSCRIBE},
+        {"punsubscribe", CMDTAB_ROLE_UNSUBSCRIBE},
+        {"sunsubscribe", CMDTAB_ROLE_UNSUBSCRIBE},
+        {"select", CMDTAB_ROLE_SELECT},
+        {"monitor", CMDTAB_ROLE_MONITOR},
+        {"wait", CMDTAB_ROLE_BLOCKING},
+        {"xread", CMDTAB_ROLE_BLOCK_OPTION},
+        {"xreadgroup", CMDTAB_ROLE_BLOCK_OPTION},
+        {"client|id", CMDTAB_ROLE_CLIENT_ID},
+        {"client|info", CMDTAB_ROLE_CLIENT_INFO},
+        {"client|getname", CMDTAB_ROLE_CLIENT_GETNAME},
+        {"client|setname", CMDTAB_ROLE_CLIENT_SETNAME},
+        {"client|reply", CMDTAB_ROLE_CLIENT_REPLY},
+        {"client|tracking", CMDTAB_ROLE_CONN_STATE},
+        {"client|caching", CMDTAB_ROLE_CONN_STATE},
+        {"script|debug", CMDTAB_ROLE_CONN_STATE},
+        {"readonly", CMDTAB_ROLE_CONN_STATE},
+        {"readwrite", CMDTAB_ROLE_CONN_STATE},
+        {"asking", CMDTAB_ROLE_CONN_STATE},
+        {"client|no-evict", CMDTAB_ROLE_STICKY_STATE},
+    };
+    const size_t n = sizeof(roles) / sizeof(roles[0]);
+    bool seen[sizeof(roles) / sizeof(roles[0])] = {false};
+
+    /* Each named entry is found through the lookups and has its role. */
+    for (size_t i = 0; i < n; i++) {
+        const char *bar = strchr(roles[i].name, '|');
+        const struct cmdtab_cmd *cmd;
+        if (bar) {
+            const struct cmdtab_cmd *c = cmdtab_lookup(roles[i].name, (size_t)(bar - roles[i].name));
+            assert_non_null(c);
+            cmd = cmdtab_lookup_sub(c, bar + 1, strlen(bar + 1));
+        } else {
+            cmd = cmdtab_lookup(roles[i].name, strlen(roles[i].name));
+        }
+        if (!cmd)
+            fail_msg("%s is not in the table", roles[i].name);
+        assert_string_equal(cmd->name, roles[i].name);
+        if (cmd->role != roles[i].role)
+            fail_msg("%s: role %u, want %u", roles[i].name, cmd->role, roles[i].role);
+    }
+
+    /* Every entry of the table: a role only when listed above, each listed one met once. */
+    size_t entries = 0, with_role = 0;
+    for (size_t i = 0; i < cmdtab_command_count; i++) {
+        const struct cmdtab_cmd *c = &cmdtab_commands[i];
+        for (size_t j = 0; j <= c->subcommand_count; j++) {
+            const struct cmdtab_cmd *e = j == 0 ? c : &c->subcommands[j - 1];
+            size_t k = 0;
+            while (k < n && strcmp(roles[k].name, e->name) != 0)
+                k++;
+            entries++;
+            if (k == n) {
+                if (e->role != CMDTAB_ROLE_NONE)
+                    fail_msg("%s has role %u, want none", e->name, e->role);
+                continue;
+            }
+            assert_false(seen[k]);
+            seen[k] = true;
+            assert_int_equal(e->role, roles[k].role);
+            with_role++;
+        }
+    }
+    for (size_t k = 0; k < n; k++)
+        if (!seen[k])
+            fail_msg("%s not met walking the table", roles[k].name);
+    assert_int_equal(with_role, n);
+    assert_true(entries > cmdtab_command_count); /* subcommands were walked too */
+    assert_true(entries - with_role > 300);      /* and the rest has none */
+
+    /* The container of a subcommand with a role has none itself; look-alikes have none. */
+    assert_int_equal(cmdtab_lookup("client", 6)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup("script", 6)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup("blpop", 5)->role, CMDTAB_ROLE_NONE); /* Redis flags it */
+    assert_int_equal(cmdtab_lookup("publish", 7)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup("spublish", 8)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup("xadd", 4)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup("waitaof", 7) ? cmdtab_lookup("waitaof", 7)->role : 0,
+                     CMDTAB_ROLE_NONE);
+    const struct cmdtab_cmd *client = cmdtab_lookup("client", 6);
+    assert_int_equal(cmdtab_lookup_sub(client, "kill", 4)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup_sub(client, "list", 4)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup_sub(client, "pause", 5)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup_sub(client, "unblock", 7)->role, CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup_sub(cmdtab_lookup("script", 6), "load", 4)->role,
+                     CMDTAB_ROLE_NONE);
+    assert_int_equal(cmdtab_lookup_sub(cmdtab_lookup("pubsub", 6), "channels", 8)->role,
+                     CMDTAB_ROLE_NONE);
+    /* Upper case finds the same entries. */
+    assert_int_equal(cmdtab_lookup("SUBSCRIBE", 9)->role, CMDTAB_ROLE_SUBSCRIBE);
+    assert_int_equal(cmdtab_lookup_sub(client, "NO-EVICT", 8)->role, CMDTAB_ROLE_STICKY_STATE);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Keys                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
@@ -684,6 +798,7 @@ int main(void)
         cmocka_unit_test(test_lookup),
         cmocka_unit_test(test_arity_and_data),
         cmocka_unit_test(test_categories),
+        cmocka_unit_test(test_roles),
         cmocka_unit_test(test_keys_index_range),
         cmocka_unit_test(test_keys_after_subcommand),
         cmocka_unit_test(test_keys_keyword),

@@ -1187,6 +1187,196 @@ static void test_errors_upstream(void **state)
     run_errors(cases, ARRAY_SIZE(cases));
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* upstream.pool                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+#define POOL_HEAD "listeners: [{bind: 127.0.0.1:1}]\nusers: {w: {acl: on}}\nupstream:\n" \
+                  "  url: rediss://h\n"
+
+static void assert_pool_equal(const struct config_pool *got, const struct config_pool *want)
+{
+    assert_int_equal(got->mode, want->mode);
+    assert_int_equal(got->size, want->size);
+    assert_int_equal(got->min_idle, want->min_idle);
+    assert_int_equal(got->idle_timeout_ms, want->idle_timeout_ms);
+    assert_int_equal(got->max_lifetime_ms, want->max_lifetime_ms);
+    assert_int_equal(got->keepalive_ms, want->keepalive_ms);
+    assert_int_equal(got->acquire_timeout_ms, want->acquire_timeout_ms);
+}
+
+static const struct config_pool pool_defaults = {
+    .mode = CONFIG_POOL_SESSION,
+    .size = 64,
+    .min_idle = 4,
+    .idle_timeout_ms = 300000,
+    .max_lifetime_ms = 3600000,
+    .keepalive_ms = 30000,
+    .acquire_timeout_ms = 5000,
+};
+
+static void test_pool_defaults(void **state)
+{
+    (void)state;
+    char err[512];
+    struct config *c = NULL;
+    /* No pool section at all. */
+    assert_int_equal(config_load(DATA "/minimal.yaml", &c, err, sizeof err), 0);
+    assert_pool_equal(&c->upstream.pool, &pool_defaults);
+    config_free(c);
+    /* An empty pool mapping: the same. */
+    c = load_ok(POOL_HEAD "  pool: {}\n");
+    assert_pool_equal(&c->upstream.pool, &pool_defaults);
+    config_free(c);
+}
+
+static void test_pool_values(void **state)
+{
+    (void)state;
+    /* Every key; the other keys keep their defaults. */
+    static const struct {
+        const char *yaml;
+        struct config_pool want;
+    } cases[] = {
+        {"  pool:\n"
+         "    mode: multiplex\n"
+         "    size: 200\n"
+         "    min_idle: 16\n"
+         "    idle_timeout: 2m\n"
+         "    max_lifetime: 30m\n"
+         "    keepalive: 250ms\n"
+         "    acquire_timeout: 1500ms\n",
+         {CONFIG_POOL_MULTIPLEX, 200, 16, 120000, 1800000, 250, 1500}},
+        {"  pool: {mode: session}\n",
+         {CONFIG_POOL_SESSION, 64, 4, 300000, 3600000, 30000, 5000}},
+        {"  pool: {mode: multiplex}\n",
+         {CONFIG_POOL_MULTIPLEX, 64, 4, 300000, 3600000, 30000, 5000}},
+        /* 0: never */
+        {"  pool: {idle_timeout: 0, max_lifetime: 0, keepalive: 0}\n",
+         {CONFIG_POOL_SESSION, 64, 4, 0, 0, 0, 5000}},
+        {"  pool: {idle_timeout: 0s, max_lifetime: 0ms, keepalive: 0m}\n",
+         {CONFIG_POOL_SESSION, 64, 4, 0, 0, 0, 5000}},
+        /* the limits themselves */
+        {"  pool: {size: 1, min_idle: 0, acquire_timeout: 1ms}\n",
+         {CONFIG_POOL_SESSION, 1, 0, 300000, 3600000, 30000, 1}},
+        {"  pool: {size: 100000, min_idle: 100000, idle_timeout: 168h, max_lifetime: 8760h, "
+         "keepalive: 24h, acquire_timeout: 1h}\n",
+         {CONFIG_POOL_SESSION, 100000, 100000, 7ull * 86400000, 365ull * 86400000, 86400000,
+          3600000}},
+        /* min_idle equal to size is fine, in either order */
+        {"  pool: {min_idle: 8, size: 8}\n",
+         {CONFIG_POOL_SESSION, 8, 8, 300000, 3600000, 30000, 5000}},
+        {"  pool: {size: 3, min_idle: 2}\n",
+         {CONFIG_POOL_SESSION, 3, 2, 300000, 3600000, 30000, 5000}},
+        /* only size, smaller than the default min_idle: min_idle follows it down silently */
+        {"  pool: {size: 2}\n",
+         {CONFIG_POOL_SESSION, 2, 2, 300000, 3600000, 30000, 5000}},
+        {"  pool: {size: 1}\n",
+         {CONFIG_POOL_SESSION, 1, 1, 300000, 3600000, 30000, 5000}},
+        /* only size, larger: min_idle keeps its default */
+        {"  pool: {size: 5}\n",
+         {CONFIG_POOL_SESSION, 5, 4, 300000, 3600000, 30000, 5000}},
+        /* only min_idle, within the default size */
+        {"  pool: {min_idle: 64}\n",
+         {CONFIG_POOL_SESSION, 64, 64, 300000, 3600000, 30000, 5000}},
+        /* environment variables are expanded in values */
+        {"  pool: {size: \"${RG_TEST_PORT}\", keepalive: \"${RG_TEST_PORT}ms\"}\n",
+         {CONFIG_POOL_SESSION, 7001, 4, 300000, 3600000, 7001, 5000}},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char yaml[1024];
+        snprintf(yaml, sizeof yaml, "%s%s", POOL_HEAD, cases[i].yaml);
+        struct config *c = load_ok(yaml);
+        assert_pool_equal(&c->upstream.pool, &cases[i].want);
+        /* the rest of upstream is untouched by its pool section */
+        assert_string_equal(c->upstream.host, "h");
+        assert_int_equal(c->upstream.connect_timeout_ms, 5000);
+        config_free(c);
+    }
+}
+
+static void test_errors_pool(void **state)
+{
+    (void)state;
+    static const struct err_case cases[] = {
+        {"unknown key", "upstream:\n  url: rediss://h\n  pool:\n    max_size: 5\n",
+         "4:5: unknown key 'max_size' in upstream.pool"},
+        {"unknown key after good ones",
+         "upstream:\n  url: rediss://h\n  pool: {mode: session, size: 4, timeout: 1s}\n",
+         "3:34: unknown key 'timeout' in upstream.pool"},
+        {"key in the wrong case", "upstream:\n  url: rediss://h\n  pool:\n    Size: 5\n",
+         "4:5: unknown key 'Size' in upstream.pool"},
+        {"duplicate key", "upstream:\n  url: rediss://h\n  pool:\n    size: 5\n    size: 6\n",
+         "5:5: duplicate key 'size' in upstream.pool"},
+        {"pool scalar", "upstream:\n  url: rediss://h\n  pool: session\n",
+         "3:9: upstream.pool: expected a mapping, found a single value"},
+        {"pool list", "upstream:\n  url: rediss://h\n  pool: [session]\n",
+         "3:9: upstream.pool: expected a mapping, found a list"},
+        {"mode other", "upstream:\n  url: rediss://h\n  pool:\n    mode: transaction\n",
+         "4:11: upstream.pool.mode: expected session or multiplex"},
+        {"mode case", "upstream:\n  url: rediss://h\n  pool:\n    mode: Session\n",
+         "4:11: upstream.pool.mode: expected session or multiplex"},
+        {"mode empty", "upstream:\n  url: rediss://h\n  pool:\n    mode: \"\"\n",
+         "4:11: upstream.pool.mode: expected session or multiplex"},
+        {"mode list", "upstream:\n  url: rediss://h\n  pool:\n    mode: [session]\n",
+         "4:11: upstream.pool.mode: expected a single value, found a list"},
+        {"size 0", "upstream:\n  url: rediss://h\n  pool:\n    size: 0\n",
+         "4:11: upstream.pool.size: expected a whole number from 1 to 100000"},
+        {"size too big", "upstream:\n  url: rediss://h\n  pool:\n    size: 100001\n",
+         "4:11: upstream.pool.size: expected a whole number from 1 to 100000"},
+        {"size negative", "upstream:\n  url: rediss://h\n  pool:\n    size: -1\n",
+         "4:11: upstream.pool.size: expected a whole number from 1 to 100000"},
+        {"size unit", "upstream:\n  url: rediss://h\n  pool:\n    size: 10k\n",
+         "4:11: upstream.pool.size: expected a whole number from 1 to 100000"},
+        {"min_idle negative", "upstream:\n  url: rediss://h\n  pool:\n    min_idle: -1\n",
+         "4:15: upstream.pool.min_idle: expected a whole number from 0 to 100000"},
+        {"min_idle over size", "upstream:\n  url: rediss://h\n  pool:\n    size: 5\n"
+         "    min_idle: 10\n",
+         "5:15: upstream.pool.min_idle: 10 is more than size (5)"},
+        {"min_idle over size, given first",
+         "upstream:\n  url: rediss://h\n  pool: {min_idle: 3, size: 2}\n",
+         "3:20: upstream.pool.min_idle: 3 is more than size (2)"},
+        {"min_idle over the default size", "upstream:\n  url: rediss://h\n  pool:\n"
+         "    min_idle: 65\n",
+         "4:15: upstream.pool.min_idle: 65 is more than size (64)"},
+        {"acquire_timeout 0", "upstream:\n  url: rediss://h\n  pool:\n    acquire_timeout: 0\n",
+         "4:22: upstream.pool.acquire_timeout: expected a duration from 1ms to 1h, like 250ms, "
+         "5s, 2m or 1h"},
+        {"acquire_timeout 2h", "upstream:\n  url: rediss://h\n  pool:\n    acquire_timeout: 2h\n",
+         "4:22: upstream.pool.acquire_timeout: expected a duration from 1ms to 1h, like 250ms, "
+         "5s, 2m or 1h"},
+        {"pool before url: the url is still required",
+         "upstream:\n  pool: {size: 2}\n", "2:3: missing required key 'url' in upstream"},
+    };
+    run_errors(cases, ARRAY_SIZE(cases));
+
+    /* Out-of-range and malformed durations: the key, its position and the kind of value wanted
+     * (the range's wording is not pinned here). */
+    static const struct {
+        const char *yaml, *prefix;
+    } dur[] = {
+        {"    idle_timeout: 8d\n", "4:19: upstream.pool.idle_timeout: expected a duration from "},
+        {"    idle_timeout: 169h\n", "4:19: upstream.pool.idle_timeout: expected a duration from "},
+        {"    idle_timeout: -1s\n", "4:19: upstream.pool.idle_timeout: expected a duration from "},
+        {"    max_lifetime: 8761h\n", "4:19: upstream.pool.max_lifetime: expected a duration from "},
+        {"    max_lifetime: 1.5h\n", "4:19: upstream.pool.max_lifetime: expected a duration from "},
+        {"    keepalive: 25h\n", "4:16: upstream.pool.keepalive: expected a duration from "},
+        {"    keepalive: 30 s\n", "4:16: upstream.pool.keepalive: expected a duration from "},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(dur); i++) {
+        char yaml[512], err[1024], path[512], want[1024];
+        struct config *c = (struct config *)&c;
+        snprintf(yaml, sizeof yaml, "upstream:\n  url: rediss://h\n  pool:\n%s", dur[i].yaml);
+        int rc = load_text(yaml, &c, err, sizeof err, path, sizeof path);
+        snprintf(want, sizeof want, "%s:%s", path, dur[i].prefix);
+        if (rc >= 0 || c != NULL || strncmp(err, want, strlen(want)) != 0 ||
+            !strstr(err, ", like 250ms, 5s, 2m or 1h")) {
+            print_error("'%s': rc %d\n  got:  %s\n  want: %s...\n", dur[i].yaml, rc, err, want);
+            fail();
+        }
+    }
+}
+
 static void test_errors_users(void **state)
 {
     (void)state;
@@ -1669,6 +1859,9 @@ int main(void)
         cmocka_unit_test(test_errors_top),
         cmocka_unit_test(test_errors_listeners),
         cmocka_unit_test(test_errors_upstream),
+        cmocka_unit_test(test_pool_defaults),
+        cmocka_unit_test(test_pool_values),
+        cmocka_unit_test(test_errors_pool),
         cmocka_unit_test(test_errors_users),
         cmocka_unit_test(test_errors_sections),
         cmocka_unit_test(test_errors_values),

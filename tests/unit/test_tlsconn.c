@@ -1273,6 +1273,319 @@ static void test_old_protocol_refused(void **state)
     SSL_CTX_free(raw);
 }
 
+/* ---- session resumption ------------------------------------------------------------ */
+
+/* How a connection of the resumption tests ends. */
+enum close_how {
+    CLOSE_CLEAN,  /* the client sends close_notify first (tlsconn_shutdown), then both free */
+    CLOSE_ABRUPT, /* freed as they are (what a dropped or discarded socket leads to) */
+};
+
+/* One upstream connection made with resume slot r (NULL: none) to a server engine of sc under
+ * verify_name: the handshake, a request and its reply; the client reads after the handshake,
+ * which is when a TLS 1.3 server's tickets reach it (read_after false: it never reads them).
+ * Returns 1 when the handshake completed (*resumed: whether it resumed; the server agrees),
+ * -1 when the client failed (err: why). The connection is left open in *c, *s when they are
+ * not NULL, else closed as `how` says. */
+static int resume_round(struct tlsconn_ctx *cc, struct tlsconn_ctx *sc, const char *verify_name,
+                        struct tlsconn_resume *r, bool read_after, enum close_how how,
+                        bool *resumed, char *err, size_t errlen, struct end *keep_c,
+                        struct end *keep_s)
+{
+    struct end c = engine(tlsconn_new_client(cc, verify_name, r));
+    struct end s = engine(tlsconn_new_server(sc));
+    char buf[256];
+    size_t n;
+    int rc, rs;
+
+    *resumed = false;
+    assert_false(tlsconn_resumed(c.t)); /* nothing to say before the handshake */
+    handshake(&c, &s, &rc, &rs);
+    snprintf(err, errlen, "%s", tlsconn_error(c.t));
+    if (rc != 1) {
+        assert_false(tlsconn_resumed(c.t));
+        assert_queue_clean();
+        end_free(&c);
+        end_free(&s);
+        return -1;
+    }
+    assert_int_equal(rs, 1);
+    *resumed = tlsconn_resumed(c.t);
+    assert_int_equal(tlsconn_resumed(s.t), *resumed);
+
+    /* data flows both ways, resumed or not */
+    assert_int_equal(tlsconn_write(c.t, "*1\r\n$4\r\nPING\r\n", 14), TLSCONN_OK);
+    transfer(&c, &s);
+    assert_int_equal(drain(s.t, buf, sizeof(buf), sizeof(buf)), 14);
+    assert_memory_equal(buf, "*1\r\n$4\r\nPING\r\n", 14);
+    assert_int_equal(tlsconn_write(s.t, "+PONG\r\n", 7), TLSCONN_OK);
+    transfer(&s, &c);
+    if (read_after) {
+        assert_int_equal(drain(c.t, buf, sizeof(buf), sizeof(buf)), 7);
+        assert_memory_equal(buf, "+PONG\r\n", 7);
+    }
+    assert_int_equal(tlsconn_resumed(c.t), *resumed); /* stays what the handshake was */
+    assert_queue_clean();
+    if (keep_c != NULL) {
+        *keep_c = c;
+        *keep_s = s;
+        return 1;
+    }
+    if (how == CLOSE_CLEAN) {
+        tlsconn_shutdown(c.t);
+        transfer(&c, &s);
+        assert_int_equal(tlsconn_read(s.t, buf, sizeof(buf), &n), TLSCONN_CLOSED);
+        assert_queue_clean();
+    }
+    end_free(&c);
+    end_free(&s);
+    return 1;
+}
+
+static bool resumes_how(struct tlsconn_ctx *cc, struct tlsconn_ctx *sc, struct tlsconn_resume *r,
+                        enum close_how how)
+{
+    char err[320];
+    bool resumed;
+    int rc = resume_round(cc, sc, "localhost", r, true, how, &resumed, err, sizeof(err), NULL,
+                          NULL);
+
+    if (rc != 1) {
+        print_error("handshake failed: %s\n", err);
+    }
+    assert_int_equal(rc, 1);
+    return resumed;
+}
+
+static bool resumes(struct tlsconn_ctx *cc, struct tlsconn_ctx *sc, struct tlsconn_resume *r)
+{
+    return resumes_how(cc, sc, r, CLOSE_CLEAN);
+}
+
+/* Connections that end with close_notify: the first with a fresh slot is full, the next ones
+ * resume; no slot, no resumption; slots are separate; forget makes the next one full. */
+static void test_resumption(void **state)
+{
+    struct tlsconn_ctx *cc = client_ctx("ca1.pem");
+    struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
+    struct tlsconn_resume *r = tlsconn_resume_new();
+    struct tlsconn_resume *other = tlsconn_resume_new();
+
+    (void)state;
+    assert_non_null(r);
+    assert_non_null(other);
+    /* A fresh slot: a full handshake, whose ticket the slot keeps. */
+    assert_false(resumes(cc, sc, r));
+    /* Then resumed, again and again (each resumption brings a new ticket). */
+    assert_true(resumes(cc, sc, r));
+    assert_true(resumes(cc, sc, r));
+    /* Without a slot: never. */
+    assert_false(resumes(cc, sc, NULL));
+    assert_false(resumes(cc, sc, NULL));
+    /* Slots are separate: another one starts full. */
+    assert_false(resumes(cc, sc, other));
+    assert_true(resumes(cc, sc, other));
+    assert_true(resumes(cc, sc, r));
+    /* Forgotten: full, then resumed from the session that full handshake brought. */
+    tlsconn_resume_forget(r);
+    assert_false(resumes(cc, sc, r));
+    assert_true(resumes(cc, sc, r));
+    tlsconn_resume_forget(r);
+    tlsconn_resume_forget(r); /* twice is fine */
+    assert_false(resumes(cc, sc, r));
+
+    tlsconn_resume_forget(NULL);
+    tlsconn_resume_free(NULL);
+    tlsconn_resume_free(r);
+    tlsconn_resume_free(other);
+    assert_queue_clean();
+    tlsconn_ctx_free(cc);
+    tlsconn_ctx_free(sc);
+}
+
+/* Pool growth: while the connection whose ticket the slot keeps is still open, new ones
+ * resume from it, however the earlier ones ended. */
+static void test_resumption_while_open(void **state)
+{
+    struct tlsconn_ctx *cc = client_ctx("ca1.pem");
+    struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
+    struct tlsconn_resume *r = tlsconn_resume_new();
+    struct end c[4], s[4];
+    char err[320];
+    bool resumed;
+
+    (void)state;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(resume_round(cc, sc, "localhost", r, true, CLOSE_ABRUPT, &resumed, err,
+                                      sizeof(err), &c[i], &s[i]),
+                         1);
+        assert_int_equal(resumed, i > 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        end_free(&c[i]);
+        end_free(&s[i]);
+    }
+    tlsconn_resume_free(r);
+    tlsconn_ctx_free(cc);
+    tlsconn_ctx_free(sc);
+}
+
+/* TLS 1.3 tickets come after the handshake: a client that never reads never keeps one. */
+static void test_resumption_needs_a_read(void **state)
+{
+    struct tlsconn_ctx *cc = client_ctx("ca1.pem");
+    struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
+    struct tlsconn_resume *r = tlsconn_resume_new();
+    char err[320];
+    bool resumed;
+
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(resume_round(cc, sc, "localhost", r, false, CLOSE_CLEAN, &resumed, err,
+                                      sizeof(err), NULL, NULL),
+                         1);
+        assert_false(resumed); /* nothing was kept */
+    }
+    assert_false(resumes(cc, sc, r));
+    assert_true(resumes(cc, sc, r));
+    tlsconn_resume_free(r);
+    tlsconn_ctx_free(cc);
+    tlsconn_ctx_free(sc);
+}
+
+/* A session only the server that issued it can resume: another server context (its own ticket
+ * keys) makes it a full handshake, verified as always, which fails on a bad certificate. */
+static void test_resumption_other_server(void **state)
+{
+    struct tlsconn_ctx *cc = client_ctx("ca1.pem");
+    struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
+    struct tlsconn_ctx *sc2 = server_ctx("server.pem", "server.key", NULL);
+    struct tlsconn_ctx *bad = server_ctx("expired.pem", "server.key", NULL);
+    struct tlsconn_resume *r = tlsconn_resume_new();
+    char err[320];
+    bool resumed;
+
+    (void)state;
+    assert_false(resumes(cc, sc, r));
+    assert_true(resumes(cc, sc, r));
+    /* The other server cannot resume it: a full handshake that succeeds. */
+    assert_false(resumes(cc, sc2, r));
+    /* The slot now holds sc2's session. */
+    assert_true(resumes(cc, sc2, r));
+    /* A server with an expired certificate gets the offer too, and the full handshake fails
+     * verification. */
+    assert_int_equal(resume_round(cc, bad, "localhost", r, true, CLOSE_CLEAN, &resumed, err,
+                                  sizeof(err), NULL, NULL),
+                     -1);
+    assert_contains(err, "certificate verify failed: certificate has expired");
+    /* The owner forgets after a failed handshake that offered the session: then full. */
+    tlsconn_resume_forget(r);
+    assert_false(resumes(cc, sc2, r));
+    tlsconn_resume_free(r);
+    tlsconn_ctx_free(cc);
+    tlsconn_ctx_free(sc);
+    tlsconn_ctx_free(sc2);
+    tlsconn_ctx_free(bad);
+}
+
+/* TLS 1.2: the session comes with the handshake itself and resumes too. */
+static void test_resumption_tls12(void **state)
+{
+    SSL_CTX *raw = SSL_CTX_new(TLS_server_method());
+    struct tlsconn_ctx *cc = client_ctx("ca1.pem");
+    struct tlsconn_resume *r = tlsconn_resume_new();
+    bool reused[3];
+
+    (void)state;
+    assert_non_null(raw);
+    assert_int_equal(SSL_CTX_set_max_proto_version(raw, TLS1_2_VERSION), 1);
+    assert_int_equal(SSL_CTX_use_certificate_chain_file(raw, path_of("server.pem")), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey_file(raw, path_of("server.key"), SSL_FILETYPE_PEM),
+                     1);
+    for (int i = 0; i < 3; i++) {
+        struct end c = engine(tlsconn_new_client(cc, "localhost", r));
+        struct end s = raw_peer(raw, true);
+        char buf[16];
+
+        handshake_ok(&c, &s);
+        assert_int_equal(SSL_version(s.ssl), TLS1_2_VERSION);
+        reused[i] = tlsconn_resumed(c.t);
+        assert_int_equal(SSL_session_reused(s.ssl), reused[i]);
+        assert_int_equal(SSL_write(s.ssl, "+OK\r\n", 5), 5);
+        transfer(&s, &c);
+        assert_int_equal(drain(c.t, buf, sizeof(buf), sizeof(buf)), 5);
+        tlsconn_shutdown(c.t);
+        transfer(&c, &s);
+        end_free(&c);
+        end_free(&s);
+    }
+    assert_false(reused[0]);
+    assert_true(reused[1]);
+    assert_true(reused[2]);
+    assert_queue_clean();
+    tlsconn_resume_free(r);
+    tlsconn_ctx_free(cc);
+    SSL_CTX_free(raw);
+}
+
+/* A reconnect after the connection that brought the slot's session went away without
+ * close_notify (upstream connections are closed that way): OpenSSL's SSL_free treats that
+ * connection's session as bad (ssl_clear_bad_session marks it not resumable), so the slot must
+ * keep a copy of it, not the connection's own object. */
+static void test_resumption_after_abrupt_close(void **state)
+{
+    struct tlsconn_ctx *cc = client_ctx("ca1.pem");
+    struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
+    struct tlsconn_resume *r = tlsconn_resume_new();
+    bool second, third;
+
+    (void)state;
+    assert_false(resumes_how(cc, sc, r, CLOSE_ABRUPT));
+    second = resumes_how(cc, sc, r, CLOSE_ABRUPT);
+    third = resumes_how(cc, sc, r, CLOSE_ABRUPT);
+    tlsconn_resume_free(r);
+    tlsconn_ctx_free(cc);
+    tlsconn_ctx_free(sc);
+    if (!second || !third) {
+        print_error("reconnects after an abrupt close: resumed %d, %d (want 1, 1)\n", second,
+                    third);
+    }
+    assert_true(second);
+    assert_true(third);
+}
+
+/* A slot's session is never offered under another verify name than the one it was made under:
+ * a resumed TLS 1.3 handshake has no certificate to verify, so the connection under a name the
+ * server certificate does not match must fail (a full handshake, hostname mismatch). */
+static void test_resumption_other_name(void **state)
+{
+    struct tlsconn_ctx *cc = client_ctx("ca1.pem");
+    struct tlsconn_ctx *sc = server_ctx("server.pem", "server.key", NULL);
+    struct tlsconn_resume *r = tlsconn_resume_new();
+    char err[320];
+    bool resumed;
+    int rc;
+
+    (void)state;
+    assert_false(resumes(cc, sc, r));
+    /* a full handshake under that name fails, of course */
+    assert_int_equal(resume_round(cc, sc, "redis.example.com", NULL, true, CLOSE_CLEAN, &resumed,
+                                  err, sizeof(err), NULL, NULL),
+                     -1);
+    assert_contains(err, "hostname mismatch");
+    rc = resume_round(cc, sc, "redis.example.com", r, true, CLOSE_CLEAN, &resumed, err,
+                      sizeof(err), NULL, NULL);
+    tlsconn_resume_free(r);
+    tlsconn_ctx_free(cc);
+    tlsconn_ctx_free(sc);
+    if (rc == 1) {
+        print_error("a session made under 'localhost' was %s under 'redis.example.com', which "
+                    "the certificate does not match\n",
+                    resumed ? "resumed" : "accepted");
+    }
+    assert_int_equal(rc, -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1296,6 +1609,13 @@ int main(void)
         cmocka_unit_test(test_ctx_freed_before_connections),
         cmocka_unit_test(test_tls12_server),
         cmocka_unit_test(test_old_protocol_refused),
+        cmocka_unit_test(test_resumption),
+        cmocka_unit_test(test_resumption_while_open),
+        cmocka_unit_test(test_resumption_needs_a_read),
+        cmocka_unit_test(test_resumption_other_server),
+        cmocka_unit_test(test_resumption_tls12),
+        cmocka_unit_test(test_resumption_after_abrupt_close),
+        cmocka_unit_test(test_resumption_other_name),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
