@@ -282,6 +282,11 @@ static size_t waiting_exclusive(const struct pool *p, bool *share)
 
 static void attach_share(struct upconn *c, struct pool_client *cl)
 {
+    if (c->state != UPCONN_IDLE && c->state != UPCONN_SHARED) {
+        log_event(LOG_ERROR, "internal_error", LOG_STR("what", "shared use of a connection that is not shared"),
+                  LOG_INT("state", c->state), LOG_END);
+        abort(); /* its replies would reach the wrong client */
+    }
     if (c->state == UPCONN_IDLE)
         set_state(c, UPCONN_SHARED);
     c->clients++;
@@ -343,6 +348,8 @@ static void became_free(struct upconn *c)
     while (p->wait_head && c->state != UPCONN_CLOSING) {
         struct pool_client *cl = p->wait_head;
         if (cl->use == POOL_USE_SHARE) {
+            if (c->state != UPCONN_IDLE && c->state != UPCONN_SHARED)
+                break; /* an earlier waiter took it for itself */
             wait_unlink(p, cl);
             attach_share(c, cl);
         } else {
