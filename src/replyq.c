@@ -175,7 +175,7 @@ static void complete(struct replyq *q, bool error)
         if (e->flags & REPLYQ_SET_RESP3)
             q->proto = 3;
         if (e->flags & REPLYQ_RESET)
-            q->subs = q->ssubs = 0;
+            q->subs = q->ssubs = q->psubs = 0;
     }
     /* Dropped kinds: the held reply goes to the owner (LOGIN reads its error code), then away.
      * The local bytes of LOGIN and REPLACE are the client's answer; a failed LOGIN's are not. */
@@ -205,10 +205,19 @@ static void frame_end(struct replyq *q, const struct resp_frame_info *f)
          * only if it is the kind that entry expects: a server may also unsubscribe a client on
          * its own (a cluster moving a shard channel's slot sends sunsubscribe). */
         if (f->has_last_int) {
-            if (shard)
+            if (shard) {
                 q->ssubs = f->last_int;
-            else
+            } else {
+                /* The count is channels and patterns together; a (P)(UN)SUBSCRIBE changes only
+                 * its own kind, so the other kind's number is what it was. */
+                bool pattern = head_is(f, "psubscribe") || head_is(f, "punsubscribe");
+                long long channels = q->subs - q->psubs;
                 q->subs = f->last_int;
+                if (pattern)
+                    q->psubs = q->subs - channels >= 0 ? q->subs - channels : 0;
+                else if (q->psubs > q->subs)
+                    q->psubs = q->subs;
+            }
         }
         confirm = expecting && e->confirm && head_is(f, e->confirm);
         oob = !confirm;

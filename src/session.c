@@ -70,6 +70,7 @@ enum entry_tag {
     TAG_TX_END, /* EXEC, DISCARD, UNWATCH: on success WATCH is over */
     TAG_RESET,  /* the client's RESET: on success the connection's state is gone */
     TAG_LOGIN,  /* respguard's upstream login: an error ends the session */
+    TAG_SELECT, /* SELECT: on success the database is the entry's seq */
 };
 
 /* A transaction whose MULTI respguard refused: nothing runs until EXEC or DISCARD. */
@@ -136,6 +137,7 @@ struct session {
     uint32_t multi_queued;           /* commands queued in the open transaction */
     int req_proto;                   /* 2 or 3, as the client asked by the commands read so far */
     uint8_t cs;                      /* enum conn_state */
+    uint32_t db;                     /* the database, after SELECTs that succeeded */
     char *name;                      /* multiplex: CLIENT SETNAME, answered by respguard */
     bool peer_closed;                /* the client half-closed: answer what it sent, then close */
     bool client_paused, upstream_paused;
@@ -353,8 +355,14 @@ static void entry_done(void *owner, const struct replyq_entry *e, bool error, co
             s->cs &= (uint8_t)~CS_WATCH;
         break;
     case TAG_RESET:
-        if (!error)
+        if (!error) {
             s->cs &= CS_STICKY | CS_CREDENTIAL; /* the login after it decides the credential */
+            s->db = 0;
+        }
+        break;
+    case TAG_SELECT:
+        if (!error)
+            s->db = e->seq;
         break;
     case TAG_LOGIN:
         if (error) {
@@ -1321,14 +1329,14 @@ static void cmd_client_identity(struct session *s, const struct command *c, cons
         uint64_t now = uv_now(s->w->loop);
         int fd = -1;
         uv_fileno((const uv_handle_t *)&s->client.tcp, &fd);
-        const char *flags = s->in_multi ? "x" : replyq_subscribed(&s->q) ? "P" : "N";
+        const char *flags = replyq_subscribed(&s->q) ? "P" : "N";
         int m = snprintf(info, sizeof info,
-                         "id=%llu addr=%s laddr=%s fd=%d name=%s age=%llu idle=0 flags=%s db=0 sub=%lld psub=0 "
-                         "ssub=%lld multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 "
+                         "id=%llu addr=%s laddr=%s fd=%d name=%s age=%llu idle=0 flags=%s db=%u sub=%lld psub=%lld "
+                         "ssub=%lld multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 "
                          "omem=0 tot-mem=0 events=r cmd=client|info user=%s redir=-1 resp=%d\n",
                          (unsigned long long)s->id, s->peer, s->listener->bound, fd, s->name ? s->name : "",
-                         (unsigned long long)((now - s->created_ms) / 1000), flags, s->q.subs, s->q.ssubs,
-                         s->in_multi ? (int)s->multi_queued : -1, s->user->name, s->req_proto);
+                         (unsigned long long)((now - s->created_ms) / 1000), flags, (unsigned)s->db,
+                         s->q.subs - s->q.psubs, s->q.psubs, s->q.ssubs, s->user->name, s->req_proto);
         if (m < 0 || (size_t)m >= sizeof info)
             m = (int)sizeof info - 1;
         if (s->req_proto == 3)
@@ -1392,16 +1400,31 @@ static void run_command(struct session *s, const struct resp_request *req, const
         REPLY_LITERAL(s, "-ERR (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE inside MULTI are not supported through respguard\r\n");
         return;
     }
-    if (role == CMDTAB_ROLE_MULTI && !s->in_multi && s->req_proto == 2 && replyq_subscribed(&s->q)) {
-        /* A RESP2 connection in subscribed mode: Redis refuses MULTI, and so do we, before a
-         * transaction state we would then have to undo. */
+    bool identity = multiplex(s) && (role == CMDTAB_ROLE_CLIENT_ID || role == CMDTAB_ROLE_CLIENT_INFO ||
+                                     role == CMDTAB_ROLE_CLIENT_GETNAME || role == CMDTAB_ROLE_CLIENT_SETNAME);
+    if ((role == CMDTAB_ROLE_MULTI || identity) && !s->in_multi && s->req_proto == 2 && replyq_subscribed(&s->q)) {
+        /* A RESP2 connection in subscribed mode: Redis refuses these, and so do we (MULTI before
+         * a transaction state we would then have to undo; the identity commands respguard would
+         * otherwise answer itself). */
         count_command(s, cmd, MV_ERROR);
-        REPLY_LITERAL(s, "-ERR Can't execute 'multi': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
-                         "RESET are allowed in this context\r\n");
+        char line[ACL_ERROR_MAX];
+        snprintf(line, sizeof line,
+                 "ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed "
+                 "in this context",
+                 cmd->name);
+        reply_error(s, line);
         return;
     }
-    if (multiplex(s) && (role == CMDTAB_ROLE_CLIENT_ID || role == CMDTAB_ROLE_CLIENT_INFO ||
-                         role == CMDTAB_ROLE_CLIENT_GETNAME || role == CMDTAB_ROLE_CLIENT_SETNAME)) {
+    if (identity && s->in_multi) {
+        /* Redis would queue it and answer inside EXEC's array, where respguard cannot place its
+         * own answer: refuse, and the transaction with it. */
+        count_refusal(s, cmd, MC_REFUSED_UNSUPPORTED);
+        s->multi_dirty = true;
+        REPLY_LITERAL(s, "-ERR CLIENT ID, INFO, GETNAME and SETNAME inside MULTI are not supported through respguard "
+                         "in multiplex mode\r\n");
+        return;
+    }
+    if (identity) {
         count_command(s, cmd, MV_ALLOWED);
         cmd_client_identity(s, c, req);
         return;
@@ -1410,6 +1433,7 @@ static void run_command(struct session *s, const struct resp_request *req, const
     uint8_t flags = 0, tag = TAG_NONE;
     uint32_t expected = 1;
     bool marker = false;
+    long long select_db = 0;
     if (!s->in_multi && (sub_cmd || unsub_cmd)) {
         flags |= REPLYQ_PUBSUB;
         if (sub_cmd)
@@ -1453,6 +1477,11 @@ static void run_command(struct session *s, const struct resp_request *req, const
     case CMDTAB_ROLE_UNWATCH:
         tag = TAG_TX_END;
         break;
+    case CMDTAB_ROLE_SELECT:
+        if (!s->in_multi && resp_string2ll(req->argv[1].ptr, req->argv[1].len, &select_db) && select_db >= 0 &&
+            select_db <= UINT32_MAX)
+            tag = TAG_SELECT;
+        break;
     default:
         if (s->in_multi)
             s->multi_queued++;
@@ -1466,8 +1495,11 @@ static void run_command(struct session *s, const struct resp_request *req, const
     else
         forward_command(s, frame, req);
     expect_upstream(s, REPLYQ_FORWARD, flags, expected, tag, NULL, 0);
-    if ((flags & REPLYQ_PUBSUB) && replyq_back(&s->q))
-        replyq_back(&s->q)->confirm = cmd->name; /* the confirmations are named after it */
+    struct replyq_entry *e = replyq_back(&s->q);
+    if (e && (flags & REPLYQ_PUBSUB))
+        e->confirm = cmd->name; /* the confirmations are named after it */
+    if (e && tag == TAG_SELECT)
+        e->seq = (uint32_t)select_db;
     if (marker) {
         static const char ping[] = "*1\r\n$4\r\nPING\r\n";
         send_upstream(s, ping, sizeof ping - 1, 1, 0);

@@ -84,7 +84,9 @@ struct replyq {
     bool frame_unsolicited;    /* ... and began with nothing due: it answers no command */
     bool stopped;              /* replyq_stop: the client is going, write nothing more */
     int proto;                 /* 2 or 3: what the upstream speaks at the current reply */
-    long long subs, ssubs;     /* subscriptions, from the last confirmations */
+    long long subs, ssubs;     /* subscriptions (channels and patterns; shard channels), from
+                                  the counts in the last confirmations */
+    long long psubs;           /* of subs, the patterns (each confirmation changes one kind) */
     uint32_t pending_subscribes; /* subscribe entries not yet answered */
 };
 
