@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what respguard needs to build and test on Debian 12, and nothing when it is all there.
 set -euo pipefail
-pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libssl-dev libhiredis-dev libyaml-dev
+pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libssl-dev libyaml-dev
       libmicrohttpd-dev libcmocka-dev redis-server redis-tools openssl python3-pytest python3-redis
       python3-prometheus-client nodejs npm)
 [ "${1:-}" = "--runtime-only" ] && pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libssl-dev
-      libhiredis-dev libyaml-dev libmicrohttpd-dev redis-server redis-tools openssl)
+      libyaml-dev libmicrohttpd-dev redis-server redis-tools openssl)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

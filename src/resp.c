@@ -1,17 +1,19 @@
 /*
  * resp.c: the RESP wire formats as pure functions over bytes.
  *
- * Requests: a multibulk command is first pre-scanned by our own code, which applies every limit
- * and Redis 7.0's exact acceptance rules (processMultibulkBuffer) as soon as each header line is
- * visible; only a complete, valid frame is then handed to a hiredis 0.14 reader whose callbacks
- * record argument views. Inline commands get a small parser of our own that follows Redis 7.0's
- * sdssplitargs. Replies: a streaming RESP2/RESP3 framer that finds where each top-level frame
- * ends while skipping payloads by count.
+ * Requests: a multibulk command is scanned by our own code, which applies every limit and Redis
+ * 7.0's exact acceptance rules (processMultibulkBuffer) as soon as each header line is visible,
+ * and records where each argument is (as an offset, so a command may arrive in many pieces in a
+ * buffer that moves); the views are made when the frame is complete. Header lines in the
+ * canonical form ("$<digits>\r\n") take a short path; anything else goes through the general
+ * line scan, which follows Redis byte for byte. Inline commands get a small parser of our own that
+ * follows Redis 7.0's sdssplitargs. Replies: a streaming RESP2/RESP3 framer that finds where each
+ * top-level frame ends while skipping payloads by count.
  *
  * This file must not: touch a socket or an event loop, keep mutable globals, allocate per command
  * once its buffers have grown to the working size, keep pointers into a caller's buffer between
- * calls (the pre-scan keeps offsets), or let hiredis see anything the pre-scan has not validated
- * (hiredis 0.14 caps no element count, buffers bulks whole and nests up to 7 levels).
+ * calls, or allocate ahead of the bytes that arrived (argument slots grow as arguments come, not
+ * with the count a header announces).
  */
 #include "respguard/resp.h"
 
@@ -21,18 +23,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <hiredis/read.h>
-
 /* Redis's PROTO_INLINE_MAX_SIZE: a multibulk header line with no '\r' after this many bytes. */
 #define RESP_HEADER_MAX (64u * 1024)
 /* The smallest possible element of a multibulk frame: "$0\r\n\r\n". */
 #define RESP_MIN_ARG_BYTES 6u
-/* hiredis 0.14 indexes its buffer with int; frames stay well below that whatever the configured
- * max_request (1 GiB is also Redis's default client-query-buffer-limit). */
+/* No frame is bigger than this whatever the configured max_request (1 GiB is also Redis's default
+ * client-query-buffer-limit). */
 #define RESP_FRAME_HARD_MAX (1024ull * 1024 * 1024)
-/* Largest reader buffer kept between commands; after a bigger frame the reader is recreated so an
- * idle connection does not hold the copy of its largest request. */
-#define RESP_READER_KEEP (64u * 1024)
 
 #define RESP_PROTO "ERR Protocol error: "
 static const char ERR_MBULK_LEN[] = RESP_PROTO "invalid multibulk length";
@@ -44,7 +41,6 @@ static const char ERR_TOO_BIG_BULK[] = RESP_PROTO "too big bulk count string";
 static const char ERR_TOO_BIG_INLINE[] = RESP_PROTO "too big inline request";
 static const char ERR_QUOTES[] = RESP_PROTO "unbalanced quotes in request";
 static const char ERR_MAX_REQUEST[] = RESP_PROTO "request exceeds max_request_bytes";
-static const char ERR_READER[] = RESP_PROTO "malformed multibulk request";
 static const char ERR_OOM[] = "ERR out of memory";
 
 enum resp_scan_mode {
@@ -198,211 +194,14 @@ static int resp_grow_scratch(struct resp_parser *p, size_t need)
     return 0;
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* hiredis reader and its callbacks                                                         */
-/* ---------------------------------------------------------------------------------------- */
-
-/*
- * The callbacks allocate nothing: the array and every string are represented by the parser
- * itself as a non-NULL sentinel (NULL would mean "out of memory" to hiredis). A string's pointer
- * is into the reader's own buffer and goes stale once redisReaderGetReply returns (the buffer is
- * compacted), so each argument is turned into an offset from the frame's start there, and the
- * view points at the same offset in the caller's buffer, which holds the same bytes.
- * Anything the pre-scan did not allow (a nested array, an integer, a nil, a count or index that
- * does not match) sets frame_failed and returns NULL, which stops the reader at once.
- */
-static void *resp_cb_array(const redisReadTask *task, int elements)
-{
-    struct resp_parser *p = task->privdata;
-
-    if (task->parent != NULL || elements < 0 || (size_t)elements != p->frame_count) {
-        p->frame_failed = true;
-        return NULL;
-    }
-    return p;
-}
-
-static void *resp_cb_string(const redisReadTask *task, char *str, size_t len)
-{
-    struct resp_parser *p = task->privdata;
-    uintptr_t base = (uintptr_t)p->frame_base;
-    uintptr_t at = (uintptr_t)str;
-    size_t off;
-
-    if (task->type != REDIS_REPLY_STRING || task->parent == NULL ||
-        task->parent->parent != NULL || task->idx < 0 ||
-        (size_t)task->idx >= p->frame_count || at < base) {
-        p->frame_failed = true;
-        return NULL;
-    }
-    off = (size_t)(at - base);
-    if (off > p->frame_len || len > p->frame_len - off) {
-        p->frame_failed = true;
-        return NULL;
-    }
-    p->argv[task->idx].ptr = p->frame_input + off;
-    p->argv[task->idx].len = len;
-    p->frame_args++;
-    return p;
-}
-
-static void *resp_cb_integer(const redisReadTask *task, long long value)
-{
-    struct resp_parser *p = task->privdata;
-    (void)value;
-    p->frame_failed = true;
-    return NULL;
-}
-
-static void *resp_cb_nil(const redisReadTask *task)
-{
-    struct resp_parser *p = task->privdata;
-    p->frame_failed = true;
-    return NULL;
-}
-
-static void resp_cb_free(void *obj)
-{
-    (void)obj; /* nothing was allocated */
-}
-
-static const redisReplyObjectFunctions resp_reader_fns = {
-    .createString = resp_cb_string,
-    .createArray = resp_cb_array,
-    .createInteger = resp_cb_integer,
-    .createNil = resp_cb_nil,
-    .freeObject = resp_cb_free,
-};
-
-static redisReader *resp_reader_new(void)
-{
-    /* hiredis takes a non-const table but only ever reads it. */
-    redisReader *r = redisReaderCreateWithFunctions((redisReplyObjectFunctions *)&resp_reader_fns);
-    if (r != NULL)
-        r->maxbuf = RESP_READER_KEEP;
-    return r;
-}
-
-/* Replace the reader: after an error (hiredis makes errors sticky and may hold part of a
- * frame), or to drop a big buffer. When no new reader can be had, a usable old one is kept and
- * an unusable one is dropped; the next call then tries again. */
-static int resp_reader_renew(struct resp_parser *p, bool old_usable)
-{
-    redisReader *fresh = resp_reader_new();
-    redisReader *old = p->reader;
-
-    if (fresh == NULL) {
-        if (old != NULL && !old_usable) {
-            redisReaderFree(old);
-            p->reader = NULL;
-        }
-        return -ENOMEM;
-    }
-    if (old != NULL)
-        redisReaderFree(old);
-    p->reader = fresh;
-    return 0;
-}
-
-/*
- * Redis ends a header line at its first '\r' and skips the next byte unchecked; hiredis wants a
- * real "\r\n". For a frame the pre-scan found non-canonical, walk the reader's private copy and
- * make each header terminator "\r\n" (same length, so offsets are unchanged). The frame is known
- * valid, so the walk needs no checks beyond staying inside it.
- */
-static void resp_reader_fix_headers(char *f, size_t len, size_t count)
-{
-    size_t pos = 0;
-
-    for (size_t i = 0; i <= count && pos < len; i++) {
-        char *cr = memchr(f + pos, '\r', len - pos);
-        long long n = 0;
-        if (cr == NULL || (size_t)(cr - f) + 1 >= len)
-            return;
-        cr[1] = '\n';
-        if (i > 0 && !resp_string2ll(f + pos + 1, (size_t)(cr - (f + pos + 1)), &n))
-            return;
-        pos = (size_t)(cr - f) + 2;
-        if (i > 0)
-            pos += (size_t)n + 2;
-    }
-}
-
-/* Hand one complete, pre-scanned frame to hiredis and collect the argument views. */
-static enum resp_req_status resp_reader_parse(struct resp_parser *p, const char *buf,
-                                              size_t frame_len, size_t count, bool canonical,
-                                              const char **err)
-{
-    redisReader *r;
-    size_t start;
-    void *reply = NULL;
-    int rc;
-    bool ok;
-
-    if (resp_grow_argv(p, count) != 0) {
-        *err = ERR_OOM;
-        return RESP_REQ_ERROR;
-    }
-    if (p->reader == NULL && resp_reader_renew(p, false) != 0) {
-        *err = ERR_OOM;
-        return RESP_REQ_ERROR;
-    }
-    r = p->reader;
-    start = r->len; /* the frame is appended at this index of the reader's buffer */
-    if (redisReaderFeed(r, buf, frame_len) != REDIS_OK || r->len != start + frame_len) {
-        (void)resp_reader_renew(p, false);
-        *err = ERR_OOM;
-        return RESP_REQ_ERROR;
-    }
-    if (!canonical)
-        resp_reader_fix_headers(r->buf + start, frame_len, count);
-
-    p->frame_base = r->buf + start; /* stable until GetReply compacts, after the callbacks */
-    p->frame_input = buf;
-    p->frame_len = frame_len;
-    p->frame_count = count;
-    p->frame_args = 0;
-    p->frame_failed = false;
-    r->privdata = p; /* set per call: the parser may have been moved since the last one */
-
-    rc = redisReaderGetReply(r, &reply);
-    ok = rc == REDIS_OK && reply == p && !p->frame_failed && p->frame_args == count &&
-         r->pos == r->len;
-    p->frame_base = NULL;
-    p->frame_input = NULL;
-    if (!ok) {
-        /* hiredis disagrees with the pre-scan: refuse rather than trust either. */
-        (void)resp_reader_renew(p, false);
-        *err = ERR_READER;
-        return RESP_REQ_ERROR;
-    }
-    if (frame_len > RESP_READER_KEEP)
-        (void)resp_reader_renew(p, true);
-    return RESP_REQ_COMMAND;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Request parser                                                                           */
-/* ---------------------------------------------------------------------------------------- */
-
 int resp_parser_init(struct resp_parser *p)
 {
     memset(p, 0, sizeof(*p));
-    p->reader = resp_reader_new();
-    if (p->reader == NULL)
-        return -ENOMEM;
-    if (resp_grow_argv(p, 16) != 0) {
-        redisReaderFree(p->reader);
-        p->reader = NULL;
-        return -ENOMEM;
-    }
-    return 0;
+    return resp_grow_argv(p, 8);
 }
 
 void resp_parser_deinit(struct resp_parser *p)
 {
-    if (p->reader != NULL)
-        redisReaderFree(p->reader);
     free(p->argv);
     free(p->scratch);
     memset(p, 0, sizeof(*p));
@@ -499,6 +298,37 @@ static const char *resp_expected_dollar(struct resp_parser *p, char c)
     return p->errbuf;
 }
 
+/* A header line in the canonical form, entirely in buf: prefix, then a number without sign or
+ * leading zero (at most 18 digits), then "\r\n", starting at pos. The common case, and
+ * exactly what the general scan accepts as such; anything else (and every error) is left to it.
+ * Returns true with the number and the line's '\r' position. */
+static bool resp_quick_header(const char *buf, size_t pos, size_t avail, char prefix, long long *n, size_t *cr)
+{
+    size_t i = pos + 1, end = avail < pos + 19 ? avail : pos + 19; /* 18 digits fit */
+    uint64_t v = 0;
+    if (pos >= avail || buf[pos] != prefix)
+        return false;
+    while (i < end && buf[i] >= '0' && buf[i] <= '9')
+        v = v * 10 + (uint64_t)(buf[i++] - '0');
+    if (i == pos + 1 || i + 1 >= avail || buf[i] != '\r' || buf[i + 1] != '\n' ||
+        (buf[pos + 1] == '0' && i > pos + 2))
+        return false;
+    *n = (long long)v;
+    *cr = i;
+    return true;
+}
+
+/* Remember where argument i starts (an offset: the caller's buffer may move before the frame is
+ * complete). Slots grow with the arguments that arrived, not with the count announced. */
+static int resp_note_arg(struct resp_parser *p, int64_t i, size_t offset, size_t len)
+{
+    if ((size_t)i >= p->argv_cap && resp_grow_argv(p, (size_t)i + 1) != 0)
+        return -ENOMEM;
+    p->argv[i].ptr = (const char *)(uintptr_t)offset;
+    p->argv[i].len = len;
+    return 0;
+}
+
 static enum resp_req_status resp_parse_multibulk(struct resp_parser *p, const char *buf,
                                                  size_t len, const struct resp_limits *lim,
                                                  struct resp_request *out, const char **err)
@@ -518,13 +348,17 @@ static enum resp_req_status resp_parse_multibulk(struct resp_parser *p, const ch
         avail = (size_t)max_request + 1;
 
     if (s->count < 0) {
-        r = resp_scan_line(s, buf, avail, &cr);
-        if (r < 0)
-            return resp_scan_fail(s, err, ERR_TOO_BIG_MBULK);
-        if (r == 0)
-            goto need_more;
-        if (!resp_string2ll(buf + 1, cr - 1, &ll) || ll > INT_MAX)
+        if (!resp_quick_header(buf, 0, avail, '*', &ll, &cr)) {
+            r = resp_scan_line(s, buf, avail, &cr);
+            if (r < 0)
+                return resp_scan_fail(s, err, ERR_TOO_BIG_MBULK);
+            if (r == 0)
+                goto need_more;
+            if (!resp_string2ll(buf + 1, cr - 1, &ll) || ll > INT_MAX)
+                return resp_scan_fail(s, err, ERR_MBULK_LEN);
+        } else if (ll > INT_MAX) {
             return resp_scan_fail(s, err, ERR_MBULK_LEN);
+        }
         if (ll > 0 && (unsigned long long)ll > lim->max_args)
             return resp_scan_fail(s, err, lim->unauthenticated ? ERR_MBULK_UNAUTH : ERR_MBULK_LEN);
         if (buf[cr + 1] != '\n')
@@ -549,21 +383,24 @@ static enum resp_req_status resp_parse_multibulk(struct resp_parser *p, const ch
 
     while (s->done < s->count) {
         if (s->bulk < 0) {
-            char c;
-            r = resp_scan_line(s, buf, avail, &cr);
-            if (r < 0)
-                return resp_scan_fail(s, err, ERR_TOO_BIG_BULK);
-            if (r == 0)
-                goto need_more;
-            c = buf[s->pos];
-            if (c != '$') {
-                /* Redis's addReplyErrorFormat turns CR and LF into spaces. */
-                if (c == '\r' || c == '\n')
-                    c = ' ';
-                return resp_scan_fail(s, err, resp_expected_dollar(p, c));
+            if (!resp_quick_header(buf, s->pos, avail, '$', &ll, &cr)) {
+                char c;
+                r = resp_scan_line(s, buf, avail, &cr);
+                if (r < 0)
+                    return resp_scan_fail(s, err, ERR_TOO_BIG_BULK);
+                if (r == 0)
+                    goto need_more;
+                c = buf[s->pos];
+                if (c != '$') {
+                    /* Redis's addReplyErrorFormat turns CR and LF into spaces. */
+                    if (c == '\r' || c == '\n')
+                        c = ' ';
+                    return resp_scan_fail(s, err, resp_expected_dollar(p, c));
+                }
+                if (!resp_string2ll(buf + s->pos + 1, cr - s->pos - 1, &ll) || ll < 0)
+                    return resp_scan_fail(s, err, ERR_BULK_LEN);
             }
-            if (!resp_string2ll(buf + s->pos + 1, cr - s->pos - 1, &ll) || ll < 0 ||
-                (unsigned long long)ll > RESP_MAX_BULK_LEN)
+            if ((unsigned long long)ll > RESP_MAX_BULK_LEN)
                 return resp_scan_fail(s, err, ERR_BULK_LEN);
             if ((unsigned long long)ll > lim->max_bulk)
                 return resp_scan_fail(s, err,
@@ -581,6 +418,8 @@ static enum resp_req_status resp_parse_multibulk(struct resp_parser *p, const ch
         /* Redis needs the payload and two more bytes, which it skips unchecked. */
         if (avail - s->pos < (size_t)s->bulk + 2)
             goto need_more;
+        if (resp_note_arg(p, s->done, s->pos, (size_t)s->bulk) != 0)
+            return resp_scan_fail(s, err, ERR_OOM);
         if (buf[s->pos + (size_t)s->bulk] != '\r' || buf[s->pos + (size_t)s->bulk + 1] != '\n')
             s->canonical = false;
         s->pos += (size_t)s->bulk + 2;
@@ -588,23 +427,16 @@ static enum resp_req_status resp_parse_multibulk(struct resp_parser *p, const ch
         s->done++;
     }
 
-    {
-        size_t frame_len = s->pos;
-        size_t count = (size_t)s->count;
-        bool canonical = s->canonical;
-        enum resp_req_status st;
-
-        resp_scan_reset(s);
-        st = resp_reader_parse(p, buf, frame_len, count, canonical, err);
-        if (st != RESP_REQ_COMMAND)
-            return st;
-        out->frame_len = frame_len;
-        out->argc = count;
-        out->argv = p->argv;
-        out->is_inline = false;
-        out->canonical = canonical;
-        return RESP_REQ_COMMAND;
-    }
+    /* Complete: the offsets become views into this buffer. */
+    out->frame_len = s->pos;
+    out->argc = (size_t)s->count;
+    out->argv = p->argv;
+    out->is_inline = false;
+    out->canonical = s->canonical;
+    for (size_t i = 0; i < out->argc; i++)
+        p->argv[i].ptr = buf + (uintptr_t)p->argv[i].ptr;
+    resp_scan_reset(s);
+    return RESP_REQ_COMMAND;
 
 need_more:
     if ((uint64_t)len > max_request)

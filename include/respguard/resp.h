@@ -1,15 +1,16 @@
 /*
  * resp: the RESP wire formats, as pure functions over bytes.
  *
- *  - Requests (client -> respguard): multibulk parsed with the hiredis reader after our own
- *    pre-scan has checked every limit; inline commands with a small parser of our own that
- *    follows Redis 7.0's quoting rules. The result is an argument view; nothing is allocated
- *    per command once the parser's scratch space has grown to the working size.
+ *  - Requests (client -> respguard): multibulk scanned by our own code, which checks every
+ *    limit and Redis 7.0's acceptance rules as each header line arrives and records where the
+ *    arguments are; inline commands with a small parser of our own that follows Redis 7.0's
+ *    quoting rules. The result is an argument view; nothing is allocated per command once the
+ *    parser's scratch space has grown to the working size.
  *  - Replies (upstream -> respguard): a streaming framer for RESP2 and RESP3 that finds the end
  *    of each top-level frame without buffering values, so large replies pass straight through.
  *
- * This module never touches a socket or an event loop, and it is the only one that includes
- * hiredis. Upstream replies are untrusted input too: the framer has depth and size limits.
+ * This module never touches a socket or an event loop. Upstream replies are untrusted input too:
+ * the framer has depth and size limits.
  */
 #ifndef RESPGUARD_RESP_H
 #define RESPGUARD_RESP_H
@@ -23,7 +24,7 @@
 /* ---------------------------------------------------------------------------------------- */
 
 /* Limits applied while parsing. Checked as soon as the header that announces a size is seen,
- * before any payload is buffered or handed to the hiredis reader. */
+ * before the payload is waited for. */
 struct resp_limits {
     size_t max_args;       /* more elements than this: protocol error (see below) */
     size_t max_bulk;       /* one bulk string longer than this: protocol error */
@@ -87,19 +88,12 @@ struct resp_scan {
 };
 
 struct resp_parser {
-    void *reader;              /* hiredis redisReader, opaque outside resp.c */
-    struct resp_arg *argv;     /* grows to the largest argc seen, never shrinks */
+    struct resp_arg *argv;     /* grows to the largest argc seen, never shrinks; while a frame
+                                  is scanned its entries hold offsets, not pointers */
     size_t argv_cap;
     char *scratch;             /* inline arguments, unescaped */
     size_t scratch_cap;
-    /* hiredis callback state, see resp.c */
-    const char *frame_base;
-    size_t frame_args;
     /* Private to resp.c. */
-    const char *frame_input;   /* the caller's copy of the frame being handed to hiredis */
-    size_t frame_len;
-    size_t frame_count;
-    bool frame_failed;         /* a callback saw something the pre-scan did not allow */
     struct resp_scan scan;
     char errbuf[64];           /* "expected '$', got 'c'" */
 };

@@ -1,5 +1,5 @@
 /*
- * test_resp: unit tests for resp.c, the request parser (multibulk over hiredis, inline) and the
+ * test_resp: unit tests for resp.c, the request parser (multibulk, inline) and the
  * streaming reply framer.
  *
  * Every input is copied into a heap buffer of exactly its length, so that AddressSanitizer
