@@ -85,16 +85,45 @@ static bool encrypt_hold(struct transport *t)
     return true;
 }
 
-void transport_flush(struct transport *t)
+static void maybe_finish_close(struct transport *t);
+
+/* Hand what is queued to the socket: first directly (uv_try_write: no request and no callback,
+ * and none of the epoll_ctl that libuv 1.44 issues after every completed uv_write, which would
+ * be one more system call per reply), then whatever the socket did not take with one uv_write.
+ * notify: emit TRANSPORT_DRAINED when the direct write took everything (otherwise the write
+ * callback emits it); the write callback itself and the transport's own flushes do not.
+ * plaintext: encrypt the staged plaintext first; a flush of TLS records the engine made by itself
+ * while reading (tickets, key updates) leaves the owner's plaintext for the owner's flush, so that
+ * commands leave when their owner says. */
+static void flush_out(struct transport *t, bool notify, bool plaintext)
 {
     if (!t->tcp_connected)
         return;
-    if (!encrypt_hold(t))
+    if (plaintext && !encrypt_hold(t))
         return;
     if (t->writing || buf_len(&t->out) == 0)
         return;
     if (t->closing && !t->close_when_flushed)
         return;
+    size_t len = buf_len(&t->out);
+    uv_buf_t direct = uv_buf_init(buf_head(&t->out), len > UINT32_MAX ? UINT32_MAX : (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)&t->tcp, &direct, 1);
+    if (n > 0 && (size_t)n == len) {
+        buf_reset(&t->out);
+        if (t->out.cap > SHRINK_ABOVE)
+            buf_free(&t->out);
+        if (t->close_when_flushed)
+            maybe_finish_close(t);
+        else if (notify && !t->closing)
+            emit(t, TRANSPORT_DRAINED, NULL);
+        return;
+    }
+    if (n > 0) {
+        buf_consume(&t->out, (size_t)n);
+    } else if (n != UV_EAGAIN) {
+        fail(t, uv_strerror(n));
+        return;
+    }
     /* Swap: out becomes the in-flight buffer; the old in-flight buffer (empty) takes new bytes. */
     struct buf tmp = t->inflight;
     t->inflight = t->out;
@@ -110,7 +139,9 @@ void transport_flush(struct transport *t)
     t->writing = true;
 }
 
-static void maybe_finish_close(struct transport *t);
+static void flush(struct transport *t, bool notify) { flush_out(t, notify, true); }
+
+void transport_flush(struct transport *t) { flush(t, true); }
 
 static void on_write(uv_write_t *req, int status)
 {
@@ -124,7 +155,7 @@ static void on_write(uv_write_t *req, int status)
             fail(t, uv_strerror(status));
         return;
     }
-    transport_flush(t);
+    flush(t, false);
     if (t->close_when_flushed) {
         maybe_finish_close(t);
         return;
@@ -183,16 +214,16 @@ static bool tls_pump(struct transport *t, bool *eof)
         enum tlsconn_status st = tlsconn_handshake(t->tls);
         take_cipher(t);
         if (st == TLSCONN_ERROR) {
-            transport_flush(t); /* let the alert reach the peer */
+            flush(t, false); /* let the alert reach the peer */
             fail(t, tlsconn_error(t->tls));
             return false;
         }
         if (!tlsconn_handshake_done(t->tls)) {
-            transport_flush(t);
+            flush(t, false);
             return false;
         }
         t->handshake_done = true;
-        transport_flush(t); /* what waited for the handshake leaves now */
+        flush(t, false); /* what waited for the handshake leaves now */
         emit(t, TRANSPORT_CONNECTED, NULL);
         if (t->closing)
             return false;
@@ -215,7 +246,7 @@ static bool tls_pump(struct transport *t, bool *eof)
             *eof = true;
         else if (st == TLSCONN_ERROR) {
             take_cipher(t);
-            transport_flush(t);
+            flush(t, false);
             fail(t, tlsconn_error(t->tls));
             return false;
         }
@@ -223,8 +254,29 @@ static bool tls_pump(struct transport *t, bool *eof)
     }
     /* Reading may have produced records to send (key updates, session tickets). */
     take_cipher(t);
-    transport_flush(t);
+    flush_out(t, false, false);
     return got;
+}
+
+void transport_trim(struct transport *t)
+{
+    if (t->closing)
+        return;
+    if (buf_len(&t->in) == 0)
+        buf_free(&t->in);
+    if (!t->writing) {
+        if (buf_len(&t->out) == 0)
+            buf_free(&t->out);
+        buf_free(&t->inflight);
+    }
+    if (buf_len(&t->hold) == 0)
+        buf_free(&t->hold);
+    if (t->tls) {
+        free(t->cipher); /* only used inside a read: allocated again by the next one */
+        t->cipher = NULL;
+        t->cipher_cap = 0;
+        tlsconn_trim(t->tls);
+    }
 }
 
 void transport_shrink_input(struct transport *t)
@@ -314,7 +366,7 @@ static void on_connect(uv_connect_t *req, int status)
                 return;
             }
             buf_reset(&t->hold);
-            transport_flush(t);
+            flush(t, false);
         }
         emit(t, TRANSPORT_CONNECTED, NULL);
         return;
@@ -325,7 +377,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     take_cipher(t);
-    transport_flush(t);
+    flush(t, false);
 }
 
 int transport_connect(struct transport *t, const struct sockaddr *addr, struct tlsconn_ctx *tls_ctx,
@@ -407,7 +459,7 @@ void transport_close_when_flushed(struct transport *t)
         tlsconn_shutdown(t->tls);
         take_cipher(t);
     }
-    transport_flush(t);
+    flush(t, false);
     if (t->close_when_flushed)
         maybe_finish_close(t);
 }

@@ -46,14 +46,30 @@ void worker_rate_limit_tick(struct worker *w, uint64_t now_ms)
 
 static void on_spin(uv_idle_t *h) { (void)h; } /* its being active is what counts */
 
+static bool work_left(const struct worker *w)
+{
+    if (w->input_head || w->flush_head)
+        return true;
+    for (size_t i = 0; i < w->pool_count; i++)
+        if (w->pools[i].flush_head)
+            return true;
+    return false;
+}
+
 static void on_turn(uv_prepare_t *h)
 {
     struct worker *w = h->data;
-    bool more = session_turn_input(w);
-    for (size_t i = 0; i < w->upstream_login_count; i++)
-        pool_flush(&w->pools[i]);
-    session_turn_flush(w);
-    if (more)
+    /* A write that leaves at once may free a paused side (TRANSPORT_DRAINED), whose work is
+     * then done here too; a few rounds at most, the rest next turn without waiting. */
+    for (int round = 0; round < 4; round++) {
+        session_turn_input(w);
+        for (size_t i = 0; i < w->pool_count; i++)
+            pool_flush(&w->pools[i]);
+        session_turn_flush(w);
+        if (!work_left(w))
+            break;
+    }
+    if (work_left(w))
         uv_idle_start(&w->spin, on_spin);
     else
         uv_idle_stop(&w->spin);

@@ -89,6 +89,10 @@ size_t transport_pending(const struct transport *t);
 /* Give back an input buffer grown for one big value once the owner has consumed it all. The
  * transport does this after every TRANSPORT_DATA; owners call it after consuming input later. */
 void transport_shrink_input(struct transport *t);
+/* An idle connection gives back every buffer that holds nothing (input, output, TLS staging and
+ * record buffers): thousands of idle clients then cost little more than their structs. They are
+ * allocated again when traffic resumes; call it for connections idle a while, not per command. */
+void transport_trim(struct transport *t);
 
 void transport_pause(struct transport *t);
 void transport_resume(struct transport *t);
