@@ -109,7 +109,7 @@ measure() { # name pool_size_shown
     local name=$1 pid=${RG_PID[$1]} before
     before=$(rss_mb "$pid")
     start_clients "${RG_PORT[$name]}" bench
-    sleep 2 # the pool settles (multiplex: connections opened for logins go idle)
+    sleep 3 # idle: the pool settles, and respguard gives back the buffers of clients idle for a second
     local after up ups conns
     after=$(rss_mb "$pid")
     up=$(upstream_from "$pid")

@@ -1008,19 +1008,27 @@ static int check_special(const struct acl_user *u, uint8_t kind, size_t argc, co
 int acl_check_ex(const struct acl_user *u, size_t argc, const struct resp_arg *argv, struct acl_verdict *v,
                  struct cmdtab_key *keys, struct cmdtab_channel *chans, size_t cap)
 {
+    const struct cmdtab_cmd *top = argc ? cmdtab_lookup(argv[0].ptr, argv[0].len) : NULL, *sub = NULL;
+    if (top && top->subcommands && argc >= 2)
+        sub = cmdtab_lookup_sub(top, argv[1].ptr, argv[1].len);
+    return acl_check_found(u, top, sub, argc, argv, v, keys, chans, cap);
+}
+
+int acl_check_found(const struct acl_user *u, const struct cmdtab_cmd *top, const struct cmdtab_cmd *sub,
+                    size_t argc, const struct resp_arg *argv, struct acl_verdict *v, struct cmdtab_key *keys,
+                    struct cmdtab_channel *chans, size_t cap)
+{
     memset(v, 0, sizeof *v);
     if (argc == 0)
         return refuse(v, ACL_ERR_UNKNOWN_COMMAND, ACL_REASON_NONE, 0);
 
     /* Redis's processCommand: lookup, subcommand, arity. */
-    const struct cmdtab_cmd *top = cmdtab_lookup(argv[0].ptr, argv[0].len), *sub = NULL;
     if (!top)
         return refuse(v, ACL_ERR_UNKNOWN_COMMAND, ACL_REASON_NONE, 0);
-    if (top->subcommands && argc >= 2) {
-        sub = cmdtab_lookup_sub(top, argv[1].ptr, argv[1].len);
-        if (!sub)
-            return refuse(v, ACL_ERR_UNKNOWN_SUBCOMMAND, ACL_REASON_NONE, 1);
-    }
+    if (top->subcommands && argc >= 2 && !sub)
+        return refuse(v, ACL_ERR_UNKNOWN_SUBCOMMAND, ACL_REASON_NONE, 1);
+    if (!top->subcommands)
+        sub = NULL;
     const struct cmdtab_cmd *cmd = sub ? sub : top;
     v->cmd = cmd;
     if (!cmdtab_arity_ok(cmd, argc))

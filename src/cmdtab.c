@@ -119,6 +119,11 @@ const struct cmdtab_cmd *cmdtab_lookup(const char *name, size_t len)
     return search(cmdtab_commands, cmdtab_command_count, 0, name, len);
 }
 
+bool cmdtab_is(const struct cmdtab_cmd *cmd, const char *name, size_t len)
+{
+    return cmd != NULL && (name != NULL || len == 0) && cmp_name(cmd->name, name, len) == 0;
+}
+
 const struct cmdtab_cmd *cmdtab_lookup_sub(const struct cmdtab_cmd *container, const char *name,
                                            size_t len)
 {

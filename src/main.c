@@ -31,6 +31,7 @@
 #include "respguard/probe.h"
 #include "respguard/ratelimit.h"
 #include "respguard/resp.h"
+#include "respguard/session.h"
 #include "respguard/tlsconn.h"
 #include "respguard/worker.h"
 
@@ -400,6 +401,7 @@ static void on_second(uv_timer_t *t)
     if (rt->w.anomaly)
         anomaly_tick(rt->w.anomaly, now, log_anomaly, rt);
     worker_rate_limit_tick(&rt->w, now);
+    session_trim_idle(&rt->w, now);
 }
 
 /* The detector, with a random seed for its source table. 0, or -1 after printing why. */

@@ -34,14 +34,7 @@ void replyq_deinit(struct replyq *q)
     q->len = q->cap = q->head = 0;
 }
 
-struct replyq_entry *replyq_at(struct replyq *q, size_t i)
-{
-    return &q->ring[(q->head + i) & (q->cap - 1)];
-}
-
 static struct replyq_entry *front(struct replyq *q) { return q->len ? replyq_at(q, 0) : NULL; }
-
-struct replyq_entry *replyq_back(struct replyq *q) { return q->len ? replyq_at(q, q->len - 1) : NULL; }
 
 bool replyq_subscribed(const struct replyq *q)
 {
@@ -49,6 +42,17 @@ bool replyq_subscribed(const struct replyq *q)
 }
 
 void replyq_stop(struct replyq *q) { q->stopped = true; }
+
+void replyq_trim(struct replyq *q)
+{
+    if (q->len || q->frame_open)
+        return;
+    free(q->ring);
+    q->ring = NULL;
+    q->cap = q->head = 0;
+    buf_free(&q->local);
+    buf_free(&q->hold);
+}
 
 static int push(struct replyq *q, const struct replyq_entry *e, const char *local, size_t local_len)
 {

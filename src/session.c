@@ -19,6 +19,9 @@
 
 #include <assert.h>
 #include <ctype.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -119,6 +122,7 @@ struct session {
     const struct acl_user *pending_user; /* certificate or default login waiting for a connection */
 
     struct resp_parser parser;
+    const struct cmdtab_cmd *last_top; /* the last command looked up (most clients repeat theirs) */
     struct replyq q;
     struct buf enc;                  /* scratch for re-encoded commands */
     /* ACL scratch for commands with more keys than acl_check holds on its stack, and argv
@@ -142,6 +146,7 @@ struct session {
     bool peer_closed;                /* the client half-closed: answer what it sent, then close */
     bool client_paused, upstream_paused;
     bool counted;                    /* counted as an accepted connection: count its close too */
+    bool trimmed;                    /* idle, its buffers given back (session_trim_idle) */
     uint64_t batch_t;                /* uv_hrtime at the start of the current client read batch */
     size_t batch_pushed;             /* queue entries added in the current batch */
     uint64_t reply_t;                /* uv_hrtime when the reply being delivered began */
@@ -192,10 +197,14 @@ static struct login_source source_of(struct session *s)
                                  .session = s->id};
 }
 
-static struct command resolve(const struct resp_request *req)
+static struct command resolve(struct session *s, const struct resp_request *req)
 {
     struct command c = {NULL, NULL, CMDTAB_ROLE_NONE};
-    c.top = cmdtab_lookup(req->argv[0].ptr, req->argv[0].len);
+    /* Clients repeat their commands: the last one is compared first. */
+    if (cmdtab_is(s->last_top, req->argv[0].ptr, req->argv[0].len))
+        c.top = s->last_top;
+    else
+        c.top = s->last_top = cmdtab_lookup(req->argv[0].ptr, req->argv[0].len);
     c.cmd = c.top;
     if (c.top && c.top->subcommands)
         c.cmd = req->argc > 1 ? cmdtab_lookup_sub(c.top, req->argv[1].ptr, req->argv[1].len) : NULL;
@@ -546,7 +555,7 @@ static void on_pool_reply(struct pool_client *pc, const char *p, size_t n, const
         return;
     s->refs++;
     if (!s->q.frame_open)
-        s->reply_t = uv_hrtime();
+        s->reply_t = pc->pool->read_ns;
     if (replyq_feed(&s->q, p, n, end) != 0)
         session_close(s, "out of memory");
     else if (end)
@@ -961,10 +970,14 @@ static const char *refusal_kind(enum acl_result r)
 
 /* The verdict for the session's user, with no effect (the plan needs it before anything may
  * happen). 0: it may run. */
-static int judge(struct session *s, const struct resp_request *req, struct acl_verdict *v)
+static int judge(struct session *s, const struct resp_request *req, const struct command *c, struct acl_verdict *v)
 {
-    if (req->argc <= ACL_CHECK_STACK_ITEMS)
-        return acl_check(s->user, req->argc, req->argv, v);
+    const struct cmdtab_cmd *sub = c->top && c->top->subcommands ? c->cmd : NULL;
+    if (req->argc <= ACL_CHECK_STACK_ITEMS) {
+        struct cmdtab_key keys[ACL_CHECK_STACK_ITEMS];
+        struct cmdtab_channel chans[ACL_CHECK_STACK_ITEMS];
+        return acl_check_found(s->user, c->top, sub, req->argc, req->argv, v, keys, chans, ACL_CHECK_STACK_ITEMS);
+    }
     /* Big multi-key commands: scratch that grows to the largest seen, never per command. */
     if (s->scratch_cap < req->argc) {
         void *k = realloc(s->scratch_keys, req->argc * sizeof *s->scratch_keys);
@@ -981,7 +994,8 @@ static int judge(struct session *s, const struct resp_request *req, struct acl_v
         }
         s->scratch_cap = req->argc;
     }
-    return acl_check_ex(s->user, req->argc, req->argv, v, s->scratch_keys, s->scratch_channels, s->scratch_cap);
+    return acl_check_found(s->user, c->top, sub, req->argc, req->argv, v, s->scratch_keys, s->scratch_channels,
+                           s->scratch_cap);
 }
 
 /* The verdict's effects. True: the command may run (v says whether respguard must append
@@ -1243,7 +1257,7 @@ static bool plan(struct session *s, const struct resp_request *req, const struct
         return false;
     if (c->role == CMDTAB_ROLE_RESET)
         return owns_conn(s); /* forwarded on a held or pinned connection, else answered here */
-    *vrc = judge(s, req, v);
+    *vrc = judge(s, req, c, v);
     *judged = true;
     if (*vrc != 0)
         return false;
@@ -1528,7 +1542,7 @@ static void answer_failure(struct session *s, const struct command *c)
 /* One command. False: it waits for the pool (nothing was done; it is read again later). */
 static bool handle_command(struct session *s, const struct resp_request *req, const char *frame)
 {
-    struct command c = resolve(req);
+    struct command c = resolve(s, req);
     int vrc = 0;
     struct acl_verdict v;
     bool judged;
@@ -1549,6 +1563,7 @@ static bool handle_command(struct session *s, const struct resp_request *req, co
         s->have_failure = false; /* a failure of a wait this command no longer needs */
     }
     s->last_ms = uv_now(s->w->loop);
+    s->trimmed = false;
 
     if (!authenticated(s)) {
         switch (c.role) {
@@ -1609,7 +1624,7 @@ static bool handle_command(struct session *s, const struct resp_request *req, co
         break;
     }
     if (!judged)
-        vrc = judge(s, req, &v);
+        vrc = judge(s, req, &c, &v);
     if (vrc == -ENOMEM) {
         session_close(s, "out of memory");
         return true;
@@ -1802,6 +1817,25 @@ void worker_remove_session(struct worker *w, struct session *s)
     w->session_count--;
     if (w->shutting_down && w->session_count == 0 && w->on_drained)
         w->on_drained(w);
+}
+
+void session_trim_idle(struct worker *w, uint64_t now_ms)
+{
+    size_t trimmed = 0;
+    for (struct session *s = w->sessions; s; s = s->next) {
+        if (!reading(s) || s->stalled || s->q.len || now_ms - s->last_ms < 1000 || s->trimmed)
+            continue;
+        transport_trim(&s->client);
+        replyq_trim(&s->q);
+        s->trimmed = true; /* until its next command */
+        trimmed++;
+    }
+#ifdef __GLIBC__
+    /* Freed buffers lie between live allocations; glibc keeps their pages resident until asked.
+     * Only after a sweep that freed something (a wave of clients going idle), not every second. */
+    if (trimmed)
+        malloc_trim(0);
+#endif
 }
 
 void worker_drain_sessions(struct worker *w)

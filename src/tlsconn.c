@@ -492,6 +492,14 @@ void tlsconn_free(struct tlsconn *t)
     free(t);
 }
 
+void tlsconn_trim(struct tlsconn *t)
+{
+    if (t != NULL && t->done && !t->failed) {
+        (void)SSL_free_buffers(t->ssl); /* refuses (harmlessly) while a record is in the buffers */
+        ERR_clear_error();
+    }
+}
+
 void tlsconn_feed(struct tlsconn *t, const char *data, size_t len)
 {
     if (t->failed) {

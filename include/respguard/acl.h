@@ -194,6 +194,13 @@ int acl_check(const struct acl_user *u, size_t argc, const struct resp_arg *argv
 int acl_check_ex(const struct acl_user *u, size_t argc, const struct resp_arg *argv, struct acl_verdict *out,
                  struct cmdtab_key *keys, struct cmdtab_channel *channels, size_t cap);
 
+/* acl_check_ex for a command the caller has looked up already: top = cmdtab_lookup(argv[0]) (NULL:
+ * unknown), sub = cmdtab_lookup_sub(top, argv[1]) when top has subcommands and argc >= 2 (NULL:
+ * unknown subcommand; ignored otherwise). The same verdict as acl_check_ex, one look-up fewer. */
+int acl_check_found(const struct acl_user *u, const struct cmdtab_cmd *top, const struct cmdtab_cmd *sub,
+                    size_t argc, const struct resp_arg *argv, struct acl_verdict *out, struct cmdtab_key *keys,
+                    struct cmdtab_channel *channels, size_t cap);
+
 /* The error line for a refused verdict, without '-' and CRLF, exactly as Redis 7.0 words it
  * (for an unknown command: the name and the first arguments cut at 128 bytes and at a NUL byte,
  * CR and LF replaced by spaces; a refused EXEC as "EXECABORT Transaction discarded because of:

@@ -171,6 +171,9 @@ extern const size_t cmdtab_command_count;
 
 /* Look up a command (case-insensitive, any bytes; never reads past len). NULL: unknown. */
 const struct cmdtab_cmd *cmdtab_lookup(const char *name, size_t len);
+/* Would cmdtab_lookup(name, len) find cmd? (A caller that remembers its last command checks this
+ * first: one comparison instead of a search.) */
+bool cmdtab_is(const struct cmdtab_cmd *cmd, const char *name, size_t len);
 /* Look up a subcommand of a container command (case-insensitive). NULL: unknown. */
 const struct cmdtab_cmd *cmdtab_lookup_sub(const struct cmdtab_cmd *container, const char *name, size_t len);
 

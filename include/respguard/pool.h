@@ -90,7 +90,9 @@ struct upconn {
     struct resp_framer framer;
     struct pool_route *routes;   /* power-of-two ring */
     size_t rhead, rlen, rcap;
-    uint32_t due;                /* reply frames due to CLIENT routes */
+    uint32_t due;                /* reply frames due to CLIENT and DROP routes */
+    uint32_t sent_due;           /* ... of them, for commands already written (not queued) */
+    uint32_t queued_frames;      /* ... of them, for commands queued and not yet written */
     uint32_t clients;            /* SHARE clients attached */
     struct pool_client *owner;   /* HOLD or PIN */
     uint64_t opened_ms;          /* loop time when it became ready */
@@ -158,6 +160,7 @@ struct pool {
     struct upconn *current;       /* multiplex: where new shared batches go */
     struct upconn *flush_head;    /* connections with output queued this loop turn */
     struct tlsconn_resume *resume;/* TLS session resumption for its connections */
+    uint64_t read_ns;             /* uv_hrtime when the read being routed arrived (latency) */
     bool stopping;
     bool timers_open;
     uint64_t next_conn_id;

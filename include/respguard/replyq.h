@@ -116,11 +116,19 @@ bool replyq_fail(struct replyq *q, const char *err, size_t len);
 
 /* Write nothing more (the client is closing). */
 void replyq_stop(struct replyq *q);
+/* An empty queue gives back its memory (allocated again by the next entry). */
+void replyq_trim(struct replyq *q);
 
-/* The newest entry, or NULL. For the owner's stamps. */
-struct replyq_entry *replyq_back(struct replyq *q);
 /* The i-th entry from the front (i < q->len). */
-struct replyq_entry *replyq_at(struct replyq *q, size_t i);
+static inline struct replyq_entry *replyq_at(struct replyq *q, size_t i)
+{
+    return &q->ring[(q->head + i) & (q->cap - 1)];
+}
+/* The newest entry, or NULL. For the owner's stamps. */
+static inline struct replyq_entry *replyq_back(struct replyq *q)
+{
+    return q->len ? replyq_at(q, q->len - 1) : NULL;
+}
 
 /* In subscribed mode, or about to be (a subscribe command not yet answered). */
 bool replyq_subscribed(const struct replyq *q);

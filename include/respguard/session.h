@@ -28,6 +28,9 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
 bool session_turn_input(struct worker *w);
 void session_turn_flush(struct worker *w);
 
+/* Once a second: sessions idle for a second or more give back their buffers. */
+void session_trim_idle(struct worker *w, uint64_t now_ms);
+
 /* Graceful shutdown: stop reading new commands; close once every pending reply is delivered. */
 void session_drain(struct session *s);
 

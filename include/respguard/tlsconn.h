@@ -86,6 +86,10 @@ size_t tlsconn_take(struct tlsconn *t, char *buf, size_t cap);
 /* Queue a close_notify alert (to be taken with tlsconn_take). */
 void tlsconn_shutdown(struct tlsconn *t);
 
+/* Give back the engine's record buffers while the connection is idle (nothing buffered inside);
+ * they are allocated again at its next record. */
+void tlsconn_trim(struct tlsconn *t);
+
 /* The last error, human readable, e.g. "certificate verify failed: Hostname mismatch" or
  * "certificate verify failed: unable to get local issuer certificate". Never NULL. */
 const char *tlsconn_error(const struct tlsconn *t);
