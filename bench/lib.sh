@@ -8,12 +8,25 @@
 #                   are removed with the scratch directory; a warning or error line from
 #                   respguard is printed either way)
 #   BENCH_TIMEOUT   seconds one redis-benchmark run may take before it is stopped (default 150)
+#   BENCH_PIN       where processes run on a 2-core machine (default: wherever the scheduler puts
+#                   them, which makes three busy processes on two cores vary by up to 2x between
+#                   runs): "server" puts respguard beside redis-server on CPU 1 and the benchmark
+#                   clients on CPU 0 (respguard as a gateway next to the database); "sidecar" puts
+#                   respguard beside the clients on CPU 0 and redis-server on CPU 1. Direct runs
+#                   put the clients on CPU 0 and redis-server on CPU 1 in both.
 # shellcheck shell=bash
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=${RESPGUARD_BIN:-build/respguard}
 [ -x "$bin" ] || { meson setup build >/dev/null 2>&1 || true; meson compile -C build >/dev/null; }
 bench_timeout=${BENCH_TIMEOUT:-150}
+bench_pin=${BENCH_PIN:-}
+case "$bench_pin" in "" | server | sidecar) ;; *) echo "BENCH_PIN must be server or sidecar" >&2; exit 2 ;; esac
+# pin PID CPU: when BENCH_PIN is set.
+pin() { [ -z "$bench_pin" ] || taskset -pc "$2" "$1" >/dev/null; }
+# The clients' CPU, as a command prefix.
+client_cpu=()
+[ -z "$bench_pin" ] || client_cpu=(taskset -c 0)
 work=$(mktemp -d)
 # shellcheck disable=SC2034 # used by the scripts that source this
 declare -A RG_PORT RG_ADMIN RG_PID
@@ -60,7 +73,13 @@ start_redis() {
         --tls-key-file "$work/s.key" --tls-ca-cert-file "$work/ca.crt" --tls-auth-clients no \
         --requirepass "$pw" --save '' --appendonly no --dir "$work" --daemonize yes \
         --maxclients "${1:-10000}" --pidfile "$work/9-redis.pid" --logfile "$work/redis.log"
-    for _ in $(seq 50); do up_cli ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    for _ in $(seq 50); do
+        if up_cli ping >/dev/null 2>&1; then
+            pin "$(cat "$work/9-redis.pid")" 1
+            return 0
+        fi
+        sleep 0.1
+    done
     echo "redis-server did not start:" >&2; cat "$work/redis.log" >&2; exit 1
 }
 # redis-cli straight to redis-server over TLS (or, with UP_CLI_PORT set, through that port).
@@ -100,6 +119,7 @@ start_respguard() {
     } >"$work/$name.yaml"
     "$bin" -c "$work/$name.yaml" 2>"$work/$name.log" &
     RG_PID[$name]=$!
+    if [ "$bench_pin" = server ]; then pin "$!" 1; elif [ "$bench_pin" = sidecar ]; then pin "$!" 0; fi
     echo $! >"$work/5-$name.pid"
     # shellcheck disable=SC2034 # read by the scripts that source this
     RG_PORT[$name]=$port
@@ -160,7 +180,7 @@ bm() {
     shift
     # In the background and waited for, so that a signal to this script is handled at once (the
     # cleanup stops the run through its pid file).
-    timeout -k 5 "$bench_timeout" redis-benchmark "$@" --csv >"$out.raw" 2>&1 &
+    timeout -k 5 "$bench_timeout" "${client_cpu[@]}" redis-benchmark "$@" --csv >"$out.raw" 2>&1 &
     echo $! >"$work/0-bench.pid"
     wait $! || rc=$?
     rm -f "$work/0-bench.pid"

@@ -36,12 +36,6 @@
  * least busy one does. Concentrating clients on one connection is what lets their commands leave
  * in one write; spreading under load keeps one slow reply from holding everyone up. */
 #define SHARE_SPILL 256
-/* A shared connection writes its next batch of commands once the replies to the last one are in
- * (or the batch has grown to this many commands): the commands that arrive meanwhile then leave
- * together, in one TLS record batch that Redis reads and runs in one go, instead of a trickle of
- * small writes that costs Redis a read and a TLS record each. A command on an otherwise quiet
- * connection leaves at once. */
-#define SHARE_BATCH_MAX 512
 /* Refill backoff after connect failures: 250 ms doubling up to 10 s. */
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 10000
@@ -196,14 +190,10 @@ void pool_flush(struct pool *p)
     for (; c; c = next) {
         next = c->flush_next;
         c->flush_queued = false;
-        if (c->state == UPCONN_SHARED && c->sent_due && c->batch < SHARE_BATCH_MAX)
-            continue; /* queued again when the replies to the last batch are in */
         if (c->batch) {
             metrics_observe(p->w->metrics, MH_COMMANDS_PER_WRITE, c->batch);
             c->batch = 0;
         }
-        c->sent_due += c->queued_frames;
-        c->queued_frames = 0;
         transport_flush(&c->up.t);
     }
 }
@@ -449,7 +439,7 @@ static void notify_lost(struct upconn *c, const char *stage, const char *reason)
     size_t head = c->rhead, len = c->rlen, cap = c->rcap;
     c->routes = NULL;
     c->rlen = c->rcap = c->rhead = 0;
-    c->due = c->sent_due = c->queued_frames = 0;
+    c->due = 0;
     c->clients = 0;
     c->owner = NULL;
     for (size_t i = 0; i < len; i++) {
@@ -753,12 +743,6 @@ static void route_input(struct upconn *c)
          * is not a reply of its own (only RESP3 connections have them: never shared ones). */
         if (done && (kind == ROUTE_CLIENT || kind == ROUTE_DROP) && info.kind != RESP_FRAME_ATTRIBUTE) {
             c->due--;
-            /* Frames answer what was written first; the count of what is queued stays right
-             * even if queued bytes left early. */
-            if (c->sent_due == 0 && c->queued_frames)
-                c->queued_frames--;
-            else if (c->sent_due && --c->sent_due == 0 && c->queued_frames)
-                queue_flush(c); /* the last batch is answered: the next one leaves */
             if (--r->frames == 0)
                 route_pop(c);
             if (kind == ROUTE_CLIENT && --cl->due == 0) {
@@ -914,7 +898,6 @@ void pool_send(struct pool_client *cl, const char *bytes, size_t len, uint32_t f
             return;
         }
         c->due += frames;
-        c->queued_frames += frames;
         cl->due += frames;
     }
     transport_write(&c->up.t, bytes, len);

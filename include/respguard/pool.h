@@ -91,8 +91,6 @@ struct upconn {
     struct pool_route *routes;   /* power-of-two ring */
     size_t rhead, rlen, rcap;
     uint32_t due;                /* reply frames due to CLIENT and DROP routes */
-    uint32_t sent_due;           /* ... of them, for commands already written (not queued) */
-    uint32_t queued_frames;      /* ... of them, for commands queued and not yet written */
     uint32_t clients;            /* SHARE clients attached */
     struct pool_client *owner;   /* HOLD or PIN */
     uint64_t opened_ms;          /* loop time when it became ready */
