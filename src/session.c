@@ -61,7 +61,7 @@ enum conn_state {
     CS_WATCH = 1u << 0,      /* WATCH sent, no successful EXEC, DISCARD or UNWATCH since */
     CS_NAME = 1u << 1,       /* CLIENT SETNAME or HELLO SETNAME sent */
     CS_DB = 1u << 2,         /* SELECT of a database other than 0 */
-    CS_SETTING = 1u << 3,    /* CLIENT TRACKING/CACHING/REPLY, SCRIPT DEBUG, READONLY, ... */
+    CS_SETTING = 1u << 3,    /* CLIENT TRACKING/CACHING, SCRIPT DEBUG, READONLY, ... */
     CS_CREDENTIAL = 1u << 4, /* logged in upstream with another credential than its pool's */
     CS_STICKY = 1u << 5,     /* CLIENT NO-EVICT: RESET does not clear it, the connection goes */
 };
@@ -1377,8 +1377,8 @@ static void note_conn_state(struct session *s, const struct resp_request *req, c
         if (!(req->argv[1].len == 1 && req->argv[1].ptr[0] == '0'))
             s->cs |= CS_DB;
         break;
-    case CMDTAB_ROLE_CLIENT_REPLY:
-    case CMDTAB_ROLE_CONN_STATE: s->cs |= CS_SETTING; break;
+    case CMDTAB_ROLE_CONN_STATE: s->cs |= CS_SETTING; break; /* (CLIENT REPLY ON, the only one
+                                                                 forwarded, changes nothing) */
     case CMDTAB_ROLE_STICKY_STATE: s->cs |= CS_STICKY; break;
     default: break;
     }
