@@ -24,6 +24,10 @@ bench_pin=${BENCH_PIN:-}
 case "$bench_pin" in "" | server | sidecar) ;; *) echo "BENCH_PIN must be server or sidecar" >&2; exit 2 ;; esac
 # pin PID CPU: when BENCH_PIN is set.
 pin() { [ -z "$bench_pin" ] || taskset -pc "$2" "$1" >/dev/null; }
+# pin_respguard PID: beside redis-server (server) or beside the clients (sidecar).
+pin_respguard() {
+    if [ "$bench_pin" = server ]; then pin "$1" 1; elif [ "$bench_pin" = sidecar ]; then pin "$1" 0; fi
+}
 # The clients' CPU, as a command prefix.
 client_cpu=()
 [ -z "$bench_pin" ] || client_cpu=(taskset -c 0)
@@ -119,7 +123,7 @@ start_respguard() {
     } >"$work/$name.yaml"
     "$bin" -c "$work/$name.yaml" 2>"$work/$name.log" &
     RG_PID[$name]=$!
-    if [ "$bench_pin" = server ]; then pin "$!" 1; elif [ "$bench_pin" = sidecar ]; then pin "$!" 0; fi
+    pin_respguard "$!"
     echo $! >"$work/5-$name.pid"
     # shellcheck disable=SC2034 # read by the scripts that source this
     RG_PORT[$name]=$port

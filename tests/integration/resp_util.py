@@ -34,6 +34,13 @@ class ErrorReply(Exception):
         return "ErrorReply(%r)" % self.text
 
 
+def bulk(b):
+    """A RESP bulk string, as Redis sends it."""
+    if isinstance(b, str):
+        b = b.encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
 def encode(*args):
     out = [b"*%d\r\n" % len(args)]
     for a in args:

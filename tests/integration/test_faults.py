@@ -7,15 +7,10 @@ import subprocess
 import pytest
 
 from helpers import PASSWORDS, blocked_clients, unique, wait_until
-from resp_util import ConnectionClosed, RawConn, encode
+from resp_util import ConnectionClosed, RawConn, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
 
-
-def bulk(b):
-    if isinstance(b, str):
-        b = b.encode()
-    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def drain_replies(c, limit):

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from helpers import PASSWORDS, default_users, metric_value, unique, wait_until
-from resp_util import RawConn, encode
+from resp_util import RawConn, bulk, encode
 from test_clients_node import NODE_DIR, node_bin
 
 pytestmark = pytest.mark.proxy_only
@@ -444,11 +444,6 @@ NOPERM_KEYS = b"-NOPERM this user has no permissions to access one of the keys u
 NOPERM_CONFIG = b"-NOPERM this user has no permissions to run the 'config|get' command\r\n"
 EXECABORT = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
 
-
-def bulk(s):
-    if isinstance(s, str):
-        s = s.encode()
-    return b"$%d\r\n%s\r\n" % (len(s), s)
 
 
 def raw_login(port, user, password, timeout=30.0):

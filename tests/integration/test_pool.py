@@ -20,7 +20,7 @@ import time
 import pytest
 
 from helpers import PASSWORDS, blocked_clients, metric_value as val, unique, wait_until
-from resp_util import ConnectionClosed, encode
+from resp_util import ConnectionClosed, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
 
@@ -29,11 +29,6 @@ LOST = b"-ERR respguard: upstream connection lost\r\n"
 PONG = b"+PONG\r\n"
 OK = b"+OK\r\n"
 
-
-def bulk(b):
-    if isinstance(b, str):
-        b = b.encode()
-    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,13 +3,8 @@
 import pytest
 
 from helpers import PASSWORDS, unique, wait_until
-from resp_util import Push, encode
+from resp_util import Push, bulk, encode
 
-
-def bulk(b):
-    if isinstance(b, str):
-        b = b.encode()
-    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def get_message(p, timeout=5.0):

@@ -16,17 +16,12 @@ import time
 import pytest
 
 from helpers import PASSWORDS, unique, wait_until
-from resp_util import ConnectionClosed, RawConn, encode
+from resp_util import ConnectionClosed, RawConn, bulk, encode
 
 AUTH_WEB = encode("AUTH", "web", PASSWORDS["web"])
 PROTOCOL_ERROR = b"*1\r\n$-5\r\n"  # a negative bulk length other than -1
 UNKNOWN_FOO = b"-ERR unknown command 'FOO'"
 
-
-def bulk(b):
-    if isinstance(b, str):
-        b = b.encode()
-    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def confirmation(kind, ch, n):

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from helpers import PASSWORDS, blocked_clients, unique, wait_until
-from resp_util import RawConn, encode
+from resp_util import RawConn, bulk, encode
 
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
 EXECABORT = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
@@ -17,11 +17,6 @@ EXECABORT = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
 def noperm(name):
     return b"-NOPERM this user has no permissions to run the '%s' command\r\n" % name.encode()
 
-
-def bulk(b):
-    if isinstance(b, str):
-        b = b.encode()
-    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def direct_raw(upstream):

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from helpers import wait_until
-from resp_util import RawConn, encode
+from resp_util import RawConn, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
 
@@ -48,11 +48,6 @@ QUEUED = b"+QUEUED\r\n"
 
 def cmd_err(name):
     return b"-NOPERM this user has no permissions to run the '%s' command\r\n" % name.encode()
-
-
-def bulk(v):
-    v = v.encode() if isinstance(v, str) else v
-    return b"$%d\r\n%s\r\n" % (len(v), v)
 
 
 # Keys outside the tenant's prefix, with known values; none may be read, changed, renamed or
