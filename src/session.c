@@ -1565,64 +1565,64 @@ static bool handle_command(struct session *s, const struct resp_request *req, co
     s->last_ms = uv_now(s->w->loop);
     s->trimmed = false;
 
-    if (!authenticated(s)) {
-        switch (c.role) {
-        case CMDTAB_ROLE_AUTH: cmd_auth(s, req); break;
-        case CMDTAB_ROLE_HELLO: cmd_hello(s, req); break;
-        case CMDTAB_ROLE_QUIT: cmd_quit(s); break;
-        case CMDTAB_ROLE_RESET:
-            if (req->argc != 1)
-                REPLY_LITERAL(s, "-ERR wrong number of arguments for 'reset' command\r\n");
-            else
-                REPLY_LITERAL(s, "+RESET\r\n");
-            break;
-        default: REPLY_LITERAL(s, "-NOAUTH Authentication required.\r\n"); break;
-        }
-        return true;
-    }
-    if (s->tx_refused && c.role != CMDTAB_ROLE_QUIT && c.role != CMDTAB_ROLE_RESET) {
+    /* The connection commands, answered by respguard, each in one place. Before login they are
+     * the only commands served; afterwards they are counted as the user's (before they may
+     * change the user) and, but QUIT, rate limited. */
+    bool auth = authenticated(s);
+    if (auth && s->tx_refused && c.role != CMDTAB_ROLE_QUIT && c.role != CMDTAB_ROLE_RESET) {
         refused_transaction(s, &c);
         return true;
     }
-    bool is_login = c.role == CMDTAB_ROLE_AUTH || c.role == CMDTAB_ROLE_HELLO;
-    if (s->in_multi && is_login) {
-        /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
-         * place its answer inside EXEC's array: refuse, and the transaction with it. */
-        count_connection_command(s, MV_DENIED);
-        metrics_inc(s->w->metrics, MC_REFUSED_UNSUPPORTED);
-        s->multi_dirty = true;
-        REPLY_LITERAL(s, "-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n");
-        return true;
-    }
-    if (c.role == CMDTAB_ROLE_QUIT) {
-        count_connection_command(s, MV_ALLOWED); /* free of the rate limit: a client can always leave */
+    switch (c.role) {
+    case CMDTAB_ROLE_QUIT:
+        if (auth)
+            count_connection_command(s, MV_ALLOWED); /* free of the rate limit: a client can always leave */
         cmd_quit(s);
         return true;
-    }
-    if (rate_limited(s, &c))
-        return true;
-    switch (c.role) {
     case CMDTAB_ROLE_AUTH:
-        count_connection_command(s, MV_ALLOWED);
-        cmd_auth(s, req);
-        return true;
     case CMDTAB_ROLE_HELLO:
-        count_connection_command(s, MV_ALLOWED);
-        cmd_hello(s, req);
+        if (auth && s->in_multi) {
+            /* Redis queues these and runs them at EXEC; respguard answers them itself and cannot
+             * place its answer inside EXEC's array: refuse, and the transaction with it. */
+            count_connection_command(s, MV_DENIED);
+            metrics_inc(s->w->metrics, MC_REFUSED_UNSUPPORTED);
+            s->multi_dirty = true;
+            REPLY_LITERAL(s, "-ERR AUTH and HELLO inside MULTI are not supported through respguard\r\n");
+            return true;
+        }
+        if (auth && rate_limited(s, &c))
+            return true;
+        if (auth)
+            count_connection_command(s, MV_ALLOWED);
+        if (c.role == CMDTAB_ROLE_AUTH)
+            cmd_auth(s, req);
+        else
+            cmd_hello(s, req);
         return true;
     case CMDTAB_ROLE_RESET:
-        count_connection_command(s, req->argc == 1 ? MV_ALLOWED : MV_ERROR);
+        if (auth && rate_limited(s, &c))
+            return true;
+        if (auth)
+            count_connection_command(s, req->argc == 1 ? MV_ALLOWED : MV_ERROR);
         if (req->argc != 1) {
             if (s->in_multi)
                 s->multi_dirty = true;
             REPLY_LITERAL(s, "-ERR wrong number of arguments for 'reset' command\r\n");
-            return true;
+        } else if (auth) {
+            cmd_reset(s, req, frame);
+        } else {
+            REPLY_LITERAL(s, "+RESET\r\n"); /* nothing to reset: no user, no connection state */
         }
-        cmd_reset(s, req, frame);
         return true;
     default:
         break;
     }
+    if (!auth) {
+        REPLY_LITERAL(s, "-NOAUTH Authentication required.\r\n");
+        return true;
+    }
+    if (rate_limited(s, &c))
+        return true;
     if (!judged)
         vrc = judge(s, req, &c, &v);
     if (vrc == -ENOMEM) {
