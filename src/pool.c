@@ -464,7 +464,7 @@ static void conn_failed(struct upconn *c, const char *stage, const char *reason)
     size_t affected = 0;
     for (size_t i = 0; i < c->rlen; i++)
         affected += route_at(c, i)->kind == ROUTE_CLIENT || route_at(c, i)->kind == ROUTE_OWNER;
-    log_event(connecting ? LOG_WARN : LOG_WARN, "upstream_error", LOG_INT("conn", c->id),
+    log_event(LOG_WARN, "upstream_error", LOG_INT("conn", c->id),
               LOG_STR("credential", p->name), LOG_STR("stage", stage), LOG_STR("reason", reason),
               LOG_INT("clients", (long long)affected), LOG_END);
     metrics_inc(p->w->metrics, metrics_upstream_failure(stage, reason));
@@ -485,20 +485,17 @@ static void conn_failed(struct upconn *c, const char *stage, const char *reason)
     upstream_close(&c->up);
     if (connecting) {
         /* Waiters that no connection being opened can serve any more hear it now, as a client
-         * of a session that could not connect always did. */
-        bool share;
-        size_t excl = waiting_exclusive(p, &share);
-        size_t servable = p->count[UPCONN_CONNECTING];
-        while (p->wait_head && excl + (share ? 1 : 0) > servable) {
-            struct pool_client *cl = p->wait_head;
-            if (cl->use == POOL_USE_SHARE)
-                share = false; /* one failure is enough for every share waiter */
-            else
-                excl--;
-            fail_waiter(p, cl, POOL_FAIL_UPSTREAM);
-            if (cl->use == POOL_USE_SHARE)
-                while (p->wait_head && p->wait_head->use == POOL_USE_SHARE)
-                    fail_waiter(p, p->wait_head, POOL_FAIL_UPSTREAM);
+         * of a session that could not connect always did: all of them when no attempt is left,
+         * else the clients needing a connection of their own beyond the attempts left (the
+         * oldest are served first; a client that can share waits for any of them). */
+        size_t left = p->count[UPCONN_CONNECTING], keep = 0;
+        struct pool_client *cl = p->wait_head;
+        while (cl) {
+            struct pool_client *next = cl->wnext;
+            bool served = left > 0 && (cl->use == POOL_USE_SHARE || keep++ < left);
+            if (!served)
+                fail_waiter(p, cl, POOL_FAIL_UPSTREAM);
+            cl = next;
         }
         arm_wait_timer(p);
     }
