@@ -231,7 +231,6 @@ static void wait_unlink(struct pool *p, struct pool_client *cl)
         p->wait_tail = cl->wprev;
     cl->wprev = cl->wnext = NULL;
     cl->waiting = false;
-    p->waiting--;
 }
 
 static void on_wait_timeout(uv_timer_t *t);
@@ -398,7 +397,6 @@ int pool_acquire(struct pool *p, struct pool_client *cl, enum pool_use use)
     else
         p->wait_head = cl;
     p->wait_tail = cl;
-    p->waiting++;
     if (p->wait_head == cl)
         arm_wait_timer(p);
     refill(p, false);
@@ -1013,10 +1011,4 @@ void pool_free(struct pool *p)
 {
     tlsconn_resume_free(p->resume);
     p->resume = NULL;
-}
-
-bool pool_ready(const struct pool *p)
-{
-    return p->count[UPCONN_IDLE] + p->count[UPCONN_SHARED] + p->count[UPCONN_HELD] + p->count[UPCONN_PINNED] +
-               p->count[UPCONN_RESETTING] > 0;
 }

@@ -149,7 +149,6 @@ struct pool {
     size_t count[UPCONN_CLOSING + 1]; /* connections by state */
     size_t open;                  /* connections not CLOSING: never more than size */
     struct pool_client *wait_head, *wait_tail;
-    size_t waiting;
     uv_timer_t tick;              /* once a second: keepalive, idle timeout, lifetime, refill */
     uv_timer_t wait_timer;        /* the first waiter's acquire_timeout */
     int open_handles;             /* the two timers, while open */
@@ -202,8 +201,5 @@ size_t pool_pending(const struct pool_client *c);
 /* Send what the connections queued this loop turn, one write each. The worker calls this once
  * per loop turn, before the loop waits for I/O. */
 void pool_flush(struct pool *p);
-
-/* Readiness: a connection is logged in now (or the last attempt succeeded). */
-bool pool_ready(const struct pool *p);
 
 #endif
