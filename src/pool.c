@@ -231,6 +231,10 @@ static void wait_unlink(struct pool *p, struct pool_client *cl)
         p->wait_tail = cl->wprev;
     cl->wprev = cl->wnext = NULL;
     cl->waiting = false;
+    if (cl->use == POOL_USE_SHARE)
+        p->waiting_share--;
+    else
+        p->waiting_own--;
 }
 
 static void on_wait_timeout(uv_timer_t *t);
@@ -260,20 +264,6 @@ static void on_wait_timeout(uv_timer_t *t)
         fail_waiter(p, p->wait_head, POOL_FAIL_TIMEOUT);
     }
     arm_wait_timer(p);
-}
-
-/* Waiters for a connection of their own, and whether anyone waits to share one. */
-static size_t waiting_exclusive(const struct pool *p, bool *share)
-{
-    size_t n = 0;
-    *share = false;
-    for (const struct pool_client *cl = p->wait_head; cl; cl = cl->wnext) {
-        if (cl->use == POOL_USE_SHARE)
-            *share = true;
-        else
-            n++;
-    }
-    return n;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -397,6 +387,10 @@ int pool_acquire(struct pool *p, struct pool_client *cl, enum pool_use use)
     else
         p->wait_head = cl;
     p->wait_tail = cl;
+    if (use == POOL_USE_SHARE)
+        p->waiting_share++;
+    else
+        p->waiting_own++;
     if (p->wait_head == cl)
         arm_wait_timer(p);
     refill(p, false);
@@ -603,9 +597,8 @@ static void refill(struct pool *p, bool background)
     if (p->stopping)
         return;
     const struct config_pool *pc = cfg_of(p);
-    bool share;
-    size_t excl = waiting_exclusive(p, &share);
-    size_t need = excl + (share ? 1 : 0);
+    /* each client waiting for a connection of its own needs one; those that can share, one */
+    size_t need = p->waiting_own + (p->waiting_share ? 1 : 0);
     size_t connecting = p->count[UPCONN_CONNECTING];
     size_t opening = need > connecting ? need - connecting : 0;
     if (background && now_ms(p) >= p->retry_ms) {

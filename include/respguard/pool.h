@@ -149,6 +149,7 @@ struct pool {
     size_t count[UPCONN_CLOSING + 1]; /* connections by state */
     size_t open;                  /* connections not CLOSING: never more than size */
     struct pool_client *wait_head, *wait_tail;
+    size_t waiting_own, waiting_share; /* waiters by what they need (HOLD or PIN; SHARE) */
     uv_timer_t tick;              /* once a second: keepalive, idle timeout, lifetime, refill */
     uv_timer_t wait_timer;        /* the first waiter's acquire_timeout */
     int open_handles;             /* the two timers, while open */
