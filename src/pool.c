@@ -533,6 +533,7 @@ static void on_closed(struct upstream *u)
     if (c->next)
         c->next->prev = c->prev;
     free(c->routes);
+    resp_framer_deinit(&c->framer);
     free(c);
 }
 

@@ -105,6 +105,7 @@ static void on_closed(struct upstream *u)
 {
     struct probe *p = u->owner;
     p->running = false;
+    resp_framer_deinit(&p->framer);
 }
 
 static const struct upstream_ops probe_ops = {

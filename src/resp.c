@@ -712,12 +712,45 @@ static bool resp_valid_double(const char *s, size_t n)
     return true;
 }
 
-static void resp_fr_push(struct resp_framer *f, char type, int64_t remaining)
+void resp_framer_deinit(struct resp_framer *f)
 {
-    struct resp_framer_level *l = &f->stack[f->depth++];
+    free(f->heap);
+    f->heap = NULL;
+    f->heap_cap = 0;
+}
+
+static struct resp_framer_level *resp_fr_level(struct resp_framer *f, int i)
+{
+    return f->heap ? &f->heap[i] : &f->inline_levels[i];
+}
+
+/* Open an aggregate level; the stack moves to the heap (doubling) past the inline levels. */
+static int resp_fr_max_depth(const struct resp_framer *f)
+{
+    return f->max_depth < 1 || f->max_depth > RESP_FRAMER_MAX_DEPTH ? RESP_FRAMER_MAX_DEPTH : f->max_depth;
+}
+
+static const char *resp_fr_push(struct resp_framer *f, char type, int64_t remaining)
+{
+    int max_depth = resp_fr_max_depth(f);
+    if (f->depth >= max_depth)
+        return "nesting too deep";
+    int cap = f->heap ? f->heap_cap : RESP_FRAMER_INLINE_DEPTH;
+    if (f->depth == cap) {
+        int ncap = cap * 2 < max_depth ? cap * 2 : max_depth;
+        struct resp_framer_level *n = malloc((size_t)ncap * sizeof *n);
+        if (!n)
+            return "out of memory";
+        memcpy(n, f->heap ? f->heap : f->inline_levels, (size_t)f->depth * sizeof *n);
+        free(f->heap);
+        f->heap = n;
+        f->heap_cap = ncap;
+    }
+    struct resp_framer_level *l = resp_fr_level(f, f->depth++);
     l->remaining = remaining;
     l->type = type;
     l->odd = false;
+    return NULL;
 }
 
 /* A value has ended; close every aggregate it completes. True when the top-level frame ended. */
@@ -728,11 +761,14 @@ static bool resp_fr_value_done(struct resp_framer *f, enum resp_done how)
     f->streamed_string = false;
     for (;;) {
         struct resp_framer_level *l;
-        if (f->depth == 0)
+        if (f->depth == 0) {
+            if (f->heap)
+                resp_framer_deinit(f); /* a deep frame ended: its stack goes */
             return true;
+        }
         if (how == RESP_DONE_ATTRIBUTE)
             return false; /* precedes an element of this level; the level is unchanged */
-        l = &f->stack[f->depth - 1];
+        l = resp_fr_level(f, f->depth - 1);
         if (f->depth == 1)
             f->info.elements++;
         if (l->remaining < 0) {
@@ -771,7 +807,7 @@ static const char *resp_fr_begin(struct resp_framer *f, char c)
             f->head_mode = RESP_HEAD_TEXT;
         return NULL;
     case '.':
-        if (f->depth == 0 || f->stack[f->depth - 1].remaining >= 0)
+        if (f->depth == 0 || resp_fr_level(f, f->depth - 1)->remaining >= 0)
             return "unexpected end marker";
         /* fall through */
     case ':':
@@ -839,7 +875,7 @@ static const char *resp_fr_line(struct resp_framer *f, enum resp_done *done)
     case '.':
         if (n != 0)
             return "bad end marker";
-        if (f->stack[f->depth - 1].type == '%' && f->stack[f->depth - 1].odd)
+        if (resp_fr_level(f, f->depth - 1)->type == '%' && resp_fr_level(f, f->depth - 1)->odd)
             return "streamed map ends after a key";
         f->depth--; /* the streamed aggregate is complete: it is the value that ended */
         *done = RESP_DONE_VALUE;
@@ -890,13 +926,10 @@ static const char *resp_fr_line(struct resp_framer *f, enum resp_done *done)
     case '~':
     case '>':
     case '|': {
-        int max_depth = f->max_depth;
-        if (max_depth < 1 || max_depth > RESP_FRAMER_MAX_DEPTH)
-            max_depth = RESP_FRAMER_MAX_DEPTH;
         if (n == 1 && s[0] == '?' && c != '|') {
-            if (f->depth >= max_depth)
-                return "nesting too deep";
-            resp_fr_push(f, c, -1);
+            const char *why = resp_fr_push(f, c, -1);
+            if (why)
+                return why;
             f->state = RESP_FR_TYPE;
             return NULL;
         }
@@ -908,15 +941,17 @@ static const char *resp_fr_line(struct resp_framer *f, enum resp_done *done)
         }
         if (v < 0 || v > INT64_MAX / 2)
             return "bad length";
-        if (f->depth >= max_depth)
-            return "nesting too deep";
         if (c == '%' || c == '|')
             v *= 2;
+        if (f->depth >= resp_fr_max_depth(f))
+            return "nesting too deep"; /* an empty aggregate is a level too */
         if (v == 0) {
             *done = c == '|' ? RESP_DONE_ATTRIBUTE : RESP_DONE_VALUE;
             return NULL;
         }
-        resp_fr_push(f, c, v);
+        const char *why = resp_fr_push(f, c, v);
+        if (why)
+            return why;
         f->state = RESP_FR_TYPE;
         return NULL;
     }

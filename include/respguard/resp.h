@@ -128,7 +128,11 @@ size_t resp_encode_command(char *dst, size_t argc, const struct resp_arg *argv);
 /* Replies                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-#define RESP_FRAMER_MAX_DEPTH 64
+/* Nesting: the first RESP_FRAMER_INLINE_DEPTH levels live in the framer itself; deeper replies
+ * (a Lua script returning a recursive table nests thousands of levels) get a heap stack of
+ * sizeof(struct resp_framer_level) bytes per level, given back when the frame ends. */
+#define RESP_FRAMER_INLINE_DEPTH 16
+#define RESP_FRAMER_MAX_DEPTH (1 << 20)
 
 enum resp_frame_kind {
     RESP_FRAME_REPLY = 0,     /* an ordinary reply to a command (any type, incl. errors) */
@@ -162,10 +166,12 @@ struct resp_framer_level {
 
 struct resp_framer {
     /* Opaque to callers except max_bulk and max_depth (set them after resp_framer_init);
-     * see resp.c. Fixed size: no allocation. */
+     * see resp.c. Allocates only for replies nested deeper than RESP_FRAMER_INLINE_DEPTH. */
     int state;
     int depth;
-    struct resp_framer_level stack[RESP_FRAMER_MAX_DEPTH];
+    int heap_cap;              /* levels in heap (0: the inline levels are the stack) */
+    struct resp_framer_level *heap;
+    struct resp_framer_level inline_levels[RESP_FRAMER_INLINE_DEPTH];
     uint64_t bulk_left;        /* payload bytes still to skip (its CRLF is checked after) */
     char line[64];             /* current header line being assembled */
     size_t line_len;
@@ -186,6 +192,9 @@ struct resp_framer {
 };
 
 void resp_framer_init(struct resp_framer *f);
+/* Give back a deep frame's stack (only held while such a frame is half read). Call before
+ * resp_framer_init on a framer that was used, and before freeing it. */
+void resp_framer_deinit(struct resp_framer *f);
 
 enum resp_frame_status {
     RESP_FRAME_MORE = 0,      /* all of buf consumed (*consumed == len), frame not finished */

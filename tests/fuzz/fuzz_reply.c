@@ -48,7 +48,8 @@ static void fuzz_run(const char *buf, size_t len, uint8_t flags, uint32_t seed,
     out->error = false;
     out->err = NULL;
     resp_framer_init(&f);
-    f.max_depth = 1 + (flags & 0x7) * 9;       /* 1..64 */
+    /* 1..55 levels, or (7) no limit but the framer's own: deep frames use its heap stack */
+    f.max_depth = (flags & 0x7) == 7 ? 0 : 1 + (flags & 0x7) * 9;
     if (flags & 0x8)
         f.max_bulk = (flags >> 4) * 3u;       /* 0..45 */
     while (pos < len && out->n < FUZZ_MAX_FRAMES) {
@@ -99,6 +100,7 @@ static void fuzz_run(const char *buf, size_t len, uint8_t flags, uint32_t seed,
         }
         pos += piece;
     }
+    resp_framer_deinit(&f);
 }
 
 static bool fuzz_same_info(const struct resp_frame_info *a, const struct resp_frame_info *b)

@@ -172,6 +172,7 @@ static void h_init(struct harness *h)
 static void h_free(struct harness *h)
 {
     replyq_deinit(&h->q);
+    resp_framer_deinit(&h->fr);
     free(h->out);
     for (size_t i = 0; i < h->ndone; i++)
         free(h->done[i].reply);
@@ -778,6 +779,7 @@ static void run_scenario(const struct scenario *sc, size_t chunk)
             assert_int_equal(h.q.len, 0);
             assert_int_equal(h.q.upstream_due, 0);
             assert_false(h.q.frame_open);
+            resp_framer_deinit(&h.fr);
             resp_framer_init(&h.fr); /* a new upstream connection, if any */
             break;
         }
