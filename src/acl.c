@@ -176,7 +176,6 @@ enum special {
     SP_SORT,
     SP_SORT_RO,
     SP_MIGRATE,
-    SP_ENUM,
     SP_KEYS,
     SP_SCAN,
     SP_SELECT,
@@ -186,6 +185,9 @@ enum special {
     SP_TRACKING,
     SP_MONITOR,
     SP_PUBSUB_LIST,
+    SP_SERVER, /* the server-wide class (cmdtab_server_wide) without a treatment of its own */
+    SP_INFO,
+    SP_WHOAMI,
 };
 
 static const struct {
@@ -195,8 +197,8 @@ static const struct {
     {"eval", SP_SCRIPT},         {"evalsha", SP_SCRIPT},          {"eval_ro", SP_SCRIPT},
     {"evalsha_ro", SP_SCRIPT},   {"fcall", SP_SCRIPT},            {"fcall_ro", SP_SCRIPT},
     {"function", SP_SCRIPT_ADMIN}, {"script", SP_SCRIPT_ADMIN},   {"sort", SP_SORT},
-    {"sort_ro", SP_SORT_RO},     {"migrate", SP_MIGRATE},         {"randomkey", SP_ENUM},
-    {"dbsize", SP_ENUM},         {"memory|stats", SP_ENUM},       {"keys", SP_KEYS},
+    {"sort_ro", SP_SORT_RO},     {"migrate", SP_MIGRATE},         {"info", SP_INFO},
+    {"acl|whoami", SP_WHOAMI},   {"keys", SP_KEYS},
     {"scan", SP_SCAN},           {"select", SP_SELECT},           {"move", SP_DB},
     {"swapdb", SP_DB},           {"copy", SP_COPY},               {"client|list", SP_CLIENT},
     {"client|kill", SP_CLIENT},  {"client|pause", SP_CLIENT},     {"client|unpause", SP_CLIENT},
@@ -220,6 +222,20 @@ static void special_fill(struct acl_user *u)
             const char *bar = strchr(top->subcommands[j].name, '|');
             if (!bar || strcmp(bar + 1, "help") != 0)
                 u->special[cmd_id(u, top, &top->subcommands[j])] = specials[i].kind;
+        }
+    }
+    /* The rest of the server-wide class: refused to tenants unless named. */
+    for (size_t i = 0; i < cmdtab_command_count; i++) {
+        const struct cmdtab_cmd *top = &cmdtab_commands[i];
+        if (!top->subcommands) {
+            if (cmdtab_server_wide(top) && u->special[cmd_id(u, top, NULL)] == SP_NONE)
+                u->special[cmd_id(u, top, NULL)] = SP_SERVER;
+            continue;
+        }
+        for (uint16_t j = 0; j < top->subcommand_count; j++) {
+            uint32_t id = cmd_id(u, top, &top->subcommands[j]);
+            if (cmdtab_server_wide(&top->subcommands[j]) && u->special[id] == SP_NONE)
+                u->special[id] = SP_SERVER;
         }
     }
 }
@@ -792,6 +808,7 @@ const char *acl_reason_name(enum acl_reason r)
     case ACL_REASON_SYSTEM_CHANNEL: return "system-channel";
     case ACL_REASON_KEY_EXTRACTION: return "key-extraction";
     case ACL_REASON_TOO_MANY: return "too-many";
+    case ACL_REASON_SERVER: return "server";
     }
     return "?";
 }
@@ -927,8 +944,8 @@ static int check_sort(const struct acl_user *u, bool readonly, size_t argc, cons
 }
 
 /* The documented differences, for a command Redis's own ACL allows. */
-static int check_special(const struct acl_user *u, uint8_t kind, size_t argc, const struct resp_arg *argv,
-                         struct acl_verdict *v)
+static int check_special(const struct acl_user *u, uint32_t id, uint8_t kind, size_t argc,
+                         const struct resp_arg *argv, struct acl_verdict *v)
 {
     bool keys_limited = !(u->flags & ACL_USER_RW_ALL);
     bool read_limited = !(u->flags & ACL_USER_READ_ALL);
@@ -944,8 +961,15 @@ static int check_special(const struct acl_user *u, uint8_t kind, size_t argc, co
         return check_sort(u, kind == SP_SORT_RO, argc, argv, v);
     case SP_MIGRATE:
         return keys_limited ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_MIGRATE, 0) : 0;
-    case SP_ENUM:
-        return read_limited ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_ENUMERATION, 0) : 0;
+    case SP_SERVER:
+        /* A first-argument rule (+debug|object) names the command too. */
+        if (tenant && !bit_get(u->named, id) && !firstarg_ok(u, id, argc, argv))
+            return refuse(v, ACL_DENIED_COMMAND, ACL_REASON_SERVER, 0);
+        return 0;
+    case SP_WHOAMI:
+        v->result = ACL_OK_SCOPED;
+        v->scope = ACL_SCOPE_WHOAMI;
+        return 0;
     case SP_KEYS:
         if (read_limited && !pattern_confined(u, &argv[1]))
             return refuse(v, ACL_DENIED_KEY, ACL_REASON_ENUMERATION, 1);
@@ -967,7 +991,12 @@ static int check_special(const struct acl_user *u, uint8_t kind, size_t argc, co
     case SP_SELECT:
         return keys_limited && !arg_is_zero(&argv[1]) ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_DATABASE, 1) : 0;
     case SP_DB:
-        return keys_limited ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_DATABASE, 0) : 0;
+        if (keys_limited)
+            return refuse(v, ACL_DENIED_COMMAND, ACL_REASON_DATABASE, 0);
+        /* SWAPDB also swaps every other client's data: server-wide for any tenant */
+        if (tenant && cmdtab_server_wide(v->cmd) && !bit_get(u->named, id))
+            return refuse(v, ACL_DENIED_COMMAND, ACL_REASON_SERVER, 0);
+        return 0;
     case SP_COPY:
         if (!keys_limited)
             return 0;
@@ -995,7 +1024,9 @@ static int check_special(const struct acl_user *u, uint8_t kind, size_t argc, co
         }
         return 0;
     case SP_MONITOR:
-        return tenant ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_MONITOR, 0) : 0;
+        /* The stream shows every client's commands with their arguments: only for a user
+         * trusted with everything who asked for it by name. */
+        return tenant || !bit_get(u->named, id) ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_MONITOR, 0) : 0;
     case SP_PUBSUB_LIST:
         /* PUBSUB CHANNELS with no pattern lists every channel; with one, the channel loop
          * below judges it. */
@@ -1036,8 +1067,21 @@ int acl_check_found(const struct acl_user *u, const struct cmdtab_cmd *top, cons
     if (!u->allowed)
         return refuse(v, ACL_DENIED_COMMAND, ACL_REASON_REDIS, 0);
 
-    /* ACL: the command (Redis's ACLSelectorCheckCmd), then the guard. */
     uint32_t id = cmd_id(u, top, sub);
+    bool tenant = !(u->flags & ACL_USER_RW_ALL) || !(u->flags & ACL_USER_ALLCHANNELS);
+    if (u->special[id] == SP_INFO) {
+        /* INFO is never refused: client libraries and job queues read it at start-up. Who is
+         * not granted the full INFO (a tenant that does not name it, or rules without it) gets
+         * the scoped form, which says no more than HELLO does. */
+        bool full = bit_get(u->effective, id) && (!tenant || bit_get(u->named, id));
+        if (!full) {
+            v->result = ACL_OK_SCOPED;
+            v->scope = ACL_SCOPE_INFO;
+            return 0;
+        }
+    }
+
+    /* ACL: the command (Redis's ACLSelectorCheckCmd), then the guard. */
     if (!(cmd->flags & CMDTAB_NO_AUTH) && !bit_get(u->effective, id) && !firstarg_ok(u, id, argc, argv)) {
         bool redis_allows = bit_get(u->allowed, id);
         return refuse(v, ACL_DENIED_COMMAND, redis_allows ? ACL_REASON_GUARD : ACL_REASON_REDIS, 0);
@@ -1060,7 +1104,6 @@ int acl_check_found(const struct acl_user *u, const struct cmdtab_cmd *top, cons
 
     /* Channels: Redis checks the publish and subscribe ones; respguard also those that only
      * list or count channels, and reserved channels for tenants. */
-    bool tenant = !(u->flags & ACL_USER_RW_ALL) || !(u->flags & ACL_USER_ALLCHANNELS);
     int nc = 0;
     if (tenant && (cmd->categories & CMDTAB_CAT_PUBSUB)) {
         nc = cmdtab_get_channels(cmd, argc, argv, chans, cap);
@@ -1081,7 +1124,7 @@ int acl_check_found(const struct acl_user *u, const struct cmdtab_cmd *top, cons
 
     /* respguard's documented differences. */
     uint8_t kind = u->special[id];
-    if (kind != SP_NONE && check_special(u, kind, argc, argv, v) != 0)
+    if (kind != SP_NONE && check_special(u, id, kind, argc, argv, v) != 0)
         return -EPERM;
     for (int i = 0; i < nc; i++) {
         const struct resp_arg *c = &argv[chans[i].pos];
@@ -1146,12 +1189,13 @@ size_t acl_verdict_error(const struct acl_verdict *v, size_t argc, const struct 
     /* Redis answers a refused EXEC with EXECABORT, inside MULTI or not (execCommandAbort): the
      * error follows without its '-', and the "ERR " Redis would have added is not there. */
     bool exec = v->cmd && strcmp(v->cmd->name, "exec") == 0 && v->result != ACL_OK &&
-                v->result != ACL_OK_APPEND_MATCH;
+                v->result != ACL_OK_APPEND_MATCH && v->result != ACL_OK_SCOPED;
     if (exec)
         puts_(&l, "EXECABORT Transaction discarded because of: ");
     switch (v->result) {
     case ACL_OK:
     case ACL_OK_APPEND_MATCH:
+    case ACL_OK_SCOPED:
         break;
     case ACL_ERR_UNKNOWN_COMMAND: {
         puts_(&l, "ERR unknown command '");

@@ -581,3 +581,38 @@ int cmdtab_get_channels(const struct cmdtab_cmd *cmd, size_t argc, const struct 
     }
     return 0;
 }
+
+/* What the class leaves out: they compute or describe something fixed, nothing of the server's
+ * state or of other clients. */
+static const char *const server_pure[] = {"time", "lolwut", "acl|cat", "acl|genpass", "cluster|keyslot"};
+/* What it adds: @connection commands that change how a cluster routes the connection. */
+static const char *const server_cluster_routing[] = {"readonly", "readwrite", "asking"};
+
+static bool name_in(const char *name, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(name, list[i]) == 0)
+            return true;
+    return false;
+}
+
+bool cmdtab_server_wide(const struct cmdtab_cmd *cmd)
+{
+    if (cmd == NULL || cmd->subcommands != NULL)
+        return false;
+    if (name_in(cmd->name, server_cluster_routing, sizeof server_cluster_routing / sizeof *server_cluster_routing))
+        return true;
+    if (cmd->keyspec_count > 0 || cmd->getkeys != CMDTAB_GETKEYS_NONE)
+        return false;
+    if (cmd->categories & (CMDTAB_CAT_CONNECTION | CMDTAB_CAT_TRANSACTION))
+        return false;
+    /* Channel arguments: ask the extractor with arguments in every position it may look at. */
+    static const struct resp_arg some[8] = {{"x", 1}, {"x", 1}, {"x", 1}, {"x", 1},
+                                            {"x", 1}, {"x", 1}, {"x", 1}, {"x", 1}};
+    if (cmdtab_get_channels(cmd, 8, some, NULL, 0) > 0)
+        return false;
+    const char *bar = strchr(cmd->name, '|');
+    if (bar && strcmp(bar + 1, "help") == 0)
+        return false;
+    return !name_in(cmd->name, server_pure, sizeof server_pure / sizeof *server_pure);
+}

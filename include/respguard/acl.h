@@ -126,6 +126,7 @@ enum acl_result {
     ACL_OK = 0,                 /* run the command as sent */
     ACL_OK_APPEND_MATCH,        /* run it with two arguments appended: "MATCH" and
                                    v->match (the user's only prefix pattern, "<prefix>*") */
+    ACL_OK_SCOPED,              /* run respguard's scoped form of it instead (v->scope) */
     ACL_ERR_UNKNOWN_COMMAND,    /* ERR unknown command '<name>', with args beginning with: ... */
     ACL_ERR_UNKNOWN_SUBCOMMAND, /* ERR unknown subcommand '<sub>'. Try <CMD> HELP. */
     ACL_ERR_ARITY,              /* ERR wrong number of arguments for '<fullname>' command */
@@ -150,17 +151,27 @@ enum acl_reason {
     ACL_REASON_SCRIPT,        /* EVAL*, FCALL*: a script reaches any key and channel */
     ACL_REASON_SCRIPT_ADMIN,  /* FUNCTION and SCRIPT subcommands (but HELP) */
     ACL_REASON_MIGRATE,       /* MIGRATE: keys leave for another server */
-    ACL_REASON_ENUMERATION,   /* RANDOMKEY, DBSIZE, MEMORY STATS, KEYS/SCAN outside the prefix,
+    ACL_REASON_ENUMERATION,   /* KEYS/SCAN outside the prefix,
                                  PUBSUB CHANNELS/SHARDCHANNELS */
     ACL_REASON_DATABASE,      /* SELECT n (n != 0), MOVE, COPY ... DB n (n != 0), SWAPDB */
     ACL_REASON_CLIENT,        /* CLIENT LIST/KILL/PAUSE/UNPAUSE/UNBLOCK, CLIENT TRACKING with
                                  BCAST or REDIRECT: other connections */
-    ACL_REASON_MONITOR,       /* MONITOR */
+    ACL_REASON_MONITOR,       /* MONITOR, but for a user who names it and has every key and
+                                 channel */
     ACL_REASON_SYSTEM_CHANNEL, /* __keyspace@*, __keyevent@*, __redis__* channels, or a pattern
                                   that could match them */
     ACL_REASON_KEY_EXTRACTION, /* the keys cannot be found (bad key count...): Redis would find
                                   none and check none */
     ACL_REASON_TOO_MANY,      /* more keys or channels than the scratch space (acl_check_ex) */
+    ACL_REASON_SERVER,        /* a server-wide command (cmdtab_server_wide) that a tenant's rules
+                                 grant only by category */
+};
+
+/* The scoped forms respguard serves in place of a command (ACL_OK_SCOPED). */
+enum acl_scope {
+    ACL_SCOPE_NONE = 0,
+    ACL_SCOPE_INFO,   /* INFO: only the sections and fields that say nothing of other tenants */
+    ACL_SCOPE_WHOAMI, /* ACL WHOAMI: the respguard user, not respguard's upstream login */
 };
 const char *acl_reason_name(enum acl_reason r);
 
@@ -174,6 +185,7 @@ struct acl_verdict {
     const char *match;            /* ACL_OK_APPEND_MATCH: the pattern to append after "MATCH"
                                      (points into the user; valid while the user lives) */
     size_t match_len;
+    enum acl_scope scope;         /* ACL_OK_SCOPED: which form */
 };
 
 /* The longest error line acl_verdict_error can produce, plus its NUL. */
@@ -183,7 +195,7 @@ struct acl_verdict {
 #define ACL_CHECK_STACK_ITEMS 256
 
 /* Judge argv (argv[0] is the command name, any case) for user u. Returns 0 when the command
- * may run (out->result ACL_OK or ACL_OK_APPEND_MATCH) and -EPERM when it must be answered with
+ * may run (out->result ACL_OK, ACL_OK_APPEND_MATCH or ACL_OK_SCOPED) and -EPERM when it must be answered with
  * acl_verdict_error and not sent upstream. Allocation-free. A command with more than
  * ACL_CHECK_STACK_ITEMS keys or channels, for a user whose keys or channels are restricted, is
  * refused with ACL_REASON_TOO_MANY: use acl_check_ex with room for argc items to be exact. */

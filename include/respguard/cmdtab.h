@@ -234,4 +234,13 @@ struct cmdtab_channel {
 int cmdtab_get_channels(const struct cmdtab_cmd *cmd, size_t argc, const struct resp_arg *argv,
                         struct cmdtab_channel *out, size_t cap);
 
+/* Does the command (a subcommand entry for containers) read or change server-wide state? The
+ * class is derived from the table, so that a regenerated table cannot add a command to it
+ * unnoticed: every command with no key and no channel argument that is neither @connection nor
+ * @transaction, except those that only compute or describe something fixed (TIME, LOLWUT, ACL
+ * CAT, ACL GENPASS, CLUSTER KEYSLOT, every HELP subcommand); and READONLY, READWRITE and ASKING
+ * (@connection, but they change cluster routing for the connection). A container (CONFIG)
+ * itself is not in the class; its subcommands are judged one by one. */
+bool cmdtab_server_wide(const struct cmdtab_cmd *cmd);
+
 #endif

@@ -69,10 +69,12 @@ static const char *judge_v(const struct acl_user *u, struct acl_verdict *v, cons
     }
     int rc = acl_check(u, n, av, v);
     if (rc == 0) {
-        assert_true(v->result == ACL_OK || v->result == ACL_OK_APPEND_MATCH);
+        assert_true(v->result == ACL_OK || v->result == ACL_OK_APPEND_MATCH || v->result == ACL_OK_SCOPED);
         assert_int_equal(acl_verdict_error(v, n, av, out, sizeof out), 0);
         if (v->result == ACL_OK)
             return "OK";
+        if (v->result == ACL_OK_SCOPED)
+            return v->scope == ACL_SCOPE_INFO ? "SCOPED info" : "SCOPED whoami";
         snprintf(out, sizeof out, "REWRITE %.*s", (int)v->match_len, v->match);
         return out;
     }
@@ -383,7 +385,7 @@ static void test_command_rules(void **state)
     assert_string_equal(JUDGE(&u, "get", "a"), "OK");
     acl_user_deinit(&u);
 
-    u = compile_ok("~* allcommands -config|set");
+    u = compile_ok("~* &* allcommands -config|set");
     assert_string_equal(JUDGE(&u, "config", "get", "x"), "OK");
     assert_string_equal(JUDGE(&u, "config", "set", "x", "y"), NOPERM_RUN("config|set"));
     acl_user_deinit(&u);
@@ -525,7 +527,7 @@ static void test_guard(void **state)
 
     /* unknown guard names are ignored */
     const char *odd[] = {"nosuch", "config|nosuch", "get|x|y", NULL, "get"};
-    u = compile_guarded("on nopass ~* +@all", odd, 5);
+    u = compile_guarded("on nopass ~* &* +@all", odd, 5);
     EXPECT(&u, NOPERM_RUN("get"), ACL_REASON_GUARD, 0, "get", "k");
     EXPECT(&u, "OK", ACL_REASON_NONE, 0, "config", "get", "x");
     acl_user_deinit(&u);
@@ -863,9 +865,9 @@ static void test_differences_enumeration(void **state)
 {
     (void)state;
     struct acl_user t = compile_ok("on nopass ~t:* &t:* +@all");
-    EXPECT(&t, NOPERM_RUN("randomkey"), ACL_REASON_ENUMERATION, 0, "RANDOMKEY");
-    EXPECT(&t, NOPERM_RUN("dbsize"), ACL_REASON_ENUMERATION, 0, "DBSIZE");
-    EXPECT(&t, NOPERM_RUN("memory|stats"), ACL_REASON_ENUMERATION, 0, "MEMORY", "STATS");
+    EXPECT(&t, NOPERM_RUN("randomkey"), ACL_REASON_SERVER, 0, "RANDOMKEY");
+    EXPECT(&t, NOPERM_RUN("dbsize"), ACL_REASON_SERVER, 0, "DBSIZE");
+    EXPECT(&t, NOPERM_RUN("memory|stats"), ACL_REASON_SERVER, 0, "MEMORY", "STATS");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "KEYS", "t:*");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "KEYS", "t:");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "KEYS", "t:[ab]?\\*");
@@ -895,12 +897,13 @@ static void test_differences_enumeration(void **state)
     EXPECT(&t, NOPERM_KEYS, ACL_REASON_ENUMERATION, 1, "KEYS", "t:*");
     acl_user_deinit(&t);
 
-    /* a user who may read every key may enumerate */
-    t = compile_ok("on nopass %R~* %W~t:* +@all");
+    /* a user who may read every key may enumerate the keys; the server's counts are server-wide
+     * (refused to a tenant unless named) */
+    t = compile_ok("on nopass %R~* %W~t:* +@all +dbsize");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SCAN", "0");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "KEYS", "*");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "DBSIZE");
-    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "RANDOMKEY");
+    EXPECT(&t, NOPERM_RUN("randomkey"), ACL_REASON_SERVER, 0, "RANDOMKEY");
     acl_user_deinit(&t);
 }
 
@@ -934,13 +937,21 @@ static void test_differences_databases_clients(void **state)
     /* channels restricted, keys free: databases are fine, other connections are not */
     t = compile_ok("on nopass ~* &t:* +@all");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SELECT", "5");
-    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SWAPDB", "0", "1");
+    EXPECT(&t, NOPERM_RUN("swapdb"), ACL_REASON_SERVER, 0, "SWAPDB", "0", "1"); /* others' data too */
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "MIGRATE", "h", "1", "k", "0", "10");
     EXPECT(&t, NOPERM_RUN("client|list"), ACL_REASON_CLIENT, 0, "CLIENT", "LIST");
     EXPECT(&t, NOPERM_RUN("monitor"), ACL_REASON_MONITOR, 0, "MONITOR");
     acl_user_deinit(&t);
 
+    /* MONITOR only by name, and only with every key and channel */
+    t = compile_ok("on nopass ~t:* &* +@all +monitor");
+    EXPECT(&t, NOPERM_RUN("monitor"), ACL_REASON_MONITOR, 0, "MONITOR");
+    acl_user_deinit(&t);
     t = compile_ok("on nopass ~* &* +@all");
+    EXPECT(&t, NOPERM_RUN("monitor"), ACL_REASON_MONITOR, 0, "MONITOR");
+    acl_user_deinit(&t);
+
+    t = compile_ok("on nopass ~* &* +@all +monitor");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SELECT", "5");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "MONITOR");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "CLIENT", "LIST");
@@ -978,6 +989,85 @@ static void test_differences_channels(void **state)
     EXPECT(&t, NOPERM_CHANNELS, ACL_REASON_ENUMERATION, 2, "PUBSUB", "SHARDCHANNELS", "t:a*");
     EXPECT(&t, NOPERM_CHANNELS, ACL_REASON_ENUMERATION, 3, "PUBSUB", "NUMSUB", "t:1", "u:1");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "PUBSUB", "SHARDNUMSUB", "t:1");
+    EXPECT(&t, NOPERM_RUN("pubsub|numpat"), ACL_REASON_SERVER, 0, "PUBSUB", "NUMPAT");
+    acl_user_deinit(&t);
+    t = compile_ok("on nopass ~* &t:* +@all +pubsub|numpat");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "PUBSUB", "NUMPAT");
+    acl_user_deinit(&t);
+}
+
+static void test_differences_server_wide(void **state)
+{
+    (void)state;
+    const char *const tenants[] = {"on nopass ~t:* &t:* +@all", "on nopass ~t:* &t:* +@all -@dangerous",
+                                   "on nopass ~* &t:* +@all", "on nopass ~t:* &* +@all"};
+    for (size_t i = 0; i < sizeof tenants / sizeof tenants[0]; i++) {
+        struct acl_user t = compile_ok(tenants[i]);
+        /* Every command of the class, with enough arguments for its arity: never simply run. */
+        for (size_t c = 0; c < cmdtab_command_count; c++) {
+            const struct cmdtab_cmd *top = &cmdtab_commands[c];
+            size_t nsub = top->subcommands ? top->subcommand_count : 1;
+            for (size_t j = 0; j < nsub; j++) {
+                const struct cmdtab_cmd *cmd = top->subcommands ? &top->subcommands[j] : top;
+                if (!cmdtab_server_wide(cmd))
+                    continue;
+                const char *bar = strchr(cmd->name, '|');
+                char name[64], sub[64];
+                snprintf(name, sizeof name, "%.*s", bar ? (int)(bar - cmd->name) : (int)strlen(cmd->name), cmd->name);
+                snprintf(sub, sizeof sub, "%s", bar ? bar + 1 : "t:x");
+                size_t want = cmd->arity < 0 ? (size_t)-cmd->arity : (size_t)cmd->arity;
+                const char *args[8] = {name, sub, "t:x", "t:y", "t:z", "t:w", NULL, NULL};
+                args[want < 6 ? want : 6] = NULL;
+                struct acl_verdict v;
+                const char *r = judge_v(&t, &v, args);
+                bool confined = strcmp(cmd->name, "keys") == 0 || strcmp(cmd->name, "scan") == 0;
+                if (strcmp(r, "OK") == 0 && !(confined && (t.flags & ACL_USER_READ_ALL)) &&
+                    !(confined && strcmp(cmd->name, "keys") == 0))
+                    fail_msg("%s: %s runs as it is", tenants[i], cmd->name);
+            }
+        }
+        acl_user_deinit(&t);
+    }
+
+    struct acl_user t = compile_ok("on nopass ~t:* &t:* +@all");
+    EXPECT(&t, NOPERM_RUN("slowlog|get"), ACL_REASON_SERVER, 0, "SLOWLOG", "GET");
+    EXPECT(&t, NOPERM_RUN("latency|reset"), ACL_REASON_SERVER, 0, "LATENCY", "RESET");
+    EXPECT(&t, NOPERM_RUN("memory|doctor"), ACL_REASON_SERVER, 0, "MEMORY", "DOCTOR");
+    EXPECT(&t, NOPERM_RUN("lastsave"), ACL_REASON_SERVER, 0, "LASTSAVE");
+    EXPECT(&t, NOPERM_RUN("readonly"), ACL_REASON_SERVER, 0, "READONLY");
+    EXPECT(&t, NOPERM_RUN("pubsub|numpat"), ACL_REASON_SERVER, 0, "PUBSUB", "NUMPAT");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SLOWLOG", "HELP");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "TIME");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "CLUSTER", "KEYSLOT", "x");
+    EXPECT(&t, "SCOPED info", ACL_REASON_NONE, 0, "INFO");
+    EXPECT(&t, "SCOPED info", ACL_REASON_NONE, 0, "INFO", "keyspace");
+    EXPECT(&t, "SCOPED whoami", ACL_REASON_NONE, 0, "ACL", "WHOAMI");
+    acl_user_deinit(&t);
+
+    /* named: granted; the class's other members stay refused */
+    t = compile_ok("on nopass ~t:* &t:* +@all +slowlog +latency|latest +info");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SLOWLOG", "GET");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SLOWLOG", "RESET");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "LATENCY", "LATEST");
+    EXPECT(&t, NOPERM_RUN("latency|reset"), ACL_REASON_SERVER, 0, "LATENCY", "RESET");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "INFO", "keyspace");
+    acl_user_deinit(&t);
+
+    /* INFO is never refused: the scoped form for rules without it (Redis would refuse) */
+    t = compile_ok("on nopass ~* &* +@all -@dangerous");
+    EXPECT(&t, "SCOPED info", ACL_REASON_NONE, 0, "INFO");
+    EXPECT(&t, "SCOPED whoami", ACL_REASON_NONE, 0, "ACL", "WHOAMI");
+    EXPECT(&t, NOPERM_RUN("slowlog|get"), ACL_REASON_REDIS, 0, "SLOWLOG", "GET");
+    acl_user_deinit(&t);
+    t = compile_ok("on nopass ~* &* +get");
+    EXPECT(&t, "SCOPED info", ACL_REASON_NONE, 0, "INFO", "server");
+    EXPECT(&t, NOPERM_RUN("acl|whoami"), ACL_REASON_REDIS, 0, "ACL", "WHOAMI");
+    acl_user_deinit(&t);
+
+    /* not a tenant: as Redis */
+    t = compile_ok("on nopass ~* &* +@all");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SLOWLOG", "GET");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "INFO");
     EXPECT(&t, "OK", ACL_REASON_NONE, 0, "PUBSUB", "NUMPAT");
     acl_user_deinit(&t);
 }
@@ -1131,6 +1221,7 @@ int main(void)
         cmocka_unit_test(test_differences_enumeration),
         cmocka_unit_test(test_differences_databases_clients),
         cmocka_unit_test(test_differences_channels),
+        cmocka_unit_test(test_differences_server_wide),
         cmocka_unit_test(test_glob),
         cmocka_unit_test(test_glob_prefix),
     };
