@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "respguard/invariant.h"
 #include "respguard/metrics.h"
 #include "respguard/tlsconn.h"
 
@@ -125,6 +126,7 @@ static void flush_out(struct transport *t, bool notify, bool plaintext)
         return;
     }
     /* Swap: out becomes the in-flight buffer; the old in-flight buffer (empty) takes new bytes. */
+    RG_INVARIANT(buf_len(&t->inflight) == 0);
     struct buf tmp = t->inflight;
     t->inflight = t->out;
     t->out = tmp;
@@ -146,6 +148,7 @@ void transport_flush(struct transport *t) { flush(t, true); }
 static void on_write(uv_write_t *req, int status)
 {
     struct transport *t = req->handle->data;
+    RG_INVARIANT(t->writing); /* one write in flight per connection */
     t->writing = false;
     buf_reset(&t->inflight);
     if (t->inflight.cap > SHRINK_ABOVE)
