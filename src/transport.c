@@ -131,7 +131,8 @@ static void flush_out(struct transport *t, bool notify, bool plaintext)
     t->inflight = t->out;
     t->out = tmp;
     buf_reset(&t->out);
-    uv_buf_t b = uv_buf_init(buf_head(&t->inflight), (unsigned)buf_len(&t->inflight));
+    uv_buf_t b = uv_buf_init(buf_head(&t->inflight), 0);
+    b.len = buf_len(&t->inflight); /* uv_buf_init takes an unsigned int; a batch may pass 4 GiB */
     int rc = uv_write(&t->write_req, (uv_stream_t *)&t->tcp, &b, 1, on_write);
     if (rc < 0) {
         buf_reset(&t->inflight);
