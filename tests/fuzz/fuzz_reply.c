@@ -82,6 +82,7 @@ static void fuzz_run(const char *buf, size_t len, uint8_t flags, uint32_t seed,
                     __builtin_trap();
                 out->error = true;
                 out->err = err;
+                resp_framer_deinit(&f); /* an error inside a deep frame leaves its stack */
                 return;
             }
             if (st == RESP_FRAME_DONE) {
