@@ -463,7 +463,8 @@ def respguard(request, tmp_path, certs, upstream):
                 leaks.append(str(e))
             # With a sanitizer build (scripts/test.sh runs one), any report fails the test.
             text = p.stderr_text()
-            for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                           "WARNING: ThreadSanitizer", "ThreadSanitizer: "):
                 if marker in text:
                     i = text.index(marker)
                     leaks.append("sanitizer report in respguard's stderr:\n" + text[max(0, i - 200):i + 3000])

@@ -2,6 +2,7 @@
 python3-prometheus-client) with counters that match, byte for byte and command for command, what
 the test sent; /healthz; /readyz following the upstream as it stops and comes back."""
 
+import threading
 import time
 
 import pytest
@@ -276,3 +277,49 @@ def test_upstream_certificate_failure_is_classified(respguard):
     assert val(m, "respguard_upstream_failures_total", reason="certificate") >= 2  # probes and the pool
     assert val(m, "respguard_upstream_connections_opened_total") == 0
     assert val(m, "respguard_ready") == 0
+
+
+def test_metrics_scraped_while_clients_work(respguard):
+    """The admin thread sums the worker's counters while the worker writes them (scripts/test.sh
+    runs this file against a ThreadSanitizer build too): scrapes during logins, commands,
+    refusals and closes see every counter and histogram only grow, and no gauge below zero."""
+    p = respguard(admin=True)
+    settle(p)
+    stop = threading.Event()
+    errors = []
+
+    def work(i):
+        try:
+            while not stop.is_set():
+                r = p.client("web")
+                r.set("scrape:%d" % i, "v")
+                r.get("scrape:%d" % i)
+                with pytest.raises(redis.exceptions.ResponseError):
+                    r.execute_command("FLUSHALL")
+                r.close()
+                with pytest.raises(redis.exceptions.ResponseError, match="WRONGPASS"):
+                    p.client("web", password="wrong").ping()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in workers:
+        t.start()
+    grows = ("_total", "_count", "_sum", "_bucket")
+    last = {}
+    try:
+        for _ in range(20):
+            m = p.metrics()
+            assert p.http("/readyz")[0] == 200
+            for k, v in m.items():
+                if k[0].endswith(grows):
+                    assert v >= last.get(k, 0), (k, v, last.get(k))
+                    last[k] = v
+                else:
+                    assert v >= 0 or k[0] == "respguard_cert_expiry_seconds", (k, v)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(10)
+    assert not errors, errors
+    assert val(p.metrics(), "respguard_commands_total", user="web", category="dangerous", verdict="denied") > 0
