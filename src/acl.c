@@ -953,9 +953,12 @@ static int check_special(const struct acl_user *u, uint32_t id, uint8_t kind, si
 
     switch (kind) {
     case SP_SCRIPT:
-        return tenant ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_SCRIPT, 0) : 0;
+        /* A script reaches any key and channel whatever its KEYS say, and respguard cannot look
+         * inside it: a tenant runs scripts only when its rules name them (+evalsha), which is
+         * the operator trusting that tenant's scripts. */
+        return tenant && !bit_get(u->named, id) ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_SCRIPT, 0) : 0;
     case SP_SCRIPT_ADMIN:
-        return tenant ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_SCRIPT_ADMIN, 0) : 0;
+        return tenant && !bit_get(u->named, id) ? refuse(v, ACL_DENIED_COMMAND, ACL_REASON_SCRIPT_ADMIN, 0) : 0;
     case SP_SORT:
     case SP_SORT_RO:
         return check_sort(u, kind == SP_SORT_RO, argc, argv, v);
@@ -965,10 +968,6 @@ static int check_special(const struct acl_user *u, uint32_t id, uint8_t kind, si
         /* A first-argument rule (+debug|object) names the command too. */
         if (tenant && !bit_get(u->named, id) && !firstarg_ok(u, id, argc, argv))
             return refuse(v, ACL_DENIED_COMMAND, ACL_REASON_SERVER, 0);
-        return 0;
-    case SP_WHOAMI:
-        v->result = ACL_OK_SCOPED;
-        v->scope = ACL_SCOPE_WHOAMI;
         return 0;
     case SP_KEYS:
         if (read_limited && !pattern_confined(u, &argv[1]))
@@ -1079,6 +1078,13 @@ int acl_check_found(const struct acl_user *u, const struct cmdtab_cmd *top, cons
             v->scope = ACL_SCOPE_INFO;
             return 0;
         }
+    }
+
+    if (u->special[id] == SP_WHOAMI && bit_get(u->allowed, id)) {
+        /* Answered by respguard with the user's own name: nothing for the guard to keep. */
+        v->result = ACL_OK_SCOPED;
+        v->scope = ACL_SCOPE_WHOAMI;
+        return 0;
     }
 
     /* ACL: the command (Redis's ACLSelectorCheckCmd), then the guard. */

@@ -14,8 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Frames held back in case they answer a dropped command are streamed past this size. */
+/* Frames held back in case they answer a dropped command are streamed past this size (or, for
+ * a silent command, dropped as they arrive). */
 #define HOLD_MAX (64u * 1024)
+/* A reply to transform is held whole up to this size; a bigger one is dropped and the owner's
+ * transform is told so. */
+#define TRANSFORM_MAX (1024u * 1024)
 
 void replyq_init(struct replyq *q, const struct replyq_ops *ops, void *owner)
 {
@@ -30,6 +34,7 @@ void replyq_deinit(struct replyq *q)
     free(q->ring);
     buf_free(&q->local);
     buf_free(&q->hold);
+    buf_free(&q->xform);
     q->ring = NULL;
     q->len = q->cap = q->head = 0;
 }
@@ -52,6 +57,7 @@ void replyq_trim(struct replyq *q)
     q->cap = q->head = 0;
     buf_free(&q->local);
     buf_free(&q->hold);
+    buf_free(&q->xform);
 }
 
 static int push(struct replyq *q, const struct replyq_entry *e, const char *local, size_t local_len)
@@ -118,7 +124,7 @@ int replyq_local(struct replyq *q, const char *bytes, size_t len, uint8_t flags,
     /* Straight out only when nothing is due and no out-of-band frame (a pub/sub message, a
      * push) is half way through to the client; otherwise it waits its turn. */
     if (q->len == 0 && !q->frame_open) {
-        if (!q->stopped)
+        if (!q->stopped && len)
             q->ops->write(q->owner, bytes, len);
         q->ops->done(q->owner, &e, false, NULL, 0);
         return 0;
@@ -159,7 +165,25 @@ static bool must_hold(struct replyq *q)
     struct replyq_entry *e = front(q);
     if (!e)
         return false;
-    return e->kind != REPLYQ_FORWARD || (e->flags & REPLYQ_UNBOUNDED);
+    return e->kind != REPLYQ_FORWARD || (e->flags & (REPLYQ_UNBOUNDED | REPLYQ_SILENT));
+}
+
+static bool starts_with(const struct buf *b, const char *s)
+{
+    size_t n = strlen(s);
+    return buf_len(b) >= n && memcmp(buf_head(b), s, n) == 0;
+}
+
+/* A held frame grown past HOLD_MAX while a silent command is at the front: can it be an
+ * out-of-band frame (which must still reach the client) rather than the silent reply? Told from
+ * its first bytes: a RESP3 push, or in RESP2 subscribed mode a message array. */
+static bool may_be_out_of_band(const struct replyq *q)
+{
+    if (starts_with(&q->hold, ">"))
+        return true;
+    return q->proto == 2 && (q->subs > 0 || q->ssubs > 0) &&
+           (starts_with(&q->hold, "*3\r\n$7\r\nmessage\r\n") || starts_with(&q->hold, "*4\r\n$8\r\npmessage\r\n") ||
+            starts_with(&q->hold, "*3\r\n$8\r\nsmessage\r\n"));
 }
 
 static void forward_held(struct replyq *q)
@@ -169,10 +193,31 @@ static void forward_held(struct replyq *q)
     buf_reset(&q->hold);
 }
 
+/* The held frame answers a silent command: it goes nowhere. */
+static void drop_or_forward_held(struct replyq *q, bool silent)
+{
+    if (silent)
+        buf_reset(&q->hold);
+    else
+        forward_held(q);
+}
+
 /* The front entry got its last reply. */
 static void complete(struct replyq *q, bool error)
 {
     struct replyq_entry *e = front(q);
+    bool silent = e->flags & REPLYQ_SILENT;
+    if (e->kind == REPLYQ_TRANSFORM) {
+        buf_reset(&q->xform);
+        bool whole = !q->frame_muted;
+        q->ops->transform(q->owner, e, whole ? buf_head(&q->hold) : NULL, whole ? buf_len(&q->hold) : 0, &q->xform);
+        if (!silent && !q->stopped && buf_len(&q->xform))
+            q->ops->write(q->owner, buf_head(&q->xform), buf_len(&q->xform));
+        if (q->xform.cap > HOLD_MAX)
+            buf_free(&q->xform);
+        else
+            buf_reset(&q->xform);
+    }
     if (!error) {
         if (e->flags & (REPLYQ_SET_RESP2 | REPLYQ_RESET))
             q->proto = 2;
@@ -184,7 +229,7 @@ static void complete(struct replyq *q, bool error)
     /* Dropped kinds: the held reply goes to the owner (LOGIN reads its error code), then away.
      * The local bytes of LOGIN and REPLACE are the client's answer; a failed LOGIN's are not. */
     bool dropped = e->kind != REPLYQ_FORWARD;
-    bool write_local = e->kind == REPLYQ_REPLACE || (e->kind == REPLYQ_LOGIN && !error);
+    bool write_local = !silent && (e->kind == REPLYQ_REPLACE || (e->kind == REPLYQ_LOGIN && !error));
     pop(q, write_local, error, dropped ? buf_head(&q->hold) : NULL, dropped ? buf_len(&q->hold) : 0);
     if (dropped)
         buf_reset(&q->hold);
@@ -246,7 +291,7 @@ static void frame_end(struct replyq *q, const struct resp_frame_info *f)
         }
         if (f->is_error) {
             /* The argument-less UNSUBSCRIBE itself failed: the error is its reply. */
-            forward_held(q);
+            drop_or_forward_held(q, e->flags & REPLYQ_SILENT);
             complete(q, true);
             return;
         }
@@ -262,11 +307,12 @@ static void frame_end(struct replyq *q, const struct resp_frame_info *f)
     switch ((enum replyq_kind)e->kind) {
     case REPLYQ_FORWARD:
         if (held)
-            forward_held(q);
+            drop_or_forward_held(q, (e->flags & REPLYQ_SILENT) && !confirm);
         break;
     case REPLYQ_LOGIN:
     case REPLYQ_SWALLOW:
     case REPLYQ_REPLACE:
+    case REPLYQ_TRANSFORM:
         if (!f->is_error && e->expected > 1)
             buf_reset(&q->hold); /* more replies due: this one is simply dropped */
         break;
@@ -292,14 +338,25 @@ int replyq_feed(struct replyq *q, const char *p, size_t n, const struct resp_fra
         q->frame_held = must_hold(q);
         q->frame_unsolicited = q->len == 0;
     }
-    if (q->frame_held) {
+    if (q->frame_muted) {
+        /* dropped as it arrives */
+    } else if (q->frame_held) {
         if (buf_append(&q->hold, p, n) != 0)
             return -ENOMEM;
-        /* Dropped replies (+OK, +PONG, a short error) are small; a frame this big is an
-         * out-of-band message or a confirmation's neighbour: stream the rest. */
-        if (buf_len(&q->hold) > HOLD_MAX && !end) {
-            forward_held(q);
-            q->frame_held = false;
+        struct replyq_entry *e = front(q);
+        bool transform = e && e->kind == REPLYQ_TRANSFORM;
+        if (!end && buf_len(&q->hold) > (transform ? TRANSFORM_MAX : HOLD_MAX)) {
+            if (transform || (e && (e->flags & REPLYQ_SILENT) && !may_be_out_of_band(q))) {
+                /* A silent command's big reply, or one too big to transform: dropped. */
+                buf_reset(&q->hold);
+                q->frame_held = false;
+                q->frame_muted = true;
+            } else {
+                /* Dropped replies (+OK, +PONG, a short error) are small; a frame this big is
+                 * an out-of-band message or a confirmation's neighbour: stream the rest. */
+                forward_held(q);
+                q->frame_held = false;
+            }
         }
     } else if (n) {
         q->ops->write(q->owner, p, n);
@@ -307,6 +364,7 @@ int replyq_feed(struct replyq *q, const char *p, size_t n, const struct resp_fra
     if (end) {
         q->frame_open = false;
         frame_end(q, end);
+        q->frame_muted = false;
         if (!q->frame_open && q->hold.cap > HOLD_MAX && buf_len(&q->hold) == 0)
             buf_free(&q->hold);
     }
@@ -316,9 +374,9 @@ int replyq_feed(struct replyq *q, const char *p, size_t n, const struct resp_fra
 bool replyq_fail(struct replyq *q, const char *err, size_t len)
 {
     /* A reply that was half streamed cannot be completed: the client only gets the close. */
-    bool midframe = q->frame_open && !q->frame_held;
+    bool midframe = q->frame_open && !q->frame_held && !q->frame_muted;
     buf_reset(&q->hold);
-    q->frame_open = false;
+    q->frame_open = q->frame_muted = false;
     if (midframe) {
         q->stopped = true;
         while (q->len)
@@ -332,7 +390,9 @@ bool replyq_fail(struct replyq *q, const char *err, size_t len)
             continue;
         }
         /* Only entries the client is waiting on get the error: not what respguard injected. */
-        if (e->kind == REPLYQ_FORWARD || e->kind == REPLYQ_REPLACE || (e->kind == REPLYQ_LOGIN && e->local_len))
+        bool waited = e->kind == REPLYQ_FORWARD || e->kind == REPLYQ_REPLACE || e->kind == REPLYQ_TRANSFORM ||
+                      (e->kind == REPLYQ_LOGIN && e->local_len);
+        if (waited && !(e->flags & REPLYQ_SILENT))
             q->ops->write(q->owner, err, len);
         pop(q, false, true, NULL, 0);
     }

@@ -39,6 +39,7 @@
 #include "respguard/ratelimit.h"
 #include "respguard/replyq.h"
 #include "respguard/resp.h"
+#include "respguard/scoped.h"
 #include "respguard/tlsconn.h"
 #include "respguard/transport.h"
 #include "respguard/worker.h"
@@ -74,6 +75,14 @@ enum entry_tag {
     TAG_RESET,  /* the client's RESET: on success the connection's state is gone */
     TAG_LOGIN,  /* respguard's upstream login: an error ends the session */
     TAG_SELECT, /* SELECT: on success the database is the entry's seq */
+    TAG_MONITOR, /* MONITOR: on success the connection is the monitor stream */
+};
+
+/* MONITOR on the client's connection. */
+enum monitor_state {
+    MON_NONE,
+    MON_PENDING, /* sent: later commands wait for its reply */
+    MON_ON,      /* the connection carries the monitor stream: only QUIT and RESET are served */
 };
 
 /* A transaction whose MULTI respguard refused: nothing runs until EXEC or DISCARD. */
@@ -142,7 +151,15 @@ struct session {
     int req_proto;                   /* 2 or 3, as the client asked by the commands read so far */
     uint8_t cs;                      /* enum conn_state */
     uint32_t db;                     /* the database, after SELECTs that succeeded */
-    char *name;                      /* multiplex: CLIENT SETNAME, answered by respguard */
+    char *name;                      /* CLIENT SETNAME when respguard answers the identity commands
+                                        (multiplex mode, tenants) */
+    /* CLIENT REPLY, kept by respguard (never sent upstream): the upstream answers every command
+     * and replies the client switched off are dropped here. */
+    bool reply_off;                  /* CLIENT REPLY OFF until ON (or RESET) */
+    bool reply_skip;                 /* no reply to the command being handled (SKIP before it) */
+    bool reply_skip_next;            /* ... nor to the next one (SKIP now) */
+    bool silent;                     /* the command being handled gets no reply */
+    uint8_t monitor;                 /* enum monitor_state */
     bool peer_closed;                /* the client half-closed: answer what it sent, then close */
     bool client_paused, upstream_paused;
     bool counted;                    /* counted as an accepted connection: count its close too */
@@ -184,6 +201,12 @@ static bool arg_is(const struct resp_arg *a, const char *lower)
 static bool authenticated(const struct session *s) { return s->user != NULL; }
 static bool multiplex(const struct session *s) { return s->w->cfg->upstream.pool.mode == CONFIG_POOL_MULTIPLEX; }
 static bool owns_conn(const struct session *s) { return s->pc.conn && s->pc.use != POOL_USE_SHARE; }
+/* Does respguard answer CLIENT ID/INFO/GETNAME/SETNAME itself? In multiplex mode (the upstream
+ * connection is shared) and for tenants (the upstream connection is respguard's business). */
+static bool own_identity(const struct session *s)
+{
+    return multiplex(s) || (s->user && acl_user_is_tenant(s->user));
+}
 static size_t user_index(const struct session *s) { return (size_t)(s->user - s->w->users); }
 
 static struct pool *pool_of(const struct session *s, const struct acl_user *u)
@@ -373,6 +396,12 @@ static void entry_done(void *owner, const struct replyq_entry *e, bool error, co
         if (!error)
             s->db = e->seq;
         break;
+    case TAG_MONITOR:
+        s->monitor = error ? MON_NONE : MON_ON;
+        if (error)
+            s->cs &= (uint8_t)~CS_STICKY;
+        input_later(s); /* what the client sent after MONITOR waited for this */
+        break;
     case TAG_LOGIN:
         if (error) {
             /* Only the error's code goes to the log: its text may echo respguard's AUTH
@@ -396,10 +425,31 @@ static void entry_done(void *owner, const struct replyq_entry *e, bool error, co
         close_after_reply(s);
 }
 
-static const struct replyq_ops replyq_ops = {.write = write_client, .done = entry_done};
+/* A scoped INFO: the upstream's INFO, cut down to what a tenant may see. */
+static void transform_reply(void *owner, const struct replyq_entry *e, const char *reply, size_t len,
+                            struct buf *out)
+{
+    (void)owner;
+    static const char too_big[] = "-ERR respguard: the upstream's INFO reply is too large\r\n";
+    static const char no_memory[] = "-ERR respguard: out of memory\r\n";
+    if (!reply) {
+        if (buf_append(out, too_big, sizeof too_big - 1) != 0)
+            buf_reset(out);
+        return;
+    }
+    if (scoped_info_filter(reply, len, e->seq, out) != 0) {
+        buf_reset(out);
+        if (buf_append(out, no_memory, sizeof no_memory - 1) != 0)
+            buf_reset(out);
+    }
+}
+
+static const struct replyq_ops replyq_ops = {.write = write_client, .done = entry_done, .transform = transform_reply};
 
 static void reply_local(struct session *s, const char *bytes, size_t len, uint8_t flags)
 {
+    if (s->silent)
+        len = 0; /* CLIENT REPLY OFF|SKIP: respguard's own replies obey it too */
     if (replyq_local(&s->q, bytes, len, flags, TAG_NONE) != 0)
         session_close(s, "out of memory");
 }
@@ -419,6 +469,8 @@ static void reply_error(struct session *s, const char *text)
 static void expect_upstream(struct session *s, enum replyq_kind kind, uint8_t flags, uint32_t expected,
                             uint8_t tag, const char *local, size_t local_len)
 {
+    if (s->silent)
+        flags |= REPLYQ_SILENT;
     struct replyq_entry e = {.kind = (uint8_t)kind, .flags = flags, .tag = tag, .expected = expected,
                              .seq = s->multi_seq, .t_in = s->batch_t};
     if (replyq_expect(&s->q, e, local, local_len) != 0) {
@@ -842,14 +894,14 @@ static void cmd_hello(struct session *s, const struct resp_request *req)
         return;
     }
     /* The upstream answers HELLO itself (server, version, id, ...), without the AUTH part: it is
-     * already logged in as respguard. In multiplex mode the name stays with respguard (CLIENT
-     * GETNAME answers it): a shared connection must not carry it. */
+     * already logged in as respguard. Where respguard answers the identity commands the name
+     * stays with respguard (CLIENT GETNAME answers it): a shared connection must not carry it. */
     struct resp_arg argv[4];
     size_t argc = 0;
     argv[argc++] = req->argv[0];
     if (req->argc >= 2)
         argv[argc++] = req->argv[1];
-    if (h.name && multiplex(s)) {
+    if (h.name && own_identity(s)) {
         if (!set_name(s, h.name))
             return;
     } else if (h.name) {
@@ -1196,10 +1248,9 @@ static bool mux_needs(const struct resp_request *req, const struct cmdtab_cmd *c
     case CMDTAB_ROLE_CLIENT_INFO:
     case CMDTAB_ROLE_CLIENT_GETNAME:
     case CMDTAB_ROLE_CLIENT_SETNAME:
-    case CMDTAB_ROLE_MONITOR:
-        return false; /* answered by respguard */
     case CMDTAB_ROLE_CLIENT_REPLY:
-        return req->argc == 3 && arg_is(&req->argv[2], "on"); /* OFF and SKIP are refused */
+        return false; /* answered by respguard */
+    case CMDTAB_ROLE_MONITOR:
     case CMDTAB_ROLE_MULTI:
     case CMDTAB_ROLE_WATCH:
     case CMDTAB_ROLE_SUBSCRIBE:
@@ -1259,7 +1310,7 @@ static bool plan(struct session *s, const struct resp_request *req, const struct
         return owns_conn(s); /* forwarded on a held or pinned connection, else answered here */
     *vrc = judge(s, req, c, v);
     *judged = true;
-    if (*vrc != 0)
+    if (*vrc != 0 || (v->result == ACL_OK_SCOPED && v->scope == ACL_SCOPE_WHOAMI))
         return false;
     if (!multiplex(s) || owns_conn(s))
         return true; /* the held or pinned connection serves everything */
@@ -1279,6 +1330,10 @@ static void cmd_quit(struct session *s)
 static void cmd_reset(struct session *s, const struct resp_request *req, const char *frame)
 {
     uv_timer_stop(&s->timer); /* the previous user's expiry no longer applies */
+    /* As Redis: RESET ends CLIENT REPLY OFF and a pending SKIP before it answers (a SKIP that
+     * applies to RESET itself still holds). */
+    s->reply_off = s->reply_skip_next = false;
+    s->silent = s->reply_skip;
     const struct acl_user *d = worker_find_user(s->w, "default", 7);
     bool nopass_default = d && d->enabled && d->nopass;
     if (owns_conn(s)) {
@@ -1367,6 +1422,68 @@ static void cmd_client_identity(struct session *s, const struct command *c, cons
     reply_local(s, line, (size_t)n, 0);
 }
 
+/* CLIENT REPLY ON|OFF|SKIP, as Redis 7.0's clientCommand: respguard keeps the mode and drops the
+ * replies it switches off (process_input moves SKIP on after each command). */
+static void cmd_client_reply(struct session *s, const struct resp_request *req, const struct cmdtab_cmd *cmd)
+{
+    const struct resp_arg *mode = &req->argv[2];
+    if (arg_is(mode, "on")) {
+        count_command(s, cmd, MV_ALLOWED);
+        s->reply_off = s->reply_skip = false;
+        s->silent = false; /* its own +OK goes out */
+        REPLY_LITERAL(s, "+OK\r\n");
+    } else if (arg_is(mode, "off")) {
+        count_command(s, cmd, MV_ALLOWED);
+        s->reply_off = true;
+    } else if (arg_is(mode, "skip")) {
+        count_command(s, cmd, MV_ALLOWED);
+        if (!s->reply_off)
+            s->reply_skip_next = true;
+    } else {
+        count_command(s, cmd, MV_ERROR);
+        REPLY_LITERAL(s, "-ERR syntax error\r\n");
+    }
+}
+
+/* respguard's scoped form of a server-wide command (the verdict chose it). */
+static void cmd_scoped(struct session *s, const struct resp_request *req, const struct cmdtab_cmd *cmd,
+                       const struct acl_verdict *v)
+{
+    count_command(s, cmd, MV_ALLOWED);
+    if (v->scope == ACL_SCOPE_WHOAMI) {
+        char line[160];
+        int n = snprintf(line, sizeof line, "$%zu\r\n%s\r\n", strlen(s->user->name), s->user->name);
+        if (n > 0 && (size_t)n < sizeof line)
+            reply_local(s, line, (size_t)n, 0);
+        else
+            REPLY_LITERAL(s, "-ERR respguard: user name too long\r\n");
+        return;
+    }
+    /* INFO: the upstream is asked for the sections anything is kept from, whatever the client
+     * named, and the reply is cut down to what the client asked for and may see. */
+    send_upstream(s, scoped_info_command, scoped_info_command_len, 1, 1);
+    expect_upstream(s, REPLYQ_TRANSFORM, 0, 1, TAG_NONE, NULL, 0);
+    struct replyq_entry *e = replyq_back(&s->q);
+    if (e)
+        e->seq = scoped_info_sections(req->argc, req->argv);
+}
+
+/* The client's RESET on a monitoring connection: the stream cannot be told apart from RESET's
+ * answer, so the connection goes and RESET is answered here. */
+static void end_monitor(struct session *s)
+{
+    bool midframe = replyq_fail(&s->q, err_lost, sizeof err_lost - 1);
+    s->monitor = MON_NONE;
+    s->cs &= (uint8_t)~CS_STICKY;
+    s->upstream_paused = false;
+    pool_release(&s->pc, POOL_RETURN_BROKEN);
+    if (midframe) {
+        /* a monitor line was half way out: the client only gets the close */
+        stop_reading(s);
+        close_after_reply(s);
+    }
+}
+
 /* The connection state a forwarded command leaves behind, and what its entry must tell. */
 static void note_conn_state(struct session *s, const struct resp_request *req, const struct cmdtab_cmd *cmd)
 {
@@ -1392,17 +1509,28 @@ static void run_command(struct session *s, const struct resp_request *req, const
         return;
     const struct cmdtab_cmd *cmd = v->cmd;
     enum cmdtab_role role = (enum cmdtab_role)cmd->role;
-    if (role == CMDTAB_ROLE_CLIENT_REPLY && !(req->argc == 3 && arg_is(&req->argv[2], "on"))) {
-        /* Replies that never come would shift every later reply: refuse rather than guess. */
+    bool answered_here = role == CMDTAB_ROLE_CLIENT_REPLY || role == CMDTAB_ROLE_MONITOR ||
+                         v->result == ACL_OK_SCOPED;
+    if (answered_here && s->in_multi) {
+        /* Redis would queue it and answer inside EXEC's array, where respguard cannot place its
+         * own answer (or follow the state it starts): refuse, and the transaction with it. */
         count_refusal(s, cmd, MC_REFUSED_UNSUPPORTED);
-        REPLY_LITERAL(s, "-ERR CLIENT REPLY OFF|SKIP is not supported through respguard\r\n");
+        s->multi_dirty = true;
+        char line[ACL_ERROR_MAX], name[64];
+        size_t i = 0;
+        for (; cmd->name[i] && i + 1 < sizeof name; i++)
+            name[i] = cmd->name[i] == '|' ? ' ' : (char)toupper((unsigned char)cmd->name[i]);
+        name[i] = '\0';
+        snprintf(line, sizeof line, "ERR %s inside MULTI is not supported through respguard", name);
+        reply_error(s, line);
         return;
     }
-    if (role == CMDTAB_ROLE_MONITOR) {
-        /* MONITOR turns the connection into a stream that answers no command; even a user
-         * granted +monitor cannot use it through a proxy that matches replies to commands. */
-        count_refusal(s, cmd, MC_REFUSED_UNSUPPORTED);
-        REPLY_LITERAL(s, "-ERR MONITOR is not supported through respguard\r\n");
+    if (role == CMDTAB_ROLE_CLIENT_REPLY) {
+        cmd_client_reply(s, req, cmd);
+        return;
+    }
+    if (v->result == ACL_OK_SCOPED) {
+        cmd_scoped(s, req, cmd, v);
         return;
     }
     bool sub_cmd = role == CMDTAB_ROLE_SUBSCRIBE, unsub_cmd = role == CMDTAB_ROLE_UNSUBSCRIBE;
@@ -1414,8 +1542,8 @@ static void run_command(struct session *s, const struct resp_request *req, const
         REPLY_LITERAL(s, "-ERR (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE inside MULTI are not supported through respguard\r\n");
         return;
     }
-    bool identity = multiplex(s) && (role == CMDTAB_ROLE_CLIENT_ID || role == CMDTAB_ROLE_CLIENT_INFO ||
-                                     role == CMDTAB_ROLE_CLIENT_GETNAME || role == CMDTAB_ROLE_CLIENT_SETNAME);
+    bool identity = own_identity(s) && (role == CMDTAB_ROLE_CLIENT_ID || role == CMDTAB_ROLE_CLIENT_INFO ||
+                                        role == CMDTAB_ROLE_CLIENT_GETNAME || role == CMDTAB_ROLE_CLIENT_SETNAME);
     if ((role == CMDTAB_ROLE_MULTI || identity) && !s->in_multi && s->req_proto == 2 && replyq_subscribed(&s->q)) {
         /* A RESP2 connection in subscribed mode: Redis refuses these, and so do we (MULTI before
          * a transaction state we would then have to undo; the identity commands respguard would
@@ -1435,7 +1563,7 @@ static void run_command(struct session *s, const struct resp_request *req, const
         count_refusal(s, cmd, MC_REFUSED_UNSUPPORTED);
         s->multi_dirty = true;
         REPLY_LITERAL(s, "-ERR CLIENT ID, INFO, GETNAME and SETNAME inside MULTI are not supported through respguard "
-                         "in multiplex mode\r\n");
+                         "where respguard answers them\r\n");
         return;
     }
     if (identity) {
@@ -1496,6 +1624,14 @@ static void run_command(struct session *s, const struct resp_request *req, const
             select_db <= UINT32_MAX)
             tag = TAG_SELECT;
         break;
+    case CMDTAB_ROLE_MONITOR:
+        /* The connection becomes the monitor stream: what the client sends next waits for the
+         * answer, and the connection is closed when the client is done with it (RESET on a
+         * connection that streams cannot be told apart from the stream). */
+        tag = TAG_MONITOR;
+        s->monitor = MON_PENDING;
+        s->cs |= CS_STICKY;
+        break;
     default:
         if (s->in_multi)
             s->multi_queued++;
@@ -1543,6 +1679,16 @@ static void answer_failure(struct session *s, const struct command *c)
 static bool handle_command(struct session *s, const struct resp_request *req, const char *frame)
 {
     struct command c = resolve(s, req);
+    if (s->monitor == MON_PENDING) {
+        s->stalled = true; /* entry_done reads it again once MONITOR is answered */
+        return false;
+    }
+    if (s->monitor == MON_ON && c.role != CMDTAB_ROLE_QUIT && c.role != CMDTAB_ROLE_RESET) {
+        s->last_ms = uv_now(s->w->loop);
+        count_command(s, counted_cmd(&c), MV_ERROR);
+        REPLY_LITERAL(s, "-ERR respguard: only QUIT and RESET are served on a MONITOR connection\r\n");
+        return true;
+    }
     int vrc = 0;
     struct acl_verdict v;
     bool judged;
@@ -1609,7 +1755,10 @@ static bool handle_command(struct session *s, const struct resp_request *req, co
                 s->multi_dirty = true;
             REPLY_LITERAL(s, "-ERR wrong number of arguments for 'reset' command\r\n");
         } else if (auth) {
-            cmd_reset(s, req, frame);
+            if (s->monitor == MON_ON)
+                end_monitor(s);
+            if (s->state != SESSION_CLOSING && s->state != SESSION_DRAINING)
+                cmd_reset(s, req, frame);
         } else {
             REPLY_LITERAL(s, "+RESET\r\n"); /* nothing to reset: no user, no connection state */
         }
@@ -1727,8 +1876,16 @@ static void process_input(struct session *s)
             reply_local(s, line, (size_t)n, REPLYQ_CLOSE_AFTER);
             break;
         }
-        if (st == RESP_REQ_COMMAND && !handle_command(s, &req, buf_head(in)))
-            break; /* it waits for the pool: it stays in the buffer */
+        if (st == RESP_REQ_COMMAND) {
+            s->silent = s->reply_off || s->reply_skip;
+            bool done = handle_command(s, &req, buf_head(in));
+            s->silent = false;
+            if (!done)
+                break; /* it waits for the pool: it stays in the buffer */
+            /* CLIENT REPLY SKIP silences the command after it (Redis's resetClient) */
+            s->reply_skip = s->reply_skip_next;
+            s->reply_skip_next = false;
+        }
         buf_consume(in, req.frame_len);
     }
     if (s->state == SESSION_CLOSING)

@@ -92,6 +92,13 @@ struct acl_user {
     const struct acl_pattern *only_prefix; /* the one when prefix_count == 1 */
 };
 
+/* A tenant: its keys or channels are restricted (anything short of read and write on every key,
+ * and every channel). respguard confines tenants beyond Redis's own ACL. */
+static inline bool acl_user_is_tenant(const struct acl_user *u)
+{
+    return !(u->flags & ACL_USER_RW_ALL) || !(u->flags & ACL_USER_ALLCHANNELS);
+}
+
 /* Compile rules for user name. never/never_count: the guard list (lower-case names "cmd" or
  * "cmd|sub"; names the command table does not know are ignored: the config loader validates
  * them). On any error *out must still be released with acl_user_deinit. On a rule error

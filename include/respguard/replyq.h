@@ -33,6 +33,8 @@ enum replyq_kind {
     REPLYQ_LOGIN,   /* respguard's upstream login: the reply is dropped and reported to the
                        owner; the entry's local bytes (if any) are sent on success */
     REPLYQ_REPLACE, /* the upstream's reply is dropped and the local bytes are sent instead */
+    REPLYQ_TRANSFORM, /* the upstream's reply is held whole and the owner's transform of it is
+                         sent instead (a scoped INFO) */
 };
 
 enum replyq_flag {
@@ -46,6 +48,9 @@ enum replyq_flag {
     REPLYQ_SET_RESP3 = 1u << 4,   /* on success the connection speaks RESP3 (HELLO 3) */
     REPLYQ_RESET = 1u << 5,       /* RESET: on success subscriptions end and RESP2 is back */
     REPLYQ_SUBSCRIBE = 1u << 6,   /* a (P|S)SUBSCRIBE: counted as pending until answered */
+    REPLYQ_SILENT = 1u << 7,      /* CLIENT REPLY OFF|SKIP: the client gets no reply to this
+                                     command (errors included); pub/sub confirmations and
+                                     out-of-band frames still pass, as in Redis */
 };
 
 struct replyq_entry {
@@ -69,6 +74,9 @@ struct replyq_ops {
      * the queue held it back (every kind but FORWARD; LOCAL: NULL); for LOGIN the owner learns
      * the outcome here. Called for LOCAL entries too, also for those written straight away. */
     void (*done)(void *owner, const struct replyq_entry *e, bool error, const char *reply, size_t len);
+    /* TRANSFORM entries: write into out what the client gets instead of the upstream's reply
+     * (reply/len; NULL when the reply was too big to hold). Called before done. */
+    void (*transform)(void *owner, const struct replyq_entry *e, const char *reply, size_t len, struct buf *out);
 };
 
 struct replyq {
@@ -79,8 +87,11 @@ struct replyq {
     size_t upstream_due;       /* entries waiting for the upstream (every kind but LOCAL) */
     struct buf local;          /* local reply bytes, in queue order */
     struct buf hold;           /* a frame held back until it ends */
+    struct buf xform;          /* a TRANSFORM entry's replacement */
     bool frame_open;           /* a frame has begun and not ended */
     bool frame_held;           /* ... and is held in hold */
+    bool frame_muted;          /* ... and is being dropped as it arrives (a silent reply, or one
+                                  too big to transform) */
     bool frame_unsolicited;    /* ... and began with nothing due: it answers no command */
     bool stopped;              /* replyq_stop: the client is going, write nothing more */
     int proto;                 /* 2 or 3: what the upstream speaks at the current reply */

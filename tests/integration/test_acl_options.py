@@ -73,7 +73,7 @@ def audit_cases(key, chan, value):
         ("admin", ("CONFIG", "SET", "maxmemory", "1"), cmd_err("config|set"), "config|set", "command", "guard", 0),
         ("tenant", ("EVAL", "return 1", "0"), cmd_err("eval"), "eval", "command", "script", 0),
         ("tenant", ("SELECT", "1"), cmd_err("select"), "select", "command", "database", 1),
-        ("tenant", ("DBSIZE",), cmd_err("dbsize"), "dbsize", "command", "enumeration", 0),
+        ("tenant", ("DBSIZE",), cmd_err("dbsize"), "dbsize", "command", "server", 0),
         ("tenant", ("GET", key), KEY_ERR, "get", "key", RULE_REDIS, 1),
         ("tenant", ("MSET", "tenant-a:k", value, key, value), KEY_ERR, "mset", "key", RULE_REDIS, 3),
         ("tenant", ("RENAME", "tenant-a:x", key), KEY_ERR, "rename", "key", RULE_REDIS, 2),

@@ -745,7 +745,7 @@ def test_client_identity_inside_multi_is_refused(respguard, direct):
     c = proxy.login()
     k = unique("mux:tx")
     refused = (b"-ERR CLIENT ID, INFO, GETNAME and SETNAME inside MULTI are not supported through "
-               b"respguard in multiplex mode\r\n")
+               b"respguard where respguard answers them\r\n")
     try:
         c.send(encode("CLIENT", "SETNAME", "before") + encode("MULTI") + encode("SET", k, "v") +
                encode("CLIENT", "ID") + encode("CLIENT", "SETNAME", "inside") + encode("CLIENT", "GETNAME") +

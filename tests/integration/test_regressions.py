@@ -442,11 +442,16 @@ def test_client_closing_during_blocking_command_frees_the_session(respguard, dir
     assert p.proc.poll() is None
 
 
-def test_monitor_is_refused_even_when_granted(respguard):
+def test_monitor_is_served_to_a_named_grant_and_reset_ends_it(respguard):
+    """MONITOR was once refused to everyone; a user trusted with every key and channel who
+    names +monitor gets the stream, and RESET gives the connection back to commands."""
     users = {"watcher": {"acl": "on >watchpass ~* &* +@all +monitor"}}
     p = respguard(users=users)
     c = RawConn(p.port)
     assert c.call_raw("AUTH", "watcher", "watchpass") == b"+OK\r\n"
-    assert c.call_raw("MONITOR") == b"-ERR MONITOR is not supported through respguard\r\n"
+    assert c.call_raw("MONITOR") == b"+OK\r\n"
+    assert c.call_raw("RESET") == b"+RESET\r\n"
+    assert c.call_raw("PING") == b"-NOAUTH Authentication required.\r\n"
+    assert c.call_raw("AUTH", "watcher", "watchpass") == b"+OK\r\n"
     assert c.call_raw("PING") == b"+PONG\r\n"
     c.close()

@@ -824,6 +824,17 @@ static void test_differences_scripts(void **state)
     EXPECT(&t, NOPERM_RUN("eval"), ACL_REASON_SCRIPT, 0, "EVAL", "return 1", "0");
     acl_user_deinit(&t);
 
+    /* named: the operator trusts this tenant's scripts (a job queue's); Redis's key check of
+     * KEYS still applies, and what is not named stays refused */
+    t = compile_ok("on nopass ~t:* &t:* +@all +eval +evalsha +script|load");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "EVAL", "return 1", "0");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "EVALSHA", "abc", "1", "t:1");
+    EXPECT(&t, NOPERM_KEYS, ACL_REASON_REDIS, 3, "EVALSHA", "abc", "1", "u:1");
+    EXPECT(&t, NOPERM_RUN("fcall"), ACL_REASON_SCRIPT, 0, "FCALL", "f", "0");
+    EXPECT(&t, "OK", ACL_REASON_NONE, 0, "SCRIPT", "LOAD", "return 1");
+    EXPECT(&t, NOPERM_RUN("script|flush"), ACL_REASON_SCRIPT_ADMIN, 0, "SCRIPT", "FLUSH");
+    acl_user_deinit(&t);
+
     struct acl_user f = compile_ok("on nopass ~* &* +@all");
     EXPECT(&f, "OK", ACL_REASON_NONE, 0, "EVAL", "return 1", "0");
     EXPECT(&f, "OK", ACL_REASON_NONE, 0, "FUNCTION", "LIST");
