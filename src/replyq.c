@@ -230,7 +230,8 @@ static void complete(struct replyq *q, bool error)
      * The local bytes of LOGIN and REPLACE are the client's answer; a failed LOGIN's are not. */
     bool dropped = e->kind != REPLYQ_FORWARD;
     bool write_local = !silent && (e->kind == REPLYQ_REPLACE || (e->kind == REPLYQ_LOGIN && !error));
-    pop(q, write_local, error, dropped ? buf_head(&q->hold) : NULL, dropped ? buf_len(&q->hold) : 0);
+    bool whole = dropped && !q->frame_muted; /* a muted frame's bytes are gone */
+    pop(q, write_local, error, whole ? buf_head(&q->hold) : NULL, whole ? buf_len(&q->hold) : 0);
     if (dropped)
         buf_reset(&q->hold);
     drain_local(q);

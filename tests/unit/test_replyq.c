@@ -155,7 +155,17 @@ static void on_done(void *owner, const struct replyq_entry *e, bool error, const
         h->fail_ret = replyq_fail(&h->q, h->fail_err, strlen(h->fail_err));
 }
 
-static const struct replyq_ops ops = {.write = on_write, .done = on_done};
+/* TRANSFORM entries: "+T<length of the reply>", or an error when it was too big to hold. */
+static void on_transform(void *owner, const struct replyq_entry *e, const char *reply, size_t len, struct buf *out)
+{
+    (void)owner;
+    (void)e;
+    char line[64];
+    int n = reply ? snprintf(line, sizeof line, "+T%zu\r\n", len) : snprintf(line, sizeof line, "-ERR big\r\n");
+    assert_int_equal(buf_append(out, line, (size_t)n), 0);
+}
+
+static const struct replyq_ops ops = {.write = on_write, .done = on_done, .transform = on_transform};
 
 static void h_init(struct harness *h)
 {
@@ -398,6 +408,70 @@ static const struct scenario order_cases[] = {
      {FWD(1), FWD(2), FEED("-ERR wrong\r\n:1\r\n")},
      "-ERR wrong\r\n:1\r\n",
      {W(1, F, 0, true, NULL), W(2, F, 0, false, NULL)}},
+};
+
+#define SI REPLYQ_SILENT
+#define TF REPLYQ_TRANSFORM
+
+static const struct scenario silent_cases[] = {
+    {"a silent command's reply is dropped, the next one's is not",
+     false,
+     {EXPECT(F, SI, 1, 1, NULL), FWD(2), FEED(OK), CHECK("", 1, 1), FEED(":1\r\n")},
+     ":1\r\n",
+     {W(1, F, SI, false, NULL), W(2, F, 0, false, NULL)}},
+    {"a silent command's error is dropped too",
+     false,
+     {EXPECT(F, SI, 1, 1, NULL), LOCAL("+local\r\n", 0, 2), FEED("-ERR x\r\n")},
+     "+local\r\n",
+     {W(1, F, SI, true, NULL), W(2, L, 0, false, NULL)}},
+    {"a silent subscribe: its confirmations and the messages still arrive",
+     false,
+     {{.op = OP_EXPECT, .kind = F, .flags = PS | SI, .expected = 2, .tag = 1, .confirm = "subscribe"},
+      FEED(SUB_A1 SUB_B2 MSG_A)},
+     SUB_A1 SUB_B2 MSG_A,
+     {W(1, F, PS | SI, false, NULL)}},
+    {"RESP2 subscribed: a message before a silent reply passes, the reply does not",
+     false,
+     {SUBSCRIBE("subscribe", 1, 1), FEED(SUB_A1), EXPECT(F, SI, 1, 2, NULL), FEED(MSG_A), CHECK(SUB_A1 MSG_A, 1, 1),
+      FEED(PONG2)},
+     SUB_A1 MSG_A,
+     {W(1, F, PS, false, NULL), W(2, F, SI, false, NULL)}},
+    {"RESP3: a push before a silent reply passes",
+     false,
+     {TO_RESP3, EXPECT(F, SI, 1, 2, NULL), FEED(INVAL3 OK), FWD(3), FEED(":7\r\n")},
+     HELLO3 INVAL3 ":7\r\n",
+     {W_RESP3, W(2, F, SI, false, NULL), W(3, F, 0, false, NULL)}},
+    {"silent REPLACE and LOGIN: their local bytes are not sent",
+     false,
+     {EXPECT(RP, SI, 1, 1, EXECABORT), EXPECT(LG, SI, 1, 2, OK), FWD(3), FEED(OK OK ":3\r\n")},
+     ":3\r\n",
+     {W(1, RP, SI, false, OK), W(2, LG, SI, false, OK), W(3, F, 0, false, NULL)}},
+    {"silent argument-less UNSUBSCRIBE: confirmations pass, its error does not",
+     false,
+     {{.op = OP_EXPECT, .kind = F, .flags = PU | SI, .expected = 1, .tag = 1, .confirm = "unsubscribe"},
+      EXPECT(SW, 0, 1, 2, NULL), FEED(UNSUB_NIL0 "-ERR no\r\n" PONG)},
+     UNSUB_NIL0,
+     {W(1, F, PU | SI, true, NULL), W(2, SW, 0, false, PONG)}},
+    {"a lost connection answers only what is not silent",
+     false,
+     {EXPECT(F, SI, 1, 1, NULL), FWD(2), EXPECT(TF, SI, 1, 3, NULL), EXPECT(TF, 0, 1, 4, NULL), FAIL(LOST, false)},
+     LOST LOST,
+     {W(1, F, SI, true, NULL), W(2, F, 0, true, NULL), W(3, TF, SI, true, NULL), W(4, TF, 0, true, NULL)}},
+    {"transform: the owner's replacement takes the reply's place",
+     false,
+     {FWD(1), EXPECT(TF, 0, 1, 2, NULL), FWD(3), FEED(OK "$5\r\nhello\r\n" ":3\r\n")},
+     OK "+T11\r\n:3\r\n",
+     {W(1, F, 0, false, NULL), W(2, TF, 0, false, "$5\r\nhello\r\n"), W(3, F, 0, false, NULL)}},
+    {"transform of an error: the owner decides (here: the same as any reply)",
+     false,
+     {EXPECT(TF, 0, 1, 1, NULL), FEED("-LOADING x\r\n")},
+     "+T12\r\n",
+     {W(1, TF, 0, true, "-LOADING x\r\n")}},
+    {"silent transform: nothing",
+     false,
+     {EXPECT(TF, SI, 1, 1, NULL), FWD(2), FEED("$1\r\nx\r\n" OK)},
+     OK,
+     {W(1, TF, SI, false, "$1\r\nx\r\n"), W(2, F, 0, false, NULL)}},
 };
 
 static const struct scenario drop_cases[] = {
@@ -849,6 +923,12 @@ static void test_dropped_kinds(void **state)
     run_table(drop_cases, ARRAY_SIZE(drop_cases));
 }
 
+static void test_silent_and_transform(void **state)
+{
+    (void)state;
+    run_table(silent_cases, ARRAY_SIZE(silent_cases));
+}
+
 static void test_pubsub(void **state)
 {
     (void)state;
@@ -982,6 +1062,58 @@ static void test_hold_max_streams_big_frame(void **state)
     assert_int_equal(h.done[1].reply_len, strlen(PONG2));
     assert_memory_equal(h.done[1].reply, PONG2, strlen(PONG2));
     free(small);
+    free(big);
+    h_free(&h);
+}
+
+/* Big frames: a silent command's big reply is dropped as it arrives (never held whole, never
+ * streamed); a big out-of-band message at its front still streams; a reply to transform is held
+ * up to 1 MiB and one bigger is dropped and reported to the transform as NULL. */
+static void test_silent_and_transform_big_frames(void **state)
+{
+    (void)state;
+    struct harness h;
+    cur_case = "big frames and silence";
+    cur_chunk = 4096;
+    h_init(&h);
+    size_t big_len;
+    char *big = big_message(3 * HOLD_MAX_T, &big_len);
+    /* "*3 message" is a plain array outside subscribed mode: the silent GET-like reply */
+    h_expect(&h, REPLYQ_FORWARD, REPLYQ_SILENT, 1, 1, NULL, NULL);
+    h_feed(&h, big, big_len, 4096);
+    assert_int_equal(h.out_len, 0);
+    assert_true(h.q.hold.cap <= 2 * HOLD_MAX_T + 4096);
+    assert_int_equal(h.ndone, 1);
+    h_expect(&h, REPLYQ_FORWARD, 0, 1, 2, NULL, NULL);
+    h_feed(&h, OK, strlen(OK), WHOLE);
+    expect_bytes("after a dropped big reply", h.out, h.out_len, OK, strlen(OK));
+
+    /* subscribed: the same frame is a message and passes while a silent PING is due */
+    h_expect(&h, REPLYQ_FORWARD, PS, 1, 3, NULL, "subscribe");
+    h_feed(&h, SUB_A1, strlen(SUB_A1), WHOLE);
+    size_t base = h.out_len;
+    h_expect(&h, REPLYQ_FORWARD, REPLYQ_SILENT, 1, 4, NULL, NULL);
+    h_feed(&h, big, big_len, 4096);
+    assert_int_equal(h.out_len, base + big_len);
+    assert_memory_equal(h.out + base, big, big_len);
+    h_feed(&h, PONG2, strlen(PONG2), 5);
+    assert_int_equal(h.out_len, base + big_len);
+    assert_int_equal(h.ndone, 4);
+    h_free(&h);
+
+    h_init(&h);
+    size_t huge_len;
+    char *huge = big_message(1100u * 1024, &huge_len);
+    h_expect(&h, REPLYQ_TRANSFORM, 0, 1, 1, NULL, NULL);
+    h_expect(&h, REPLYQ_TRANSFORM, 0, 1, 2, NULL, NULL);
+    h_feed(&h, big, big_len, 4096); /* under the limit: held whole */
+    h_feed(&h, huge, huge_len, 65536);
+    char want[64];
+    int n = snprintf(want, sizeof want, "+T%zu\r\n-ERR big\r\n", big_len);
+    expect_bytes("transformed", h.out, h.out_len, want, (size_t)n);
+    assert_true(h.done[1].reply_null);
+    assert_false(h.q.frame_open);
+    free(huge);
     free(big);
     h_free(&h);
 }
@@ -1189,6 +1321,8 @@ int main(void)
         cmocka_unit_test(test_order),
         cmocka_unit_test(test_dropped_kinds),
         cmocka_unit_test(test_pubsub),
+        cmocka_unit_test(test_silent_and_transform),
+        cmocka_unit_test(test_silent_and_transform_big_frames),
         cmocka_unit_test(test_attributes_and_protocol),
         cmocka_unit_test(test_fail_and_stop),
         cmocka_unit_test(test_hold_max_streams_big_frame),
