@@ -8,22 +8,30 @@
  * argument as a C string except where Redis itself does (its error texts and strcasecmp
  * keywords stop at a NUL byte, and so do ours, on purpose).
  *
- * Documented differences from Redis's own ACL (for the README). They apply only after Redis's
- * own checks have passed, so wherever Redis refuses, respguard refuses with Redis's text. Terms:
- * "keys restricted" = neither allkeys nor a pattern "*" with read and write; "reads restricted"
- * = neither allkeys nor a pattern "*" with read; "a tenant" = keys restricted or not
- * allchannels. reason = acl_reason_name() for the audit log.
+ * Documented differences from Redis's own ACL (the README's tables). They apply only after
+ * Redis's own checks have passed, so wherever Redis refuses, respguard refuses with Redis's text
+ * (one exception: INFO, below). Terms: "keys restricted" = neither allkeys nor a pattern "*" with
+ * read and write; "reads restricted" = neither allkeys nor a pattern "*" with read; "a tenant" =
+ * keys restricted or not allchannels (acl_user_is_tenant); "named" = granted by an explicit
+ * +name (or a first-argument rule) still standing, not only by a category.
+ * reason = acl_reason_name() for the audit log.
  *
  *   NOPERM this user has no permissions to run the '<name>' command
  *     guard     (everyone) a guard.never_by_category command granted only by a category
- *     script    (a tenant) EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, FCALL, FCALL_RO
- *     script-admin (a tenant) every FUNCTION and SCRIPT subcommand but HELP ('function|load')
+ *     server    (a tenant) a server-wide command (cmdtab_server_wide) not named, unless it has a
+ *               treatment of its own below
+ *     script    (a tenant) EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, FCALL, FCALL_RO, not named
+ *     script-admin (a tenant) every FUNCTION and SCRIPT subcommand but HELP, not named
  *     migrate   (keys restricted) MIGRATE
- *     enumeration (reads restricted) RANDOMKEY, DBSIZE, MEMORY STATS
- *     database  (keys restricted) SELECT of anything but "0", MOVE, SWAPDB
+ *     database  (keys restricted) SELECT of anything but "0", MOVE, SWAPDB (SWAPDB: server for
+ *               other tenants)
  *     client    (a tenant) CLIENT LIST/KILL/PAUSE/UNPAUSE/UNBLOCK; CLIENT TRACKING with
  *               REDIRECT or BCAST ('client|tracking')
- *     monitor   (a tenant) MONITOR
+ *     monitor   (everyone) MONITOR, but for a user who is not a tenant and names it
+ *   scoped forms (ACL_OK_SCOPED: the session answers in their place)
+ *     INFO      for whoever is not granted the full INFO: a tenant that does not name it, and
+ *               (the exception) a user whose rules do not allow INFO at all
+ *     ACL WHOAMI for everyone Redis's rules allow it (the guard does not apply): the user's name
  *   NOPERM this user has no permissions to access one of the keys used as arguments
  *     enumeration (reads restricted) KEYS p, SCAN ... MATCH p, where p does not begin with the
  *               literal part of one of the user's readable prefix patterns ("lit*", no glob

@@ -312,6 +312,8 @@ static int cmd_dryrun(const char *path, int argc, char **argv)
         if (acl_check_ex(u, n, args, &v, keys, chans, n) == 0) {
             if (v.result == ACL_OK_APPEND_MATCH)
                 printf("OK (respguard appends MATCH %.*s)\n", (int)v.match_len, v.match);
+            else if (v.result == ACL_OK_SCOPED)
+                printf("OK (respguard answers its scoped form)\n");
             else
                 printf("OK\n");
             status = 0;

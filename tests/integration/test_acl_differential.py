@@ -16,9 +16,10 @@ How answers are compared:
     argument, up to a NUL byte, is k) / NOPERM channels (likewise) / ERR unknown command or
     subcommand / the same arity line;
   - except respguard's documented differences (the probe names the reason): those are cases
-    where Redis allows and respguard refuses, or appends MATCH to a SCAN. They are counted
-    apart, and each must be a case where ACL DRYRUN says OK (a key-count that cannot be parsed
-    may also be one where Redis refuses the same key, with the same text).
+    where Redis allows and respguard refuses, or appends MATCH to a SCAN, or answers a scoped
+    form (INFO, ACL WHOAMI). They are counted apart, and each must be a case where ACL DRYRUN
+    says OK (a key-count that cannot be parsed may also be one where Redis refuses the same key,
+    with the same text), but for the scoped INFO, which is never refused (Redis may refuse it).
 The exact texts of unknown command, unknown subcommand and arity errors are compared byte for
 byte with what the server answers a user who may run nothing (commands that run before
 login, such as AUTH, HELLO, QUIT and RESET, are left out of that part).
@@ -239,6 +240,8 @@ def classify_probe(text, pos, vec):
         return ("OK",)
     if text.startswith("REWRITE "):
         return ("rewrite", text[8:])
+    if text.startswith("SCOPED "):
+        return ("scoped", text[7:])
     if text.startswith("ERR unknown command ") or text.startswith("ERR unknown subcommand "):
         return ("unknown",)
     if text.startswith("ERR wrong number of arguments"):
@@ -300,7 +303,7 @@ def setuser_cmd(name, rules):
 # ---------------------------------------------------------------------------------------------
 
 DIFFERENCES = {"script", "script-admin", "migrate", "enumeration", "database", "client",
-               "monitor", "system-channel", "key-extraction", "sort"}
+               "monitor", "system-channel", "key-extraction", "sort", "server"}
 
 
 def test_verdicts_equal_acl_dryrun(port, commands, request):
@@ -324,15 +327,16 @@ def test_verdicts_equal_acl_dryrun(port, commands, request):
         mine = classify_probe(text, pos, v)
         theirs = classify_dryrun(r)
         kinds[theirs[0]] = kinds.get(theirs[0], 0) + 1
-        if reason in ("none", "acl") and mine[0] != "rewrite":
+        if reason in ("none", "acl") and mine[0] not in ("rewrite", "scoped"):
             if mine != theirs:
                 mismatches.append("%s %r: redis %r, respguard %r (%s %d)" % (
                     rules, v, theirs, mine, reason, pos))
             continue
-        tag = "scan-rewrite" if mine[0] == "rewrite" else reason
+        tag = "scan-rewrite" if mine[0] == "rewrite" else "scoped-" + mine[1] if mine[0] == "scoped" else reason
         diffs[tag] = diffs.get(tag, 0) + 1
-        ok = theirs == ("OK",) or (reason == "key-extraction" and theirs[0] == "key")
-        if tag not in DIFFERENCES | {"scan-rewrite"} or not ok:
+        ok = theirs == ("OK",) or (reason == "key-extraction" and theirs[0] == "key") or \
+            (tag == "scoped-info" and theirs == ("cmd", "info"))
+        if tag not in DIFFERENCES | {"scan-rewrite", "scoped-info", "scoped-whoami"} or not ok:
             mismatches.append("%s %r: redis %r, respguard %r (difference %s)" % (
                 rules, v, theirs, mine, reason))
 
@@ -374,6 +378,8 @@ def test_syntax_errors_byte_exact(port, commands, request):
     for v, (text, reason, pos), r in zip(vectors, probe, redis):
         assert r[0] == "-", (v, r)
         want = r[1].decode("latin-1")
+        if text == "SCOPED info":
+            continue  # INFO is never refused: the scoped form (test_documented_differences)
         n += 1
         if text != want:
             mismatches.append("%r: redis %r, respguard %r" % (v, want, text))
@@ -518,7 +524,7 @@ def test_guard_grants_only_by_name(port, commands, request):
         mine, theirs = classify_probe(text, pos, v), classify_dryrun(r)
         if reason == "guard":
             guarded += 1
-        if reason in ("none", "acl", "guard") and mine[0] != "rewrite":
+        if reason in ("none", "acl", "guard") and mine[0] not in ("rewrite", "scoped"):
             if mine != theirs:
                 mismatches.append("%s %r: redis %r, respguard %r (%s)" % (rules, v, theirs, mine,
                                                                            reason))
@@ -557,10 +563,26 @@ DIFFERENCE_CASES = [
     (KEYS_ONLY, ["SORT", "tenant-a:l", "LIMIT", "0", "1", "GET", "x*", "STORE", "tenant-a:d"], "ERR GET option of SORT denied due to insufficient ACL permissions.", "sort"),
     (READONLY_ALL, ["SORT", "tenant-a:l", "BY", "x*", "GET", "y*"], "OK", "none"),
     (KEYS_ONLY, ["MIGRATE", "h", "1", "tenant-a:k", "0", "10"], "NOPERM this user has no permissions to run the 'migrate' command", "migrate"),
-    (TENANT, ["RANDOMKEY"], "NOPERM this user has no permissions to run the 'randomkey' command", "enumeration"),
-    (TENANT, ["DBSIZE"], "NOPERM this user has no permissions to run the 'dbsize' command", "enumeration"),
-    (TENANT, ["MEMORY", "STATS"], "NOPERM this user has no permissions to run the 'memory|stats' command", "enumeration"),
-    (READONLY_ALL, ["DBSIZE"], "OK", "none"),
+    (TENANT, ["RANDOMKEY"], "NOPERM this user has no permissions to run the 'randomkey' command", "server"),
+    (TENANT, ["DBSIZE"], "NOPERM this user has no permissions to run the 'dbsize' command", "server"),
+    (KEYS_ONLY, ["MEMORY", "STATS"], "NOPERM this user has no permissions to run the 'memory|stats' command", "server"),
+    (READONLY_ALL, ["DBSIZE"], "NOPERM this user has no permissions to run the 'dbsize' command", "server"),
+    (READONLY_ALL + " +dbsize", ["DBSIZE"], "OK", "none"),
+    (KEYS_ONLY, ["SLOWLOG", "GET"], "NOPERM this user has no permissions to run the 'slowlog|get' command", "server"),
+    (CHANNELS_ONLY, ["LATENCY", "RESET"], "NOPERM this user has no permissions to run the 'latency|reset' command", "server"),
+    (KEYS_ONLY, ["MEMORY", "DOCTOR"], "NOPERM this user has no permissions to run the 'memory|doctor' command", "server"),
+    (KEYS_ONLY, ["LASTSAVE"], "NOPERM this user has no permissions to run the 'lastsave' command", "server"),
+    (TENANT, ["READONLY"], "NOPERM this user has no permissions to run the 'readonly' command", "server"),
+    (KEYS_ONLY + " +slowlog", ["SLOWLOG", "GET"], "OK", "none"),
+    (KEYS_ONLY, ["SLOWLOG", "HELP"], "OK", "none"),
+    (KEYS_ONLY, ["TIME"], "OK", "none"),
+    (TENANT, ["INFO"], "SCOPED info", "none"),
+    (KEYS_ONLY, ["INFO", "keyspace"], "SCOPED info", "none"),
+    (KEYS_ONLY + " +info", ["INFO", "keyspace"], "OK", "none"),
+    (FREE, ["INFO"], "OK", "none"),
+    (TENANT, ["ACL", "WHOAMI"], "SCOPED whoami", "none"),
+    (FREE, ["ACL", "WHOAMI"], "SCOPED whoami", "none"),
+    (KEYS_ONLY + " +eval", ["EVAL", "return 1", "0"], "OK", "none"),
     (KEYS_ONLY, ["KEYS", "*"], KEYS_TEXT, "enumeration"),
     (KEYS_ONLY, ["KEYS", "tenant-a:*"], "OK", "none"),
     (KEYS_ONLY, ["KEYS", "tenant-a:x?[ab]*"], "OK", "none"),
@@ -592,7 +614,9 @@ DIFFERENCE_CASES = [
     (KEYS_ONLY, ["CLIENT", "TRACKING", "on"], "OK", "none"),
     (KEYS_ONLY, ["CLIENT", "ID"], "OK", "none"),
     (KEYS_ONLY, ["MONITOR"], "NOPERM this user has no permissions to run the 'monitor' command", "monitor"),
-    (FREE, ["MONITOR"], "OK", "none"),
+    (FREE, ["MONITOR"], "NOPERM this user has no permissions to run the 'monitor' command", "monitor"),
+    (FREE + " +monitor", ["MONITOR"], "OK", "none"),
+    (KEYS_ONLY + " +monitor", ["MONITOR"], "NOPERM this user has no permissions to run the 'monitor' command", "monitor"),
     (KEYS_ONLY, ["SUBSCRIBE", "__keyspace@0__:tenant-b:x"], CHANNELS_TEXT, "system-channel"),
     (KEYS_ONLY, ["SUBSCRIBE", "news", "__keyevent@0__:del"], CHANNELS_TEXT, "system-channel"),
     (KEYS_ONLY, ["PUBLISH", "__redis__:invalidate", "x"], CHANNELS_TEXT, "system-channel"),
@@ -609,7 +633,7 @@ DIFFERENCE_CASES = [
     (TENANT, ["PUBSUB", "SHARDCHANNELS", "x*"], CHANNELS_TEXT, "enumeration"),
     (TENANT, ["PUBSUB", "NUMSUB", "tenant-a:x", "tenant-b:x"], CHANNELS_TEXT, "enumeration"),
     (TENANT, ["PUBSUB", "NUMSUB", "tenant-a:x"], "OK", "none"),
-    (TENANT, ["PUBSUB", "NUMPAT"], "OK", "none"),
+    (TENANT, ["PUBSUB", "NUMPAT"], "NOPERM this user has no permissions to run the 'pubsub|numpat' command", "server"),
     (FREE, ["PUBSUB", "CHANNELS"], "OK", "none"),
     (TENANT, ["ZUNIONSTORE", "tenant-a:d", "01", "tenant-a:x"], KEYS_TEXT, "key-extraction"),
     (TENANT, ["EXISTS", "tenant-a:x", "tenant-a:y"], "OK", "none"),
@@ -633,7 +657,7 @@ def test_documented_differences(port, request):
     for (rules, cmd, want, why), (text, reason, pos), r in zip(DIFFERENCE_CASES, probe, dry):
         if text != want or reason != why:
             bad.append("%s %r: want %r (%s), got %r (%s)" % (rules, cmd, want, why, text, reason))
-        if want != "OK" and r != ("+", b"OK"):
+        if want not in ("OK", "SCOPED info") and r != ("+", b"OK"):
             bad.append("%s %r: ACL DRYRUN does not allow it: %r" % (rules, cmd, r))
     report(request, "acl differential: %d documented-difference cases asserted; %d failures" % (
         len(DIFFERENCE_CASES), len(bad)))

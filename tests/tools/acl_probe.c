@@ -370,6 +370,8 @@ int main(int argc, char **argv)
         acl_check_ex(&u->user, n, av, &v, keys, chans, scratch);
         if (v.result == ACL_OK) {
             fputs("OK", stdout);
+        } else if (v.result == ACL_OK_SCOPED) {
+            fputs(v.scope == ACL_SCOPE_INFO ? "SCOPED info" : "SCOPED whoami", stdout);
         } else if (v.result == ACL_OK_APPEND_MATCH) {
             fputs("REWRITE [\"MATCH\",", stdout);
             print_json_string(v.match, v.match_len);
