@@ -19,13 +19,13 @@
  */
 #include "respguard/pool.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "respguard/config.h"
 #include "respguard/crypto.h"
+#include "respguard/invariant.h"
 #include "respguard/log.h"
 #include "respguard/metrics.h"
 #include "respguard/tlsconn.h"
@@ -828,6 +828,7 @@ void pool_release(struct pool_client *cl, enum pool_return how)
             }
         }
         cl->due = 0;
+        RG_INVARIANT(c->clients > 0);
         c->clients--;
         if (c->state == UPCONN_SHARED && c->clients == 0 && c->due == 0) {
             set_state(c, UPCONN_IDLE);

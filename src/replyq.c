@@ -8,6 +8,7 @@
  * streamed from there on.
  */
 #include "respguard/replyq.h"
+#include "respguard/invariant.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -76,6 +77,7 @@ static int push(struct replyq *q, const struct replyq_entry *e, const char *loca
     }
     if (local_len && buf_append(&q->local, local, local_len) != 0)
         return -ENOMEM;
+    RG_INVARIANT(q->len < q->cap && (q->cap & (q->cap - 1)) == 0);
     struct replyq_entry *slot = &q->ring[(q->head + q->len) & (q->cap - 1)];
     *slot = *e;
     slot->local_len = (uint32_t)local_len;
@@ -90,6 +92,7 @@ static int push(struct replyq *q, const struct replyq_entry *e, const char *loca
 /* Remove the front entry, writing its local bytes unless told not to, and report it. */
 static void pop(struct replyq *q, bool write_local, bool error, const char *reply, size_t len)
 {
+    RG_INVARIANT(q->len > 0);
     struct replyq_entry e = *front(q);
     if (e.local_len) {
         if (write_local && !q->stopped)

@@ -16,6 +16,7 @@
  * with the count a header announces).
  */
 #include "respguard/resp.h"
+#include "respguard/invariant.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -746,6 +747,7 @@ static const char *resp_fr_push(struct resp_framer *f, char type, int64_t remain
         f->heap = n;
         f->heap_cap = ncap;
     }
+    RG_INVARIANT(f->depth < (f->heap ? f->heap_cap : RESP_FRAMER_INLINE_DEPTH));
     struct resp_framer_level *l = resp_fr_level(f, f->depth++);
     l->remaining = remaining;
     l->type = type;

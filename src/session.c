@@ -17,7 +17,6 @@
  */
 #include "respguard/session.h"
 
-#include <assert.h>
 #include <ctype.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -31,6 +30,7 @@
 #include "respguard/anomaly.h"
 #include "respguard/buf.h"
 #include "respguard/config.h"
+#include "respguard/invariant.h"
 #include "respguard/listener.h"
 #include "respguard/log.h"
 #include "respguard/login.h"
@@ -1683,6 +1683,8 @@ static bool handle_command(struct session *s, const struct resp_request *req, co
         s->stalled = true; /* entry_done reads it again once MONITOR is answered */
         return false;
     }
+    /* a monitoring connection has nothing of the client's in flight upstream */
+    RG_INVARIANT(s->monitor != MON_ON || s->q.upstream_due == 0);
     if (s->monitor == MON_ON && c.role != CMDTAB_ROLE_QUIT && c.role != CMDTAB_ROLE_RESET) {
         s->last_ms = uv_now(s->w->loop);
         count_command(s, counted_cmd(&c), MV_ERROR);
@@ -1877,6 +1879,7 @@ static void process_input(struct session *s)
             break;
         }
         if (st == RESP_REQ_COMMAND) {
+            RG_INVARIANT(!s->silent);
             s->silent = s->reply_off || s->reply_skip;
             bool done = handle_command(s, &req, buf_head(in));
             s->silent = false;
