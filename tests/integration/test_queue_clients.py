@@ -65,7 +65,9 @@ def run_bullmq(port, user, timeout=60):
         r.returncode, out[-2000:], err[-4000:])
     lines = [l for l in out.splitlines() if l.strip()]
     assert lines, "workload_bullmq.mjs printed nothing; stderr:\n%s" % err
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    print("workload_bullmq.mjs as %s: %s" % (user, json.dumps(result)))
+    return result
 
 
 @pytest.fixture

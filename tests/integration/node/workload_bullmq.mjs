@@ -27,6 +27,13 @@ const connection = {
   connectTimeout: 5000,
 };
 
+const t0 = Date.now();
+const timings = {};
+function mark(name) {
+  step(name);
+  timings[name] = Date.now() - t0;   // ms since start, for a slow run's report
+}
+
 function msg(e) {
   return e && e.message ? e.message : String(e);
 }
@@ -34,7 +41,7 @@ function msg(e) {
 async function main() {
   const r = { queue: queueName };
 
-  step('ioredis ready check');
+  mark('ioredis ready check');
   const io = new Redis({ ...connection, maxRetriesPerRequest: 0, lazyConnect: true });
   io.on('error', (e) => errors.push('ioredis: ' + msg(e)));
   await withTimeout(io.connect(), 10000, 'ioredis connect');
@@ -45,13 +52,13 @@ async function main() {
   await io.del(probe);
   await io.quit();
 
-  step('queue');
+  mark('queue');
   const queue = new Queue(queueName, { connection });
   queue.on('error', (e) => errors.push('queue: ' + msg(e)));
   const events = new QueueEvents(queueName, { connection });
   events.on('error', (e) => errors.push('events: ' + msg(e)));
 
-  step('add');
+  mark('add');
   try {
     const job = await withTimeout(queue.add('double', { x: 21 }), 10000, 'queue.add');
     r.added = { name: job.name, data: job.data };
@@ -60,7 +67,7 @@ async function main() {
   }
 
   if (!r.add_error) {
-    step('worker');
+    mark('worker');
     let worker;
     const done = new Promise((resolve, reject) => {
       worker = new Worker(queueName, async (job) => ({ doubled: job.data.x * 2, name: job.name }),
@@ -74,23 +81,26 @@ async function main() {
     } catch (e) {
       r.worker_error = msg(e);
     }
-    step('counts');
+    mark('counts');
     try {
       r.counts = await withTimeout(queue.getJobCounts('completed', 'waiting', 'active', 'failed'),
         5000, 'getJobCounts');
     } catch (e) {
       r.counts_error = msg(e);
     }
-    step('close worker');
+    mark('close worker');
     await withTimeout(worker.close(), 10000, 'worker.close').catch((e) => errors.push('close: ' + msg(e)));
   }
 
-  step('close');
+  mark('close');
   await withTimeout(events.close(), 10000, 'events.close').catch((e) => errors.push('close: ' + msg(e)));
+  mark('events closed');
   await withTimeout(queue.close(), 10000, 'queue.close').catch((e) => errors.push('close: ' + msg(e)));
   console.warn = origWarn;
   r.errors = [...new Set(errors)];
   r.warnings = [...new Set(warnings)];
+  mark('end');
+  r.timings_ms = timings;
   finish(r);
   // connections a refusal left half-open must not keep node alive
   setTimeout(() => process.exit(0), 100);
