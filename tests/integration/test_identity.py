@@ -34,7 +34,9 @@ def test_upstream_credential_maps_a_user_to_another_upstream_login(respguard, di
     # respguard's rules allow SET, but the provider-side credential is read-only: its refusal
     # comes back as the upstream's own NOPERM
     assert c.call_raw("SET", k, "w").startswith(b"-NOPERM")
-    assert c.call_raw("ACL", "WHOAMI").startswith(b"-NOPERM")  # guard: ACL is never granted by +@all
+    # ACL WHOAMI is respguard's user, never the upstream login the credential maps to
+    assert c.call_raw("ACL", "WHOAMI") == b"$6\r\nreader\r\n"
+    assert c.call_raw("ACL", "LIST").startswith(b"-NOPERM")  # guard: ACL is never granted by +@all
     # logging in as another user on the same connection switches the upstream credential too
     assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
     assert c.call_raw("SET", k, "w") == b"+OK\r\n"
