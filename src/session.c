@@ -76,6 +76,7 @@ enum entry_tag {
     TAG_LOGIN,  /* respguard's upstream login: an error ends the session */
     TAG_SELECT, /* SELECT: on success the database is the entry's seq */
     TAG_MONITOR, /* MONITOR: on success the connection is the monitor stream */
+    TAG_BLOCKING, /* a command that may block (BLPOP, XREAD BLOCK, WAIT...) */
 };
 
 /* MONITOR on the client's connection. */
@@ -160,6 +161,7 @@ struct session {
     bool reply_skip_next;            /* ... nor to the next one (SKIP now) */
     bool silent;                     /* the command being handled gets no reply */
     uint8_t monitor;                 /* enum monitor_state */
+    uint32_t blocking_due;           /* TAG_BLOCKING entries in the queue */
     bool peer_closed;                /* the client half-closed: answer what it sent, then close */
     bool client_paused, upstream_paused;
     bool counted;                    /* counted as an accepted connection: count its close too */
@@ -395,6 +397,9 @@ static void entry_done(void *owner, const struct replyq_entry *e, bool error, co
     case TAG_SELECT:
         if (!error)
             s->db = e->seq;
+        break;
+    case TAG_BLOCKING:
+        s->blocking_due--;
         break;
     case TAG_MONITOR:
         s->monitor = error ? MON_NONE : MON_ON;
@@ -1237,6 +1242,16 @@ static bool has_block_option(const struct resp_request *req)
     return false;
 }
 
+/* Can the command block (outside MULTI)? */
+static bool blocks(const struct resp_request *req, const struct cmdtab_cmd *cmd)
+{
+    switch ((enum cmdtab_role)cmd->role) {
+    case CMDTAB_ROLE_BLOCKING: return true;
+    case CMDTAB_ROLE_BLOCK_OPTION: return has_block_option(req);
+    default: return (cmd->flags & CMDTAB_BLOCKING) != 0;
+    }
+}
+
 /* Multiplex mode: the commands that need a connection of their own (connection state, or a
  * reply that does not come at once), those respguard answers itself, and the rest. */
 static bool mux_needs(const struct resp_request *req, const struct cmdtab_cmd *cmd,
@@ -1635,8 +1650,12 @@ static void run_command(struct session *s, const struct resp_request *req, const
     default:
         if (s->in_multi)
             s->multi_queued++;
+        else if (blocks(req, cmd))
+            tag = TAG_BLOCKING;
         break;
     }
+    if (tag == TAG_BLOCKING)
+        s->blocking_due++;
     note_conn_state(s, req, cmd);
 
     count_command(s, cmd, MV_ALLOWED);
@@ -1834,11 +1853,19 @@ static void start_close_deadline(struct session *s)
     uv_timer_start(&s->timer, on_close_deadline, s->w->cfg->limits.shutdown_timeout_ms, 0);
 }
 
-/* Once nothing more is read: close when every reply is out. */
+/* Once nothing more is read: close when every reply is out. A client that half-closed with
+ * only blocked commands left is closed at once, as Redis frees such a client: their replies may
+ * never come, and the upstream connection they block goes with it. */
 static void maybe_finish(struct session *s)
 {
-    if (s->state == SESSION_DRAINING && s->q.len == 0 && !s->client.closing)
+    if (s->state != SESSION_DRAINING || s->client.closing)
+        return;
+    if (s->q.len == 0) {
         close_after_reply(s);
+    } else if (s->peer_closed && s->q.len == s->blocking_due && !s->q.frame_open) {
+        s->cs |= CS_STICKY; /* still blocked upstream: closed, not reset */
+        close_after_reply(s);
+    }
 }
 
 static void process_input(struct session *s)
@@ -2134,6 +2161,8 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
         }
         if (s->state == SESSION_DRAINING && s->q.len == 0)
             session_close(s, "client closed the connection");
+        else if (s->state == SESSION_DRAINING && s->q.len == s->blocking_due && !s->q.frame_open)
+            maybe_finish(s); /* only blocked commands are left */
         else
             start_close_deadline(s);
         break;

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import PASSWORDS, unique, wait_until
+from helpers import PASSWORDS, unique, wait_until, blocked_clients
 from resp_util import ConnectionClosed, RawConn, bulk, encode
 
 AUTH_WEB = encode("AUTH", "web", PASSWORDS["web"])
@@ -279,6 +279,30 @@ def test_half_closed_client_gets_every_reply(proxy):
         assert data == b"+OK\r\n+OK\r\n$1\r\n1\r\n"
     finally:
         s.close()
+
+
+def test_half_closed_client_with_a_blocked_command_is_closed_at_once(respguard, direct):
+    """Redis frees a client that half-closes while blocked; respguard closes it at once too
+    (after the replies that are due), instead of waiting shutdown_timeout for a reply that may
+    never come, and the upstream connection the command blocks is closed, not handed on."""
+    p = respguard(limits={"shutdown_timeout": "60s"})
+    k = unique("hcb")
+    before = blocked_clients(direct)
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    try:
+        s.sendall(AUTH_WEB + encode("SET", k + ":x", "1") + encode("BLPOP", k, "0"))
+        wait_until(lambda: blocked_clients(direct) == before + 1, 5, what="BLPOP blocked upstream")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            d = s.recv(4096)  # the 10 s socket timeout fails the test long before 60 s
+            if not d:
+                break
+            data += d
+        assert data == b"+OK\r\n+OK\r\n"
+    finally:
+        s.close()
+    wait_until(lambda: blocked_clients(direct) == before, 5, what="the blocked upstream connection closed")
 
 
 # ---------------------------------------------------------------------------
