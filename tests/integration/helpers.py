@@ -166,7 +166,11 @@ def built_tool(name, env_var):
     A missing tool fails the test (CI builds it), it never skips."""
     import pytest
     env = os.environ.get(env_var)
-    candidates = [env] if env else [os.path.join(ROOT, b, "tests", "tools", name) for b in ("build-test", "build")]
+    # The tool of the build under test first (the one RESPGUARD_BIN comes from), so that a stale
+    # tool of another build dir never judges a newer respguard.
+    dirs = [os.path.dirname(os.environ["RESPGUARD_BIN"])] if os.environ.get("RESPGUARD_BIN") else []
+    dirs += [os.path.join(ROOT, b) for b in ("build-test", "build")]
+    candidates = [env] if env else [os.path.join(d, "tests", "tools", name) for d in dirs]
     for c in candidates:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
