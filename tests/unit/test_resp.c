@@ -1222,6 +1222,9 @@ static void test_framer_resp3_types(void **state)
     expect_one_frame(S("(3492890328409238509324850943850943825024385\r\n"), '(',
                      RESP_FRAME_REPLY, NULL);
     expect_one_frame(S("(-12\r\n"), '(', RESP_FRAME_REPLY, NULL);
+    /* what a Lua script hands Redis is written as it is (CR and LF become spaces) */
+    expect_one_frame(S("(123  123\r\n"), '(', RESP_FRAME_REPLY, NULL);
+    expect_one_frame(S("(\r\n"), '(', RESP_FRAME_REPLY, NULL);
     expect_one_frame(S("%2\r\n+first\r\n:1\r\n+second\r\n:2\r\n"), '%', RESP_FRAME_REPLY, &i);
     assert_int_equal(i.elements, 4);
     assert_int_equal(i.last_int, 2);
@@ -1575,10 +1578,7 @@ static void test_framer_malformed(void **state)
     expect_frame_error(S("_x\r\n"), 0, 0, "bad null");
     expect_frame_error(S(",\r\n"), 0, 0, "bad double");
     expect_frame_error(S(",1 2\r\n"), 0, 0, "bad double");
-    expect_frame_error(S("(\r\n"), 0, 0, "bad big number");
-    expect_frame_error(S("(-\r\n"), 0, 0, "bad big number");
-    expect_frame_error(S("(1-2\r\n"), 0, 0, "bad big number");
-    expect_frame_error(S("(12a\r\n"), 0, 0, "bad big number");
+    expect_frame_error(S("(1\n2\r\n"), 0, 0, "bad big number");
     expect_frame_error(S("+OK\rX"), 0, 0, "bad line terminator");
     expect_frame_error(S(":1\rX"), 0, 0, "bad line terminator");
     expect_frame_error(S("+O\nK\r\n"), 0, 0, "bad simple string");
