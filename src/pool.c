@@ -162,22 +162,35 @@ static void route_pop(struct upconn *c)
 /* Writing                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
+/* Connections are flushed in the order their first output of the turn was queued: commands of
+ * different clients leave for Redis in the order respguard read them, as they would have
+ * arrived on direct connections. */
 static void queue_flush(struct upconn *c)
 {
     if (c->flush_queued || c->state == UPCONN_CLOSING)
         return;
     c->flush_queued = true;
-    c->flush_next = c->pool->flush_head;
-    c->pool->flush_head = c;
+    c->flush_next = NULL;
+    if (c->pool->flush_tail)
+        c->pool->flush_tail->flush_next = c;
+    else
+        c->pool->flush_head = c;
+    c->pool->flush_tail = c;
 }
 
 static void unqueue_flush(struct upconn *c)
 {
     if (!c->flush_queued)
         return;
-    for (struct upconn **pp = &c->pool->flush_head; *pp; pp = &(*pp)->flush_next)
-        if (*pp == c) {
-            *pp = c->flush_next;
+    struct upconn *prev = NULL;
+    for (struct upconn *x = c->pool->flush_head; x; prev = x, x = x->flush_next)
+        if (x == c) {
+            if (prev)
+                prev->flush_next = c->flush_next;
+            else
+                c->pool->flush_head = c->flush_next;
+            if (c->pool->flush_tail == c)
+                c->pool->flush_tail = prev;
             break;
         }
     c->flush_queued = false;
@@ -186,7 +199,7 @@ static void unqueue_flush(struct upconn *c)
 void pool_flush(struct pool *p)
 {
     struct upconn *c = p->flush_head, *next;
-    p->flush_head = NULL;
+    p->flush_head = p->flush_tail = NULL;
     for (; c; c = next) {
         next = c->flush_next;
         c->flush_queued = false;

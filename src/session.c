@@ -65,6 +65,9 @@ enum conn_state {
     CS_SETTING = 1u << 3,    /* CLIENT TRACKING/CACHING, SCRIPT DEBUG, READONLY, ... */
     CS_CREDENTIAL = 1u << 4, /* logged in upstream with another credential than its pool's */
     CS_STICKY = 1u << 5,     /* CLIENT NO-EVICT: RESET does not clear it, the connection goes */
+    CS_IDENTITY = 1u << 6,   /* the client learnt the connection's id (CLIENT ID/INFO): it may
+                                hand it to others (TRACKING REDIRECT, CLIENT KILL, UNBLOCK), so
+                                the connection goes with the client, as a direct one would */
 };
 
 /* What a queue entry tells the session when it leaves (replyq_entry.tag). */
@@ -298,8 +301,13 @@ static void input_later(struct session *s)
     if (s->input_queued || s->state == SESSION_CLOSING)
         return;
     s->input_queued = true;
-    s->input_next = s->w->input_head;
-    s->w->input_head = s;
+    /* in order: the session that waited longest is read first */
+    s->input_next = NULL;
+    if (s->w->input_tail)
+        s->w->input_tail->input_next = s;
+    else
+        s->w->input_head = s;
+    s->w->input_tail = s;
 }
 
 static void unlink_from(struct session **head, struct session *s, size_t next_off)
@@ -314,8 +322,15 @@ static void unlink_from(struct session **head, struct session *s, size_t next_of
 /* A session being freed leaves the turn's lists. */
 static void unqueue(struct session *s)
 {
-    if (s->input_queued)
+    if (s->input_queued) {
         unlink_from(&s->w->input_head, s, offsetof(struct session, input_next));
+        if (s->w->input_tail == s) {
+            struct session *t = s->w->input_head;
+            while (t && t->input_next)
+                t = t->input_next;
+            s->w->input_tail = t;
+        }
+    }
     if (s->flush_queued)
         unlink_from(&s->w->flush_head, s, offsetof(struct session, flush_next));
     s->input_queued = s->flush_queued = false;
@@ -326,7 +341,7 @@ bool session_turn_input(struct worker *w)
     /* A few rounds: reading one session's commands may free a connection another waits for. */
     for (int round = 0; round < 4 && w->input_head; round++) {
         struct session *s = w->input_head;
-        w->input_head = NULL;
+        w->input_head = w->input_tail = NULL;
         while (s) {
             struct session *next = s->input_next;
             s->input_queued = false;
@@ -390,7 +405,7 @@ static void entry_done(void *owner, const struct replyq_entry *e, bool error, co
         break;
     case TAG_RESET:
         if (!error) {
-            s->cs &= CS_STICKY | CS_CREDENTIAL; /* the login after it decides the credential */
+            s->cs &= CS_STICKY | CS_IDENTITY | CS_CREDENTIAL; /* the login after it decides the credential */
             s->db = 0;
         }
         break;
@@ -492,7 +507,7 @@ static void expect_upstream(struct session *s, enum replyq_kind kind, uint8_t fl
 /* What giving the connection back means: does it carry anything of this session's? */
 static enum pool_return connection_return(const struct session *s)
 {
-    if (s->cs & CS_STICKY)
+    if (s->cs & (CS_STICKY | CS_IDENTITY))
         return POOL_RETURN_BROKEN;
     if (s->q.upstream_due || s->q.frame_open || s->in_multi || s->cs || replyq_subscribed(&s->q) ||
         s->q.proto != 2 || s->req_proto != 2)
@@ -1505,6 +1520,8 @@ static void note_conn_state(struct session *s, const struct resp_request *req, c
     switch ((enum cmdtab_role)cmd->role) {
     case CMDTAB_ROLE_WATCH: s->cs |= CS_WATCH; break;
     case CMDTAB_ROLE_CLIENT_SETNAME: s->cs |= CS_NAME; break;
+    case CMDTAB_ROLE_CLIENT_ID:
+    case CMDTAB_ROLE_CLIENT_INFO: s->cs |= CS_IDENTITY; break;
     case CMDTAB_ROLE_SELECT:
         if (!(req->argv[1].len == 1 && req->argv[1].ptr[0] == '0'))
             s->cs |= CS_DB;

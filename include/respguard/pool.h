@@ -156,7 +156,8 @@ struct pool {
     uint32_t failures;            /* connect failures in a row (refill backs off) */
     uint64_t retry_ms;            /* no background refill before this loop time */
     struct upconn *current;       /* multiplex: where new shared batches go */
-    struct upconn *flush_head;    /* connections with output queued this loop turn */
+    struct upconn *flush_head;    /* connections with output queued this loop turn, in order */
+    struct upconn *flush_tail;
     struct tlsconn_resume *resume;/* TLS session resumption for its connections */
     uint64_t read_ns;             /* uv_hrtime when the read being routed arrived (latency) */
     bool stopping;

@@ -64,7 +64,8 @@ struct worker {
                                       then every write of the turn */
     uv_idle_t spin;                /* keeps the loop from waiting while deferred input is left */
     bool turn_open;                /* turn and spin are initialised and not closed */
-    struct session *input_head;    /* sessions to read again at the turn's end (session.c) */
+    struct session *input_head;    /* sessions to read again at the turn's end, in order (session.c) */
+    struct session *input_tail;
     struct session *flush_head;    /* sessions with client writes to send (session.c) */
     struct session *sessions;      /* intrusive list of live sessions */
     size_t session_count;

@@ -35,6 +35,17 @@ OK = b"+OK\r\n"
 # helpers
 # ---------------------------------------------------------------------------------------------
 
+
+def hello_id_of(reply):
+    """The upstream connection's id in HELLO 2's reply."""
+    return dict(zip(reply[0::2], reply[1::2]))[b"id"]
+
+
+def held_id(c):
+    """Session mode: the id of the upstream connection c holds, from HELLO 2 (CLIENT ID would
+    mark the connection as known to the client, which then closes it instead of pooling it)."""
+    return hello_id_of(c.call("HELLO", "2"))
+
 def start(respguard, mode, admin=False, quiet_probe=True, upstream_server=None, limits=None, **pool):
     """A respguard with upstream.pool = {mode, **pool}. With admin, the readiness probe runs once
     at start (probe_interval 1h) unless quiet_probe=False, so that the probe's own short
@@ -400,7 +411,7 @@ def test_next_client_sees_no_state(respguard, direct, mode, case):
     a = p.login(timeout=10)
     if mode == "session":
         # session mode: CLIENT ID is forwarded: the upstream connection's id
-        assert a.call("CLIENT", "ID") == up_id
+        assert held_id(a) == up_id
     leave(a, ctx, direct)
     a.close()
 
@@ -413,7 +424,7 @@ def test_next_client_sees_no_state(respguard, direct, mode, case):
                 lambda: (lambda ids: ids[0] if len(ids) == 1 and ids[0] != ctx["a_id"] else None)(
                     rg_ids(p, direct)), 5, what="A's connection replaced by one new connection")
         elif mode == "session":
-            assert b.call("CLIENT", "ID") == up_id, "B did not get A's upstream connection (size 1)"
+            assert held_id(b) == up_id, "B did not get A's upstream connection (size 1)"
         else:
             assert b.call_raw("PING") == PONG  # B has used the (one) shared connection
         assert rg_ids(p, direct) == [up_id], "the pooled connection was replaced or another was opened"
@@ -454,11 +465,11 @@ def test_session_mode_clean_clients_reuse_one_connection(respguard, direct):
         k, v = "%s:%d" % (prefix, i), "v%d" % i
         with p.raw(timeout=10) as c:
             c.send(encode("AUTH", "web", PASSWORDS["web"]) + encode("SET", k, v) + encode("GET", k) +
-                   encode("CLIENT", "ID") + encode("QUIT"))
+                   encode("HELLO", "2") + encode("QUIT"))
             assert c.read_raw() == OK
             assert c.read_raw() == OK
             assert c.read_raw() == bulk(v)
-            ids.add(c.read_reply())
+            ids.add(hello_id_of(c.read_reply()))
             assert c.read_raw() == OK
             assert c.wait_closed(5)
     elapsed = time.monotonic() - t0
@@ -552,7 +563,7 @@ def test_session_mode_size_caps_held_connections(respguard, redis_server_factory
 
         # n clients hold every connection; one more gets the pool's error after acquire_timeout
         holders = [p.login(timeout=10) for _ in range(n)]
-        ids = {h.call("CLIENT", "ID") for h in holders}
+        ids = {held_id(h) for h in holders}
         assert len(ids) == n, ids
         with p.raw(timeout=10) as extra:
             t0 = time.monotonic()
@@ -568,7 +579,7 @@ def test_session_mode_size_caps_held_connections(respguard, redis_server_factory
         assert holders[0].call_raw("QUIT") == OK
         holders[0].close()
         with p.login(timeout=10) as again:
-            assert again.call("CLIENT", "ID") in ids
+            assert held_id(again) in ids
         for h in holders[1:]:
             h.close()
     finally:
@@ -795,7 +806,7 @@ def test_keepalive_pings_idle_connection(respguard, direct):
         idles.append(int(e[0]["idle"]))
     assert max(idles) <= 3, "keepalive 1s, yet the connection was idle for %r s" % idles
     with p.login(timeout=10) as c:
-        assert c.call("CLIENT", "ID") == conn_id
+        assert held_id(c) == conn_id
         assert c.call_raw("PING") == PONG
         assert c.call_raw("ECHO", "still usable") == bulk("still usable")
 
@@ -805,7 +816,7 @@ def test_max_lifetime_replaces_connections(respguard, direct):
     k = unique("life")
     # A holds the connection past its lifetime: it is not taken away from under A
     a = p.login(timeout=10)
-    first = a.call("CLIENT", "ID")
+    first = held_id(a)
     t_end = time.monotonic() + 3
     i = 0
     while time.monotonic() < t_end:
@@ -813,12 +824,12 @@ def test_max_lifetime_replaces_connections(respguard, direct):
         assert a.call_raw("GET", k) == bulk(str(i))
         time.sleep(0.2)
         i += 1
-    assert a.call("CLIENT", "ID") == first
+    assert held_id(a) == first
     assert a.call_raw("QUIT") == OK
     a.close()
     # given back past its lifetime: closed, and the next client gets a new connection
     with p.login(timeout=10) as b:
-        second = b.call("CLIENT", "ID")
+        second = held_id(b)
         assert second != first, "a connection past max_lifetime was handed out again"
         assert b.call_raw("GET", k) == bulk(str(i - 1))
     wait_until(lambda: first not in [int(e["id"]) for e in direct.client_list()], 5,
@@ -827,7 +838,7 @@ def test_max_lifetime_replaces_connections(respguard, direct):
     wait_until(lambda: (lambda ids: ids and second not in ids)(rg_ids(p, direct)), 8,
                what="the idle connection replaced after max_lifetime")
     with p.login(timeout=10) as c:
-        third = c.call("CLIENT", "ID")
+        third = held_id(c)
         assert third not in (first, second)
         assert c.call_raw("PING") == PONG
 
@@ -836,7 +847,7 @@ def test_idle_timeout_closes_connections_above_min_idle(respguard, direct):
     p = start(respguard, "session", admin=True, size=4, min_idle=0, idle_timeout="1s")
     assert rg_ids(p, direct) == []
     clients = [p.login(timeout=10) for _ in range(3)]
-    ids = [c.call("CLIENT", "ID") for c in clients]
+    ids = [held_id(c) for c in clients]
     assert len(set(ids)) == 3
     assert rg_ids(p, direct) == sorted(ids)
     for c in clients:
@@ -944,7 +955,7 @@ def test_session_upstream_connection_killed(respguard, direct):
     p = start(respguard, "session", admin=True, size=3, min_idle=3)
     wait_idle(p, 3)
     x, y, z = (p.login(timeout=10) for _ in range(3))
-    ids = [c.call("CLIENT", "ID") for c in (x, y, z)]
+    ids = [held_id(c) for c in (x, y, z)]
     assert len(set(ids)) == 3
     q, k = unique("q"), unique("k")
     direct.set(k, "kept")
@@ -957,11 +968,39 @@ def test_session_upstream_connection_killed(respguard, direct):
     x.close()
     for c, cid in ((y, ids[1]), (z, ids[2])):
         assert c.call_raw("GET", k) == bulk("kept")
-        assert c.call("CLIENT", "ID") == cid
+        assert held_id(c) == cid
         c.close()
     with p.login(timeout=10) as n:
         assert n.call_raw("GET", k) == bulk("kept")
-        assert n.call("CLIENT", "ID") not in ids[:1]
+        assert held_id(n) not in ids[:1]
     assert p.proc.poll() is None
 
 
+
+
+def test_session_connection_whose_id_the_client_learnt_is_not_handed_on(respguard, direct):
+    """A client that asked CLIENT ID may have handed the id to others (TRACKING REDIRECT,
+    CLIENT KILL ID, CLIENT UNBLOCK): its connection goes with it, as a direct one would, so the
+    next client never receives what was meant for the one that left."""
+    p = start(respguard, "session", admin=True, size=1, min_idle=1)
+    wait_idle(p, 1)
+    k = unique("redir")
+    a = p.login(timeout=10)
+    a_id = a.call("CLIENT", "ID")
+    tracker = direct  # a client that sends its invalidations to A's connection
+    tracker.execute_command("CLIENT", "TRACKING", "on", "REDIRECT", a_id, "BCAST", "PREFIX", k)
+    try:
+        assert a.call_raw("QUIT") == OK
+        a.close()
+        b = p.login(timeout=10)
+        try:
+            assert held_id(b) != a_id, "A's connection was handed on to B"
+            assert a_id not in rg_ids(p, direct)
+            direct.set(k + ":x", "1")  # would be an invalidation for A's connection
+            assert b.call_raw("PING") == PONG
+            assert quiet(b, 0.5), "B received something meant for A: %r" % b.buf
+        finally:
+            b.close()
+    finally:
+        tracker.execute_command("CLIENT", "TRACKING", "off")
+    assert p.proc.poll() is None
