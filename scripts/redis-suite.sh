@@ -40,11 +40,10 @@
 #                       the unit is stopped as hung (default 60; the slowest test takes ~45)
 #   REDIS_SUITE_REPL    1: also run the tests that read the replication stream (below)
 #   REDIS_SUITE_SERIAL  1: run direct and proxied one after the other instead of in parallel
-#   REDIS_SUITE_ACL     the respguard user `default`'s rule (default "nopass on ~* &* +@all";
-#                       MONITOR is served only when the rule names +monitor)
+#   REDIS_SUITE_ACL     the respguard user `default`'s rule (default "nopass on ~* &* +@all
+#                       +monitor": MONITOR is served only when the rule names it)
 #   REDIS_SUITE_CONFIG_EXTRA  YAML appended to respguard's config (top-level keys other than
-#                       listeners, upstream, users, guard, log, anomaly), e.g.
-#                       $'limits:\n  max_request_bytes: 1gb'
+#                       listeners, upstream, users, guard, limits, log, anomaly)
 #
 # Tests that read the replication stream (tagged needs:repl, or calling
 # attach_to_replication_stream, found in the source at run time and listed in
@@ -261,9 +260,11 @@ upstream:
     mode: $mode
 users:
   default:
-    acl: "${REDIS_SUITE_ACL:-nopass on ~* &* +@all}"
+    acl: "${REDIS_SUITE_ACL:-nopass on ~* &* +@all +monitor}"
 guard:
   never_by_category: []
+limits:
+  max_request_bytes: 600mb   # above Redis's proto-max-bulk-len (512mb): the suite sends 33 MB values
 log:
   level: info
 anomaly:
