@@ -507,7 +507,9 @@ static void expect_upstream(struct session *s, enum replyq_kind kind, uint8_t fl
 /* What giving the connection back means: does it carry anything of this session's? */
 static enum pool_return connection_return(const struct session *s)
 {
-    if (s->cs & (CS_STICKY | CS_IDENTITY))
+    /* A command still blocked upstream would hold a reset back for as long as it blocks (and
+     * take what other clients push meanwhile): the connection goes, as Redis frees the client. */
+    if ((s->cs & (CS_STICKY | CS_IDENTITY)) || s->blocking_due)
         return POOL_RETURN_BROKEN;
     if (s->q.upstream_due || s->q.frame_open || s->in_multi || s->cs || replyq_subscribed(&s->q) ||
         s->q.proto != 2 || s->req_proto != 2)
@@ -1880,8 +1882,7 @@ static void maybe_finish(struct session *s)
     if (s->q.len == 0) {
         close_after_reply(s);
     } else if (s->peer_closed && s->q.len == s->blocking_due && !s->q.frame_open) {
-        s->cs |= CS_STICKY; /* still blocked upstream: closed, not reset */
-        close_after_reply(s);
+        close_after_reply(s); /* still blocked upstream: the connection is closed, not reset */
     }
 }
 
