@@ -350,7 +350,7 @@ int replyq_feed(struct replyq *q, const char *p, size_t n, const struct resp_fra
         struct replyq_entry *e = front(q);
         bool transform = e && e->kind == REPLYQ_TRANSFORM;
         if (!end && buf_len(&q->hold) > (transform ? TRANSFORM_MAX : HOLD_MAX)) {
-            if (transform || (e && (e->flags & REPLYQ_SILENT) && !may_be_out_of_band(q))) {
+            if ((transform || (e && (e->flags & REPLYQ_SILENT))) && !may_be_out_of_band(q)) {
                 /* A silent command's big reply, or one too big to transform: dropped. */
                 buf_reset(&q->hold);
                 q->frame_held = false;
