@@ -20,7 +20,8 @@
  * The verdict follows Redis 7.0's processCommand: unknown command, unknown subcommand, arity,
  * then the ACL (command, then every key position with the read/write permission its key spec
  * needs, then channels). After Redis's own checks come respguard's documented differences:
- * what a proxy cannot see through is refused for restricted users (listed in acl.c).
+ * what a proxy cannot see through is refused for restricted users, server-wide commands are
+ * refused to tenants unless named, and INFO and ACL WHOAMI get scoped forms (listed in acl.c).
  *
  * Pure: no I/O, no globals, no allocation in acl_check. Passwords are stored only as SHA-256
  * hashes, as Redis does, and are compared in constant time.
