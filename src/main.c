@@ -6,7 +6,8 @@
  *   respguard passwd [--generate]  hash a secret (from stdin) for an ACL rule
  *
  * Start-up errors are fatal and say why; SIGTERM/SIGINT stop accepting, let replies in flight
- * drain within limits.shutdown_timeout, and exit 0.
+ * drain within limits.shutdown_timeout, and exit 0. Under systemd (Type=notify) the manager hears
+ * READY=1 once every listener is bound and STOPPING=1 when shutdown begins (notify.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -28,6 +29,7 @@
 #include "respguard/listener.h"
 #include "respguard/log.h"
 #include "respguard/metrics.h"
+#include "respguard/notify.h"
 #include "respguard/probe.h"
 #include "respguard/ratelimit.h"
 #include "respguard/resp.h"
@@ -565,6 +567,7 @@ static void begin_shutdown(struct runtime *rt, const char *signame)
     if (w->shutting_down)
         return;
     w->shutting_down = true;
+    notify_stopping();
     admin_set_draining(rt->admin);
     if (rt->probe_started)
         probe_stop(&rt->probe);
@@ -586,6 +589,9 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     struct runtime *rt = h->data;
     if (signum == SIGHUP) {
+        /* Reload hook: when reload exists it goes notify_reloading(), build and swap the new
+         * snapshot, then notify_ready() whatever the outcome (the unit's ExecReload sends
+         * SIGHUP). Until then the signal is only logged. */
         log_event(LOG_WARN, "reload", LOG_STR("result", "unsupported"),
                   LOG_STR("reason", "configuration reload is not implemented yet; restart to apply changes"),
                   LOG_END);
@@ -649,6 +655,7 @@ static int cmd_run(const char *path)
         uv_signal_start(&rt.sig_int, on_signal, SIGINT);
         uv_signal_start(&rt.sig_hup, on_signal, SIGHUP);
         log_event(LOG_INFO, "ready", LOG_INT("listeners", (long long)rt.cfg->listener_count), LOG_END);
+        notify_ready();
         uv_run(&loop, UV_RUN_DEFAULT);
     } else {
         for (size_t i = 0; rt.listeners && i < rt.cfg->listener_count; i++)
