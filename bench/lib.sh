@@ -58,14 +58,10 @@ trap 'exit 130' INT TERM HUP
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
 
+# shellcheck source=scripts/certs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/certs.sh"
 make_certs() {
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=bench CA" \
-        -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-        -keyout "$work/s.key" -out "$work/s.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/san.ext"
-    openssl x509 -req -in "$work/s.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
-        -extfile "$work/san.ext" -out "$work/s.crt" 2>/dev/null
+    make_local_certs "$work" "bench CA" 1 s
     pw=$(openssl rand -hex 16)
     export BENCH_PW=$pw
 }

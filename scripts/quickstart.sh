@@ -11,6 +11,8 @@
 # and health, default 9121), all on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/certs.sh
+source scripts/certs.sh
 root=$(pwd)
 dir=${QUICKSTART_DIR:-$root/.quickstart}
 export RESPGUARD_PORT=${RESPGUARD_PORT:-6380}
@@ -33,13 +35,7 @@ if ! out=$(meson compile -C build 2>&1); then echo "$out" >&2; exit 1; fi
 mkdir -p "$dir" && chmod 700 "$dir"
 stop
 if [ ! -f "$dir/ca.crt" ]; then
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-        -subj "/CN=respguard quickstart CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-        -keyout "$dir/upstream.key" -out "$dir/upstream.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
-    openssl x509 -req -in "$dir/upstream.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
-        -days 30 -extfile "$dir/san.ext" -out "$dir/upstream.crt" 2>/dev/null
+    make_local_certs "$dir" "respguard quickstart CA" 30 upstream
     openssl rand -hex 32 >"$dir/upstream.password"
     openssl rand -hex 16 >"$dir/app.password"
     chmod 600 "$dir"/*.key "$dir"/*.password

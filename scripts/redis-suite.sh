@@ -218,13 +218,9 @@ for side in direct proxy; do
     done
 done
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=redis-suite CA" \
-    -keyout "$run/ca.key" -out "$run/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-    -keyout "$run/s.key" -out "$run/s.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$run/san.ext"
-openssl x509 -req -in "$run/s.csr" -CA "$run/ca.crt" -CAkey "$run/ca.key" -CAcreateserial -days 1 \
-    -extfile "$run/san.ext" -out "$run/s.crt" 2>/dev/null
+# shellcheck source=scripts/certs.sh
+source "$root/scripts/certs.sh"
+make_local_certs "$run" "redis-suite CA" 1 s
 
 # start_redis NAME PORT_ARGS...: what Redis's CI uses for its external-server runs (no
 # persistence, DEBUG, MODULE and protected configs allowed), no password (the suite expects
