@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from resp_util import RawConn  # noqa: E402
 from helpers import (DELETE, OFF_USER_PASSWORD, PASSWORDS, POOL_MODE, REFERENCE, deep_merge,  # noqa: E402
                      default_users, free_port, openssl, respguard_bin, to_yaml,
-                     wait_port, wait_until)
+                     pings, wait_port, wait_until)
 
 
 
@@ -178,7 +178,7 @@ def upstream(workdir, certs):
     """The main upstream: redis-server, TLS only, requirepass, cert for localhost."""
     srv = RedisServer(workdir, certs, plain_port=free_port() if REFERENCE else 0)
     c = srv.client()
-    wait_until(lambda: _ping(c), 10, what="upstream PING over TLS")
+    wait_until(lambda: pings(c), 10, what="upstream PING over TLS")
     if REFERENCE:
         c.execute_command("ACL", "SETUSER", "admin", "on", ">" + srv.password, "~*", "&*", "+@all")
         srv.username = "admin"
@@ -186,12 +186,6 @@ def upstream(workdir, certs):
     yield srv
     srv.stop()
 
-
-def _ping(c):
-    try:
-        return c.ping()
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 @pytest.fixture

@@ -141,6 +141,15 @@ def deep_merge(base, over):
     return out
 
 
+def pings(c):
+    """PING through redis-py client c: True when answered, False while the server is not up."""
+    import redis
+    try:
+        return c.ping()
+    except redis.exceptions.ConnectionError:
+        return False
+
+
 def upstream_info(direct, section):
     return direct.info(section)
 

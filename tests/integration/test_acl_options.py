@@ -13,7 +13,7 @@ import uuid
 import pytest
 import redis
 
-from helpers import free_port, respguard_bin, to_yaml, wait_until
+from helpers import free_port, respguard_bin, to_yaml, wait_until, pings
 from resp_util import RawConn
 
 pytestmark = pytest.mark.proxy_only
@@ -53,12 +53,6 @@ def run(args, env=None, timeout=15):
     except subprocess.TimeoutExpired:
         raise AssertionError("respguard %s did not finish within %ds" % (" ".join(args), timeout))
 
-
-def _ping(c):
-    try:
-        return c.ping()
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -436,7 +430,7 @@ def test_check_guard_names(tmp_path):
 def test_guard_against_plus_all(respguard, redis_server_factory):
     srv = redis_server_factory()
     d = srv.client()
-    wait_until(lambda: _ping(d), 10, what="dedicated redis-server")
+    wait_until(lambda: pings(d), 10, what="dedicated redis-server")
     d.set("guarded:k", "v")
     sha = d.script_load("return 42")
     victim = srv.client()

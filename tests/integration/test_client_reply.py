@@ -20,7 +20,7 @@ import time
 import pytest
 import redis
 
-from helpers import wait_until
+from helpers import wait_until, pings
 from resp_util import RawConn, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
@@ -48,12 +48,6 @@ OFF = ("CLIENT", "REPLY", "OFF")
 ON = ("CLIENT", "REPLY", "ON")
 SKIP = ("CLIENT", "REPLY", "SKIP")
 
-
-def _ping(c):
-    try:
-        return c.ping()
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 class World:
@@ -85,7 +79,7 @@ class World:
 def world(redis_server_factory, respguard):
     srv = redis_server_factory()
     d = srv.client()
-    wait_until(lambda: _ping(d), 10, what="dedicated redis-server")
+    wait_until(lambda: pings(d), 10, what="dedicated redis-server")
     d.set("other:x", "outside")
     for name, acl in USERS.items():
         d.execute_command("ACL", "SETUSER", name, "reset", *(acl + REDIS_EXTRA.get(name, "")).split())

@@ -19,7 +19,7 @@ import ssl
 import pytest
 import redis
 
-from helpers import wait_until
+from helpers import pings, wait_until
 from resp_util import RawConn, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
@@ -141,18 +141,12 @@ class World:
         return {k: (d.type(k), d.dump(k)) for k in d.keys("*")}
 
 
-def _ping(c):
-    try:
-        return c.ping()
-    except redis.exceptions.ConnectionError:
-        return False
-
 
 @pytest.fixture
 def world(redis_server_factory, respguard):
     srv = redis_server_factory()
     d = srv.client()
-    wait_until(lambda: _ping(d), 10, what="dedicated redis-server")
+    wait_until(lambda: pings(d), 10, what="dedicated redis-server")
     d.set("tenant-a:x", "ax")
     d.rpush("tenant-a:list", "1", "2")
     for i in range(5):

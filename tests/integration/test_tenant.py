@@ -19,7 +19,7 @@ import ssl
 import pytest
 import redis
 
-from helpers import wait_until
+from helpers import wait_until, pings
 from resp_util import RawConn, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
@@ -131,7 +131,7 @@ class World:
 def world(redis_server_factory, respguard):
     srv = redis_server_factory()
     d = srv.client()
-    wait_until(lambda: _ping(d), 10, what="dedicated redis-server")
+    wait_until(lambda: pings(d), 10, what="dedicated redis-server")
     seed_outside(d)
     seed_tenant(d)
     for name, acl in USERS.items():
@@ -141,12 +141,6 @@ def world(redis_server_factory, respguard):
     yield w
     d.close()
 
-
-def _ping(c):
-    try:
-        return c.ping()
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -457,7 +451,7 @@ def test_guarded_commands_for_a_tenant_without_minus_dangerous(respguard, redis_
     Never sent to Redis as that user."""
     srv = redis_server_factory()
     d = srv.client()
-    wait_until(lambda: _ping(d), 10, what="dedicated redis-server")
+    wait_until(lambda: pings(d), 10, what="dedicated redis-server")
     d.set("other:x", "outside-x")
     p = respguard(upstream_server=srv,
                   users={"t": {"acl": "on >%s ~tenant-a:* &tenant-a:* +@all" % PW}})
