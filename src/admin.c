@@ -36,21 +36,28 @@ struct status {
     bool draining;
     char reason[200]; /* the latest probe's failure */
     time_t upstream_cert_not_after; /* 0: not known */
+    double config_loaded_at;        /* of the configuration in use */
+    double config_load_seconds;
+    uint64_t reloads_ok, reloads_failed;
+    bool last_reload_failed;
+    double last_reload_at;          /* 0: no reload yet */
+};
+
+/* What a reload may change, replaced whole under the lock (admin_set_config). */
+struct published {
+    struct config_cidr_list allow_from; /* owned copy */
+    struct admin_cert *certs;
+    size_t cert_count;
+    char **cert_names;                  /* owned copies of certs[i].name */
+    char upstream_cert_name[300];
 };
 
 struct admin {
     struct MHD_Daemon *daemon;
-    const struct config *cfg;
     struct metrics *metrics;
-    double config_loaded_at;
-    double config_load_seconds;
-    struct admin_cert *certs;
-    size_t cert_count;
-    char **cert_names; /* owned copies of certs[i].name */
-    char upstream_cert_name[300];
-
-    pthread_mutex_t lock; /* guards status */
+    pthread_mutex_t lock; /* guards status and pub */
     struct status status;
+    struct published pub;
 };
 
 static void read_status(struct admin *a, struct status *st)
@@ -110,31 +117,46 @@ static enum MHD_Result serve_metrics(struct admin *a, struct MHD_Connection *c)
     struct status st;
     read_status(a, &st);
     double now = (double)time(NULL);
-    struct metrics_gauge g[ADMIN_MAX_CERTS + 8];
+    static const char reloads_help[] = "Configuration reloads (SIGHUP or watch), by result.";
+    struct metrics_gauge g[ADMIN_MAX_CERTS + 12];
     size_t n = 0;
     g[n++] = (struct metrics_gauge){"respguard_ready", "1 when /readyz answers 200: config loaded, not draining, "
                                     "last upstream probe succeeded.", NULL, NULL, ready(&st) ? 1 : 0};
-    for (size_t i = 0; i < a->cert_count; i++)
+    /* The certificate names live in pub: rendered under the lock (a reload may replace them). */
+    pthread_mutex_lock(&a->lock);
+    for (size_t i = 0; i < a->pub.cert_count; i++)
         g[n++] = (struct metrics_gauge){"respguard_cert_expiry_seconds",
                                         "Seconds until the certificate expires (negative: expired).", "cert",
-                                        a->certs[i].name, (double)a->certs[i].not_after - now};
+                                        a->pub.certs[i].name, (double)a->pub.certs[i].not_after - now};
     if (st.upstream_cert_not_after)
         g[n++] = (struct metrics_gauge){"respguard_cert_expiry_seconds",
                                         "Seconds until the certificate expires (negative: expired).", "cert",
-                                        a->upstream_cert_name, (double)st.upstream_cert_not_after - now};
+                                        a->pub.upstream_cert_name, (double)st.upstream_cert_not_after - now};
     g[n++] = (struct metrics_gauge){"respguard_config_load_success",
                                     "1 when the configuration in use loaded without error.", NULL, NULL, 1};
     g[n++] = (struct metrics_gauge){"respguard_config_load_timestamp_seconds",
                                     "When the configuration in use was loaded (UTC epoch seconds).", NULL, NULL,
-                                    a->config_loaded_at};
+                                    st.config_loaded_at};
     g[n++] = (struct metrics_gauge){"respguard_config_load_duration_seconds",
                                     "How long loading and compiling the configuration took.", NULL, NULL,
-                                    a->config_load_seconds};
+                                    st.config_load_seconds};
+    g[n++] = (struct metrics_gauge){"respguard_config_reloads_total", reloads_help, "result", "ok",
+                                    (double)st.reloads_ok};
+    g[n++] = (struct metrics_gauge){"respguard_config_reloads_total", reloads_help, "result", "failed",
+                                    (double)st.reloads_failed};
+    g[n++] = (struct metrics_gauge){"respguard_config_last_reload_success",
+                                    "0 when the last reload failed (the configuration in use is older than "
+                                    "the file), else 1.", NULL, NULL, st.last_reload_failed ? 0 : 1};
+    g[n++] = (struct metrics_gauge){"respguard_config_last_reload_timestamp_seconds",
+                                    "When the last reload was tried (UTC epoch seconds; 0: none yet).", NULL, NULL,
+                                    st.last_reload_at};
     g[n++] = (struct metrics_gauge){"respguard_build_info", "respguard's version.", "version", RESPGUARD_VERSION,
                                     1};
     char *text = NULL;
     size_t len = 0;
-    if (metrics_render(a->metrics, g, n, &text, &len) != 0)
+    int rc = metrics_render(a->metrics, g, n, &text, &len);
+    pthread_mutex_unlock(&a->lock);
+    if (rc != 0)
         return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     return respond(c, MHD_HTTP_OK, text, len, MHD_RESPMEM_MUST_FREE, "text/plain; version=0.0.4; charset=utf-8");
 }
@@ -164,49 +186,90 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
 {
     struct admin *a = cls;
     (void)addrlen;
-    return config_cidr_match(&a->cfg->admin.allow_from, addr) ? MHD_YES : MHD_NO;
+    pthread_mutex_lock(&a->lock);
+    bool ok = config_cidr_match(&a->pub.allow_from, addr);
+    pthread_mutex_unlock(&a->lock);
+    return ok ? MHD_YES : MHD_NO;
+}
+
+static void published_free(struct published *p)
+{
+    for (size_t i = 0; p->cert_names && i < p->cert_count; i++)
+        free(p->cert_names[i]);
+    free(p->cert_names);
+    free(p->certs);
+    free(p->allow_from.items);
+    memset(p, 0, sizeof *p);
 }
 
 static void admin_free(struct admin *a)
 {
-    for (size_t i = 0; a->cert_names && i < a->cert_count; i++)
-        free(a->cert_names[i]);
-    free(a->cert_names);
-    free(a->certs);
+    published_free(&a->pub);
     pthread_mutex_destroy(&a->lock);
     free(a);
 }
 
+int admin_set_config(struct admin *a, const struct admin_config_info *info)
+{
+    struct published p = {0};
+    size_t ncidr = info->allow_from ? info->allow_from->count : 0;
+    p.cert_count = info->cert_count < ADMIN_MAX_CERTS ? info->cert_count : ADMIN_MAX_CERTS;
+    p.certs = calloc(p.cert_count + 1, sizeof *p.certs);
+    p.cert_names = calloc(p.cert_count + 1, sizeof *p.cert_names);
+    p.allow_from.items = calloc(ncidr + 1, sizeof *p.allow_from.items);
+    bool oom = !p.certs || !p.cert_names || !p.allow_from.items;
+    for (size_t i = 0; !oom && i < p.cert_count; i++) {
+        p.certs[i] = info->certs[i];
+        oom = !(p.cert_names[i] = strdup(info->certs[i].name));
+        p.certs[i].name = p.cert_names[i];
+    }
+    if (oom) {
+        published_free(&p);
+        return -1;
+    }
+    if (ncidr)
+        memcpy(p.allow_from.items, info->allow_from->items, ncidr * sizeof *p.allow_from.items);
+    p.allow_from.count = ncidr;
+    snprintf(p.upstream_cert_name, sizeof p.upstream_cert_name, "%s", info->upstream_name);
+    pthread_mutex_lock(&a->lock);
+    struct published old = a->pub;
+    a->pub = p;
+    a->status.config_loaded_at = info->loaded_at;
+    a->status.config_load_seconds = info->load_seconds;
+    pthread_mutex_unlock(&a->lock);
+    published_free(&old);
+    return 0;
+}
+
+void admin_record_reload(struct admin *a, bool ok, double at)
+{
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->lock);
+    if (ok)
+        a->status.reloads_ok++;
+    else
+        a->status.reloads_failed++;
+    a->status.last_reload_failed = !ok;
+    a->status.last_reload_at = at;
+    pthread_mutex_unlock(&a->lock);
+}
+
 int admin_start(const struct admin_start_info *info, struct admin **out, char *err, size_t errlen)
 {
-    const struct config_admin *ac = &info->cfg->admin;
+    const struct config_admin *ac = info->admin;
     struct admin *a = calloc(1, sizeof *a);
     if (!a || pthread_mutex_init(&a->lock, NULL) != 0) {
         free(a);
         snprintf(err, errlen, "admin: out of memory");
         return -1;
     }
-    a->cfg = info->cfg;
     a->metrics = info->metrics;
-    a->config_loaded_at = info->config_loaded_at;
-    a->config_load_seconds = info->config_load_seconds;
-    a->cert_count = info->cert_count < ADMIN_MAX_CERTS ? info->cert_count : ADMIN_MAX_CERTS;
-    a->certs = calloc(a->cert_count + 1, sizeof *a->certs);
-    a->cert_names = calloc(a->cert_count + 1, sizeof *a->cert_names);
-    bool oom = !a->certs || !a->cert_names;
-    for (size_t i = 0; !oom && i < a->cert_count; i++) {
-        a->certs[i] = info->certs[i];
-        oom = !(a->cert_names[i] = strdup(info->certs[i].name));
-        a->certs[i].name = a->cert_names[i];
-    }
-    if (oom) {
+    if (admin_set_config(a, &info->config) != 0) {
         admin_free(a);
         snprintf(err, errlen, "admin: out of memory");
         return -1;
     }
-    const struct config_upstream *up = &info->cfg->upstream;
-    snprintf(a->upstream_cert_name, sizeof a->upstream_cert_name, "upstream %s:%u",
-             up->server_name ? up->server_name : up->host, (unsigned)up->port);
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
     if (ac->listen.addr.ss_family == AF_INET6)

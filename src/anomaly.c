@@ -543,6 +543,42 @@ int anomaly_new(const struct anomaly_config *cfg, size_t user_count, struct anom
     return 0;
 }
 
+/* Grow an array of old_n elements of size sz to new_n, the new ones zeroed (the unseen state). */
+static int grow_zeroed(void **p, size_t old_n, size_t new_n, size_t sz)
+{
+    void *q = realloc(*p, (new_n ? new_n : 1) * sz);
+    if (q == NULL)
+        return -ENOMEM;
+    memset((char *)q + old_n * sz, 0, (new_n - old_n) * sz);
+    *p = q;
+    return 0;
+}
+
+int anomaly_reconfigure(struct anomaly *d, const struct anomaly_config *cfg, size_t user_count)
+{
+    int rc = anomaly_config_check(cfg, user_count, NULL, 0);
+    if (rc != 0)
+        return rc;
+    if (user_count < d->user_count || cfg->categories != d->cfg.categories ||
+        cfg->source_table_size != d->cfg.source_table_size)
+        return -EINVAL;
+    if (user_count > d->user_count) {
+        if (grow_zeroed((void **)&d->ucfg, d->user_count, user_count, sizeof *d->ucfg) != 0 ||
+            grow_zeroed((void **)&d->users, d->user_count, user_count, sizeof *d->users) != 0 ||
+            grow_zeroed((void **)&d->series, d->user_count * d->nslots, user_count * d->nslots,
+                        sizeof *d->series) != 0)
+            return -ENOMEM; /* what grew is zeroed and unused until user_count says so */
+        d->user_count = user_count;
+    }
+    uint64_t seed = d->cfg.hash_seed; /* the source table is placed by it */
+    d->cfg = *cfg;
+    d->cfg.overrides = NULL;
+    d->cfg.hash_seed = seed;
+    for (size_t i = 0; i < user_count; i++)
+        d->ucfg[i] = cfg->overrides != NULL ? cfg->overrides[i] : cfg->user;
+    return 0;
+}
+
 void anomaly_free(struct anomaly *d)
 {
     if (d == NULL)

@@ -376,12 +376,26 @@ static const char *errstr(int code, char *buf, size_t size)
     }
 }
 
+/* Every file the configuration names goes on its list of files (what `watch` watches). */
+static int note_file(struct loader *ld, const yaml_node_t *n, const char *file)
+{
+    struct config *c = ld->c;
+    char **files = realloc(c->files, (c->file_count + 1) * sizeof *files);
+    if (!files)
+        return oom(ld, n);
+    c->files = files;
+    if (!(files[c->file_count] = strdup(file)))
+        return oom(ld, n);
+    c->file_count++;
+    return 0;
+}
+
 /* A file path from the file: relative paths are relative to the configuration's directory. */
 static int resolve_path(struct loader *ld, const yaml_node_t *n, char *s, char **out)
 {
     if (s[0] == '/' || !ld->dir) {
         *out = s;
-        return 0;
+        return note_file(ld, n, s);
     }
     size_t dl = strlen(ld->dir), sl = strlen(s);
     char *p = malloc(dl + 1 + sl + 1);
@@ -394,7 +408,7 @@ static int resolve_path(struct loader *ld, const yaml_node_t *n, char *s, char *
     memcpy(p + dl + 1, s, sl + 1);
     sfree(s);
     *out = p;
-    return 0;
+    return note_file(ld, n, p);
 }
 
 static int get_path(struct loader *ld, const yaml_node_t *n, const char *path, char **out)
@@ -739,6 +753,50 @@ static int parse_port(const char *s, size_t len, uint16_t *port)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Keys that need a restart (RESTART): is the running value the new one?                   */
+/* ---------------------------------------------------------------------------------------- */
+
+static bool same_string(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
+
+/* The listeners are bound sockets: the same binds, in the same order, each TLS or not as
+ * before. (Their certificates, client CAs and allow_from are applied by a reload.) */
+static bool same_listeners(const struct config *a, const struct config *b)
+{
+    if (a->listener_count != b->listener_count)
+        return false;
+    for (size_t i = 0; i < a->listener_count; i++)
+        if (!same_string(a->listeners[i].bind, b->listeners[i].bind) ||
+            a->listeners[i].tls_enabled != b->listeners[i].tls_enabled)
+            return false;
+    return true;
+}
+
+static bool same_upstream_address(const struct config *a, const struct config *b)
+{
+    return same_string(a->upstream.host, b->upstream.host) && a->upstream.port == b->upstream.port;
+}
+
+static bool same_pool_mode(const struct config *a, const struct config *b)
+{
+    return a->upstream.pool.mode == b->upstream.pool.mode;
+}
+
+static bool same_admin_enabled(const struct config *a, const struct config *b)
+{
+    return a->admin.enabled == b->admin.enabled;
+}
+
+static bool same_admin_bind(const struct config *a, const struct config *b)
+{
+    return !a->admin.enabled || !b->admin.enabled || same_string(a->admin.listen.bind, b->admin.listen.bind);
+}
+
+static bool same_probe_interval(const struct config *a, const struct config *b)
+{
+    return !a->admin.enabled || !b->admin.enabled || a->admin.probe_interval_ms == b->admin.probe_interval_ms;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* The key tables                                                                           */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -759,6 +817,10 @@ enum ftype {
 };
 
 #define REQUIRED 1u
+/* The key cannot change while respguard runs (a socket is bound, a thread started, sessions
+ * depend on it): a reload keeps the running value and logs the key as needing a restart. Every
+ * other key is applied by a reload. */
+#define RESTART 2u
 
 struct field {
     const char *name;
@@ -768,6 +830,8 @@ struct field {
     uint64_t min, max;
     const char *excludes; /* a key that cannot be given together with this one */
     int (*load)(struct loader *ld, const yaml_node_t *v, void *obj, const char *path);
+    /* RESTART keys: does the running value equal the new one? (config_restart_keys) */
+    bool (*same)(const struct config *running, const struct config *next);
 };
 
 struct found {
@@ -1330,10 +1394,10 @@ static int load_pool_mode(struct loader *ld, const yaml_node_t *v, void *obj, co
 }
 
 #define PO(name, type, member, min, max) \
-    {name, type, offsetof(struct config_pool, member), 0, min, max, NULL, NULL}
+    {name, type, offsetof(struct config_pool, member), 0, min, max, NULL, NULL, NULL}
 enum { PO_MODE, PO_SIZE, PO_MIN_IDLE, PO_IDLE, PO_LIFETIME, PO_KEEPALIVE, PO_ACQUIRE, PO_N };
 static const struct field pool_fields[PO_N] = {
-    [PO_MODE] = {"mode", T_CUSTOM, 0, 0, 0, 0, NULL, load_pool_mode},
+    [PO_MODE] = {"mode", T_CUSTOM, 0, RESTART, 0, 0, NULL, load_pool_mode, same_pool_mode},
     [PO_SIZE] = PO("size", T_COUNT, size, 1, 100000),
     [PO_MIN_IDLE] = PO("min_idle", T_COUNT, min_idle, 0, 100000),
     [PO_IDLE] = PO("idle_timeout", T_DURATION, idle_timeout_ms, 0, 7ull * 86400000),
@@ -1363,8 +1427,9 @@ static int load_pool(struct loader *ld, const yaml_node_t *v, void *obj, const c
 
 enum { UP_URL, UP_CA, UP_SNI, UP_TIMEOUT, UP_PASS_FILE, UP_CREDS, UP_POOL, UP_N };
 static const struct field upstream_fields[UP_N] = {
+    /* Only the URL's host and port need a restart; its credential is applied by a reload. */
     [UP_URL] = {.name = "url", .type = T_STRING, .off = offsetof(struct config_upstream, url),
-                .flags = REQUIRED},
+                .flags = REQUIRED | RESTART, .same = same_upstream_address},
     [UP_CA] = {.name = "ca_file", .type = T_PATH, .off = offsetof(struct config_upstream, ca_file)},
     [UP_SNI] = {.name = "server_name", .type = T_STRING,
                 .off = offsetof(struct config_upstream, server_name)},
@@ -1413,7 +1478,7 @@ static int load_expires(struct loader *ld, const yaml_node_t *v, void *obj, cons
  * value for this user. The values are merged in finish(), once the section (which may come
  * later in the file) is known. */
 #define UA(name, type, member) \
-    {name, type, offsetof(struct anomaly_user_config, member), 0, 0, UINT32_MAX, NULL, NULL}
+    {name, type, offsetof(struct anomaly_user_config, member), 0, 0, UINT32_MAX, NULL, NULL, NULL}
 static const struct field user_anomaly_fields[] = {
     UA("disabled", T_BOOL, disabled),
     UA("min_rate", T_NUMBER, min_rate),
@@ -1624,7 +1689,7 @@ static int load_limits_rate_limit(struct loader *ld, const yaml_node_t *v, void 
 }
 
 #define LO(name, type, member, min, max) \
-    {name, type, offsetof(struct config_login_lockout, member), 0, min, max, NULL, NULL}
+    {name, type, offsetof(struct config_login_lockout, member), 0, min, max, NULL, NULL, NULL}
 static const struct field lockout_fields[] = {
     LO("failures", T_U32, failures, 1, 1000000),
     LO("window", T_DURATION, window_ms, 1000, 86400000),
@@ -1659,7 +1724,7 @@ static int load_lockout(struct loader *ld, const yaml_node_t *v, void *obj, cons
 }
 
 #define LIMIT(name, type, member, min, max) \
-    {name, type, offsetof(struct config_limits, member), 0, min, max, NULL, NULL}
+    {name, type, offsetof(struct config_limits, member), 0, min, max, NULL, NULL, NULL}
 static const struct field limits_fields[] = {
     LIMIT("max_clients", T_COUNT, max_clients, 1, 1000000),
     LIMIT("max_request_bytes", T_SIZE, max_request_bytes, 1ull << 10, 4ull << 30),
@@ -1668,8 +1733,8 @@ static const struct field limits_fields[] = {
     LIMIT("client_output_bytes", T_SIZE, client_output_bytes, 1ull << 10, 64ull << 30),
     LIMIT("upstream_output_bytes", T_SIZE, upstream_output_bytes, 1ull << 10, 64ull << 30),
     LIMIT("shutdown_timeout", T_DURATION, shutdown_timeout_ms, 1, 3600000),
-    {"rate_limit", T_CUSTOM, 0, 0, 0, 0, NULL, load_limits_rate_limit},
-    {"login_lockout", T_CUSTOM, 0, 0, 0, 0, NULL, load_lockout},
+    {"rate_limit", T_CUSTOM, 0, 0, 0, 0, NULL, load_limits_rate_limit, NULL},
+    {"login_lockout", T_CUSTOM, 0, 0, 0, 0, NULL, load_lockout, NULL},
 };
 #undef LIMIT
 
@@ -1720,7 +1785,7 @@ enum {
     AN_DENIAL, AN_AUTH_FAILURE, AN_SURGE_MIN, AN_SURGE_FACTOR, AN_N
 };
 #define AN(id, name, type, member) \
-    [id] = {name, type, offsetof(struct config, member), 0, 0, UINT32_MAX, NULL, NULL}
+    [id] = {name, type, offsetof(struct config, member), 0, 0, UINT32_MAX, NULL, NULL, NULL}
 static const struct field anomaly_fields[AN_N] = {
     AN(AN_ENABLED, "enabled", T_BOOL, anomaly_enabled),
     AN(AN_HALF_LIFE, "half_life", T_SECONDS, anomaly.half_life_s),
@@ -1756,10 +1821,12 @@ static int load_anomaly(struct loader *ld, const yaml_node_t *v, void *obj, cons
  * has no authentication, so an address other than loopback needs allow_from. */
 enum { AD_BIND, AD_ALLOW, AD_PROBE, AD_N };
 static const struct field admin_fields[AD_N] = {
-    [AD_BIND] = {.name = "bind", .type = T_STRING, .off = offsetof(struct config_admin, listen.bind)},
+    [AD_BIND] = {.name = "bind", .type = T_STRING, .off = offsetof(struct config_admin, listen.bind),
+                 .flags = RESTART, .same = same_admin_bind},
     [AD_ALLOW] = {.name = "allow_from", .type = T_CIDRS, .off = offsetof(struct config_admin, allow_from)},
     [AD_PROBE] = {.name = "probe_interval", .type = T_DURATION, .min = 100, .max = 3600000,
-                  .off = offsetof(struct config_admin, probe_interval_ms)},
+                  .off = offsetof(struct config_admin, probe_interval_ms), .flags = RESTART,
+                  .same = same_probe_interval},
 };
 
 static int load_admin(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
@@ -1786,10 +1853,10 @@ static int load_admin(struct loader *ld, const yaml_node_t *v, void *obj, const 
 }
 
 enum { TOP_LISTENERS, TOP_UPSTREAM, TOP_USERS, TOP_GUARD, TOP_LIMITS, TOP_LOG, TOP_ANOMALY,
-       TOP_ADMIN, TOP_N };
+       TOP_ADMIN, TOP_WATCH, TOP_N };
 static const struct field top_fields[TOP_N] = {
-    [TOP_LISTENERS] = {.name = "listeners", .type = T_CUSTOM, .flags = REQUIRED,
-                       .load = load_listeners},
+    [TOP_LISTENERS] = {.name = "listeners", .type = T_CUSTOM, .flags = REQUIRED | RESTART,
+                       .load = load_listeners, .same = same_listeners},
     [TOP_UPSTREAM] = {.name = "upstream", .type = T_CUSTOM, .flags = REQUIRED,
                       .load = load_upstream},
     [TOP_USERS] = {.name = "users", .type = T_CUSTOM, .flags = REQUIRED, .load = load_users},
@@ -1797,7 +1864,9 @@ static const struct field top_fields[TOP_N] = {
     [TOP_LIMITS] = {.name = "limits", .type = T_CUSTOM, .load = load_limits},
     [TOP_LOG] = {.name = "log", .type = T_CUSTOM, .load = load_log},
     [TOP_ANOMALY] = {.name = "anomaly", .type = T_CUSTOM, .load = load_anomaly},
-    [TOP_ADMIN] = {.name = "admin", .type = T_CUSTOM, .load = load_admin},
+    [TOP_ADMIN] = {.name = "admin", .type = T_CUSTOM, .flags = RESTART, .load = load_admin,
+                   .same = same_admin_enabled},
+    [TOP_WATCH] = {.name = "watch", .type = T_BOOL, .off = offsetof(struct config, watch)},
 };
 
 /* Apply each user's anomaly keys over the section's per-user settings, build the overrides
@@ -2093,7 +2162,70 @@ void config_free(struct config *c)
     sfree(c->admin.listen.bind);
     sfree(c->admin.listen.host);
     free_cidrs(&c->admin.allow_from);
+    for (size_t i = 0; c->files && i < c->file_count; i++)
+        free(c->files[i]);
+    free(c->files);
     sfree(c->path);
     explicit_bzero(c, sizeof *c);
     free(c);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reload                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The sections whose tables may hold RESTART keys, with the key path they are under. */
+static const struct {
+    const struct field *fields;
+    size_t count;
+    const char *prefix;
+} restart_tables[] = {
+    {top_fields, TOP_N, ""},
+    {upstream_fields, UP_N, "upstream."},
+    {pool_fields, PO_N, "upstream.pool."},
+    {admin_fields, AD_N, "admin."},
+};
+
+static void append_key(char *out, size_t outlen, size_t *off, size_t index, const char *prefix, const char *name)
+{
+    if (*off >= outlen)
+        return;
+    int w = snprintf(out + *off, outlen - *off, "%s%s%s", index ? "," : "", prefix, name);
+    if (w > 0)
+        *off += (size_t)w < outlen - *off ? (size_t)w : outlen - *off - 1;
+}
+
+size_t config_restart_keys(const struct config *running, const struct config *next, char *out, size_t outlen)
+{
+    size_t n = 0, off = 0;
+    if (outlen)
+        out[0] = '\0';
+    for (size_t t = 0; t < ARRAY_SIZE(restart_tables); t++) {
+        for (size_t i = 0; i < restart_tables[t].count; i++) {
+            const struct field *f = &restart_tables[t].fields[i];
+            if (!(f->flags & RESTART) || f->same(running, next))
+                continue;
+            if (f == &top_fields[TOP_LISTENERS]) { /* name the listener and what changed */
+                size_t most = running->listener_count > next->listener_count ? running->listener_count
+                                                                               : next->listener_count;
+                for (size_t l = 0; l < most; l++) {
+                    const struct config_listener *a = l < running->listener_count ? &running->listeners[l] : NULL;
+                    const struct config_listener *b = l < next->listener_count ? &next->listeners[l] : NULL;
+                    char key[48];
+                    if (!a || !b)
+                        snprintf(key, sizeof key, "listeners[%zu]", l);
+                    else if (!same_string(a->bind, b->bind))
+                        snprintf(key, sizeof key, "listeners[%zu].bind", l);
+                    else if (a->tls_enabled != b->tls_enabled)
+                        snprintf(key, sizeof key, "listeners[%zu].tls", l);
+                    else
+                        continue;
+                    append_key(out, outlen, &off, n++, "", key);
+                }
+                continue;
+            }
+            append_key(out, outlen, &off, n++, restart_tables[t].prefix, f->name);
+        }
+    }
+    return n;
 }

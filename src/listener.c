@@ -11,6 +11,7 @@
 
 #include "respguard/config.h"
 #include "respguard/log.h"
+#include "respguard/snapshot.h"
 #include "respguard/session.h"
 #include "respguard/worker.h"
 
@@ -30,11 +31,41 @@ static void on_connection(uv_stream_t *server, int status)
                   LOG_END);
 }
 
-int listener_start(struct listener *l, struct worker *w, const struct config_listener *cfg, char *err,
+struct listener_settings listener_settings(const struct listener *l)
+{
+    return (struct listener_settings){.cfg = &l->snap->cfg->listeners[l->index],
+                                      .tls_ctx = l->snap->listener_tls[l->index]};
+}
+
+void listener_reload(struct listener *l, struct snapshot *next)
+{
+    if (!l->snap)
+        return;
+    const struct config_listener *cur = &l->snap->cfg->listeners[l->index];
+    for (size_t i = 0; i < next->cfg->listener_count; i++) {
+        const struct config_listener *c = &next->cfg->listeners[i];
+        if (strcmp(c->bind, cur->bind) == 0 && c->tls_enabled == cur->tls_enabled) {
+            snapshot_unref(l->snap);
+            l->snap = snapshot_ref(next);
+            l->index = i;
+            return;
+        }
+    }
+}
+
+void listener_free(struct listener *l)
+{
+    snapshot_unref(l->snap);
+    l->snap = NULL;
+}
+
+int listener_start(struct listener *l, struct worker *w, struct snapshot *snap, size_t index, char *err,
                    size_t errlen)
 {
+    const struct config_listener *cfg = &snap->cfg->listeners[index];
     l->w = w;
-    l->cfg = cfg;
+    l->snap = snapshot_ref(snap);
+    l->index = index;
     int rc = uv_tcp_init(w->loop, &l->tcp);
     if (rc < 0) {
         snprintf(err, errlen, "%s: %s", cfg->bind, uv_strerror(rc));

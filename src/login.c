@@ -17,6 +17,7 @@
 #include "respguard/log.h"
 #include "respguard/metrics.h"
 #include "respguard/ratelimit.h"
+#include "respguard/snapshot.h"
 #include "respguard/worker.h"
 
 const char login_wrongpass[] = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
@@ -49,7 +50,7 @@ enum login_result login_check_user(const struct login_source *src, const struct 
 {
     if (!u->enabled)
         return LOGIN_BAD_PASSWORD;
-    const struct config_user *uc = worker_user_config(src->w, u);
+    const struct config_user *uc = worker_user_config(src->w->snap, u);
     if (uc->has_expires && time(NULL) >= uc->expires)
         return LOGIN_EXPIRED;
     if (uc->allow_from.count && !config_cidr_match(&uc->allow_from, src->addr))
@@ -60,7 +61,7 @@ enum login_result login_check_user(const struct login_source *src, const struct 
 enum login_result login_check(const struct login_source *src, const struct resp_arg *user,
                               const struct resp_arg *pass, const struct acl_user **out)
 {
-    const struct acl_user *u = worker_find_user(src->w, user->ptr, user->len);
+    const struct acl_user *u = snapshot_find_user(src->w->snap, user->ptr, user->len);
     *out = u;
     if (!u) {
         /* Same work as for a real user, so timing does not tell which names exist. */
@@ -111,7 +112,7 @@ void login_record_failure(const struct login_source *src, const struct resp_arg 
               LOG_END);
     if (!w->lockout || !lockout_record_failure(w->lockout, src->addr, user->ptr, user->len, now))
         return;
-    const struct config_login_lockout *lo = &w->cfg->limits.login_lockout;
+    const struct config_login_lockout *lo = &w->snap->cfg->limits.login_lockout;
     log_event(LOG_WARN, "login_lockout", LOG_STR("peer", src->peer), LOG_BYTES("user", user->ptr, user->len),
               LOG_INT("failures", lo->failures), LOG_INT("window_ms", (long long)lo->window_ms),
               LOG_INT("duration_ms", (long long)lo->duration_ms), LOG_END);
@@ -125,5 +126,5 @@ void login_record_success(const struct login_source *src, const struct acl_user 
               LOG_INT("session", src->session), LOG_END);
     metrics_inc(w->metrics, MC_LOGIN_OK);
     if (w->anomaly)
-        anomaly_record_connection(w->anomaly, (int)(u - w->users), src->addr, uv_now(w->loop));
+        anomaly_record_connection(w->anomaly, (int)worker_user_slot(w, w->snap, u), src->addr, uv_now(w->loop));
 }

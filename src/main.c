@@ -6,8 +6,10 @@
  *   respguard passwd [--generate]  hash a secret (from stdin) for an ACL rule
  *
  * Start-up errors are fatal and say why; SIGTERM/SIGINT stop accepting, let replies in flight
- * drain within limits.shutdown_timeout, and exit 0. Under systemd (Type=notify) the manager hears
- * READY=1 once every listener is bound and STOPPING=1 when shutdown begins (notify.h).
+ * drain within limits.shutdown_timeout, and exit 0. SIGHUP (and, with `watch: yes`, a change to
+ * the configuration or a file it names) reloads the configuration without dropping a client.
+ * Under systemd (Type=notify) the manager hears READY=1 once every listener is bound,
+ * RELOADING=1 then READY=1 around each reload, and STOPPING=1 when shutdown begins (notify.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -34,7 +36,9 @@
 #include "respguard/ratelimit.h"
 #include "respguard/resp.h"
 #include "respguard/session.h"
+#include "respguard/snapshot.h"
 #include "respguard/tlsconn.h"
+#include "respguard/watch.h"
 #include "respguard/worker.h"
 
 #ifndef RESPGUARD_VERSION
@@ -59,180 +63,33 @@ static void usage(FILE *out)
             RESPGUARD_VERSION);
 }
 
-/* Everything built from a loaded config that the worker refers to. */
+/* The running process: the worker (which holds the configuration snapshot in use) and what
+ * main owns around it: signals, the once-a-second timer, the admin listener and its probe, and
+ * the config watch. */
 struct runtime {
-    struct config *cfg;
+    const char *path;              /* the configuration file, read again by each reload */
     struct worker w;
-    struct listener *listeners;
-    struct tlsconn_ctx **listener_tls;
+    struct snapshot *boot;         /* the snapshot respguard started with: what keys that need a
+                                      restart are compared against (a reference) */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t second_timer;       /* once a second: anomalies, the end of rate-limit episodes */
     bool second_timer_started;
-    struct metrics *metrics;
     struct admin *admin;           /* NULL unless the admin key is given */
     struct probe probe;            /* the upstream readiness probe (with admin) */
     bool probe_started;
-    double config_loaded_at;       /* UTC epoch seconds */
-    double config_load_seconds;
+    struct watch watch;            /* watch: yes */
 };
 
-static int compile_users(struct runtime *rt, char *err, size_t errlen)
-{
-    struct config *cfg = rt->cfg;
-    for (size_t i = 0; i < cfg->never_count; i++) {
-        const char *g = cfg->never_by_category[i];
-        if (!acl_command_known(g, strlen(g))) {
-            if (cfg->never_pos)
-                snprintf(err, errlen, "%s:%d:%d: guard.never_by_category[%zu]: unknown command '%s'", cfg->path,
-                         cfg->never_pos[i][0], cfg->never_pos[i][1], i, g);
-            else
-                snprintf(err, errlen, "%s: guard.never_by_category: unknown command '%s'", cfg->path, g);
-            return -EINVAL;
-        }
-    }
-    rt->w.users = calloc(cfg->user_count ? cfg->user_count : 1, sizeof *rt->w.users);
-    if (!rt->w.users)
-        return -ENOMEM;
-    for (size_t i = 0; i < cfg->user_count; i++) {
-        const struct config_user *u = &cfg->users[i];
-        char why[256];
-        size_t off = 0;
-        int rc = acl_user_compile(u->name, u->acl, (const char *const *)cfg->never_by_category, cfg->never_count,
-                                  &rt->w.users[i], why, sizeof why, &off);
-        rt->w.user_count = i + 1;
-        if (rc != 0) {
-            snprintf(err, errlen, "%s:%d:%d: users.%s.acl: %s", u->file ? u->file : cfg->path, u->acl_line,
-                     u->acl_column + (int)off, u->name, rc == -EINVAL ? why : strerror(-rc));
-            return rc;
-        }
-    }
-    return 0;
-}
-
-/* Encode the command that logs an upstream connection in: AUTH [user] pass, or PING when there
- * is no password (it still proves the connection answers). */
-static int encode_login(struct worker_login *out, const char *username, const char *password)
-{
-    struct resp_arg argv[3];
-    size_t argc = 0;
-    if (password) {
-        argv[argc++] = (struct resp_arg){"AUTH", 4};
-        if (username)
-            argv[argc++] = (struct resp_arg){username, strlen(username)};
-        argv[argc++] = (struct resp_arg){password, strlen(password)};
-    } else {
-        argv[argc++] = (struct resp_arg){"PING", 4};
-    }
-    size_t n = resp_encoded_size(argc, argv);
-    out->cmd = malloc(n);
-    if (!out->cmd)
-        return -ENOMEM;
-    out->len = resp_encode_command(out->cmd, argc, argv);
-    return 0;
-}
-
-/* The upstream logins: the URL's credential, then each named credential; and which one each
- * user's sessions use (upstream_credential). */
-static int build_upstream_logins(struct runtime *rt)
-{
-    const struct config_upstream *up = &rt->cfg->upstream;
-    size_t n = 1 + up->credential_count;
-    rt->w.upstream_logins = calloc(n, sizeof *rt->w.upstream_logins);
-    rt->w.user_login = calloc(rt->cfg->user_count ? rt->cfg->user_count : 1, sizeof *rt->w.user_login);
-    if (!rt->w.upstream_logins || !rt->w.user_login)
-        return -ENOMEM;
-    rt->w.upstream_login_count = n;
-    if (encode_login(&rt->w.upstream_logins[0], up->username, up->password) != 0)
-        return -ENOMEM;
-    for (size_t i = 0; i < up->credential_count; i++)
-        if (encode_login(&rt->w.upstream_logins[i + 1], up->credentials[i].username, up->credentials[i].password) != 0)
-            return -ENOMEM;
-    for (size_t u = 0; u < rt->cfg->user_count; u++) {
-        const char *cred = rt->cfg->users[u].upstream_credential;
-        for (size_t i = 0; cred && i < up->credential_count; i++)
-            if (strcmp(up->credentials[i].name, cred) == 0)
-                rt->w.user_login[u] = i + 1;
-    }
-    return 0;
-}
-
-static int build_tls(struct runtime *rt, char *err, size_t errlen)
-{
-    struct config *cfg = rt->cfg;
-    char why[512];
-    rt->w.upstream_tls = tlsconn_ctx_new_client(cfg->upstream.ca_file, why, sizeof why);
-    if (!rt->w.upstream_tls) {
-        snprintf(err, errlen, "upstream TLS: %s", why);
-        return -EINVAL;
-    }
-    rt->w.upstream_verify_name = cfg->upstream.server_name ? cfg->upstream.server_name : cfg->upstream.host;
-    rt->listener_tls = calloc(cfg->listener_count, sizeof *rt->listener_tls);
-    if (!rt->listener_tls)
-        return -ENOMEM;
-    for (size_t i = 0; i < cfg->listener_count; i++) {
-        const struct config_listener *l = &cfg->listeners[i];
-        if (!l->tls_enabled)
-            continue;
-        rt->listener_tls[i] = tlsconn_ctx_new_server(l->tls.cert_file, l->tls.key_file, l->tls.client_ca_file,
-                                                     why, sizeof why);
-        if (!rt->listener_tls[i]) {
-            snprintf(err, errlen, "listener %s: %s", l->bind, why);
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
-
-static void runtime_free(struct runtime *rt)
-{
-    worker_free(&rt->w);
-    for (size_t i = 0; i < rt->w.user_count; i++)
-        acl_user_deinit(&rt->w.users[i]);
-    free(rt->w.users);
-    for (size_t i = 0; rt->w.upstream_logins && i < rt->w.upstream_login_count; i++) {
-        crypto_wipe(rt->w.upstream_logins[i].cmd, rt->w.upstream_logins[i].len);
-        free(rt->w.upstream_logins[i].cmd);
-    }
-    free(rt->w.upstream_logins);
-    free(rt->w.user_login);
-    if (rt->w.upstream_tls)
-        tlsconn_ctx_free(rt->w.upstream_tls);
-    if (rt->listener_tls) {
-        for (size_t i = 0; i < rt->cfg->listener_count; i++)
-            if (rt->listener_tls[i])
-                tlsconn_ctx_free(rt->listener_tls[i]);
-        free(rt->listener_tls);
-    }
-    free(rt->listeners);
-    anomaly_free(rt->w.anomaly);
-    lockout_free(rt->w.lockout);
-    free(rt->w.rates);
-    metrics_free(rt->metrics);
-    config_free(rt->cfg);
-}
-
-/* Load, compile and build everything the config describes; print the first error. */
-static int prepare(struct runtime *rt, const char *path)
+/* Build the snapshot at path, printing the first error. */
+static struct snapshot *load(const char *path)
 {
     char err[1024];
-    struct timespec t0, t1;
-    memset(rt, 0, sizeof *rt);
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (config_load(path, &rt->cfg, err, sizeof err) != 0) {
+    struct snapshot *snap;
+    if (snapshot_build(path, &snap, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
-        return -1;
+        return NULL;
     }
-    rt->w.cfg = rt->cfg;
-    if (compile_users(rt, err, sizeof err) != 0 || build_upstream_logins(rt) != 0 ||
-        build_tls(rt, err, sizeof err) != 0) {
-        fprintf(stderr, "%s\n", err[0] ? err : "out of memory");
-        runtime_free(rt);
-        return -1;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    rt->config_loaded_at = (double)time(NULL);
-    rt->config_load_seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    return 0;
+    return snap;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -241,10 +98,10 @@ static int prepare(struct runtime *rt, const char *path)
 
 static int cmd_check(const char *path)
 {
-    struct runtime rt;
-    if (prepare(&rt, path) != 0)
+    struct snapshot *snap = load(path);
+    if (!snap)
         return 1;
-    const struct config *cfg = rt.cfg;
+    const struct config *cfg = snap->cfg;
     printf("config %s: ok\n", path);
     for (size_t i = 0; i < cfg->listener_count; i++) {
         const struct config_listener *l = &cfg->listeners[i];
@@ -253,7 +110,7 @@ static int cmd_check(const char *path)
                l->allow_from.count ? " allow_from" : "");
     }
     printf("upstream rediss://%s:%u verify-name %s ca %s%s\n", cfg->upstream.host, (unsigned)cfg->upstream.port,
-           rt.w.upstream_verify_name, cfg->upstream.ca_file ? cfg->upstream.ca_file : "system",
+           snap->upstream_verify_name, cfg->upstream.ca_file ? cfg->upstream.ca_file : "system",
            cfg->upstream.password ? " login" : "");
     const struct config_pool *pc = &cfg->upstream.pool;
     printf("upstream pool %s size %llu min_idle %llu idle_timeout %llums max_lifetime %llums keepalive %llums "
@@ -262,8 +119,8 @@ static int cmd_check(const char *path)
            (unsigned long long)pc->min_idle, (unsigned long long)pc->idle_timeout_ms,
            (unsigned long long)pc->max_lifetime_ms, (unsigned long long)pc->keepalive_ms,
            (unsigned long long)pc->acquire_timeout_ms, 1 + cfg->upstream.credential_count);
-    for (size_t i = 0; i < rt.w.user_count; i++) {
-        const struct acl_user *u = &rt.w.users[i];
+    for (size_t i = 0; i < snap->user_count; i++) {
+        const struct acl_user *u = &snap->users[i];
         const struct config_rate_limit *rl = &cfg->users[i].rate_limit;
         printf("user %s %s %s", u->name, u->enabled ? "on" : "off",
                u->nopass ? "nopass" : u->hash_count ? "password" : "no-password-set");
@@ -282,7 +139,9 @@ static int cmd_check(const char *path)
     for (size_t i = 0; i < cfg->never_count; i++)
         printf(" %s", cfg->never_by_category[i]);
     printf("\n");
-    runtime_free(&rt);
+    if (cfg->watch)
+        printf("watch %zu files for changes (reload)\n", 1 + cfg->file_count);
+    snapshot_unref(snap);
     return 0;
 }
 
@@ -293,13 +152,13 @@ static int cmd_check(const char *path)
 /* Like ACL DRYRUN: what would USER get for this command? Prints OK or the exact error. */
 static int cmd_dryrun(const char *path, int argc, char **argv)
 {
-    struct runtime rt;
-    if (prepare(&rt, path) != 0)
+    struct snapshot *snap = load(path);
+    if (!snap)
         return 2;
-    const struct acl_user *u = worker_find_user(&rt.w, argv[0], strlen(argv[0]));
+    const struct acl_user *u = snapshot_find_user(snap, argv[0], strlen(argv[0]));
     if (!u) {
         fprintf(stderr, "respguard: no user '%s' in %s\n", argv[0], path);
-        runtime_free(&rt);
+        snapshot_unref(snap);
         return 2;
     }
     size_t n = (size_t)argc - 1;
@@ -329,7 +188,7 @@ static int cmd_dryrun(const char *path, int argc, char **argv)
     free(args);
     free(keys);
     free(chans);
-    runtime_free(&rt);
+    snapshot_unref(snap);
     return status;
 }
 
@@ -387,7 +246,7 @@ static int cmd_passwd(bool generate)
 static void log_anomaly(const struct anomaly_event *ev, void *ctx)
 {
     struct runtime *rt = ctx;
-    const char *user = ev->user >= 0 && (size_t)ev->user < rt->w.user_count ? rt->w.users[ev->user].name : NULL;
+    const char *user = ev->user >= 0 && (size_t)ev->user < rt->w.slot_count ? rt->w.slot_names[ev->user] : NULL;
     log_event(ev->phase == ANOMALY_ONSET ? LOG_WARN : LOG_INFO, "anomaly",
               LOG_STR("type", anomaly_type_name(ev->type)), LOG_STR("phase", anomaly_phase_name(ev->phase)),
               LOG_STR("user", user), LOG_STR("source", ev->source[0] ? ev->source : NULL),
@@ -408,61 +267,12 @@ static void on_second(uv_timer_t *t)
     session_trim_idle(&rt->w, now);
 }
 
-/* The detector, with a random seed for its source table. 0, or -1 after printing why. */
-static int start_anomaly(struct runtime *rt)
-{
-    if (!rt->cfg->anomaly_enabled)
-        return 0;
-    struct anomaly_config ac = rt->cfg->anomaly;
-    if (crypto_random(&ac.hash_seed, sizeof ac.hash_seed) != 0 ||
-        anomaly_new(&ac, rt->w.user_count, &rt->w.anomaly) != 0) {
-        fprintf(stderr, "respguard: cannot start the anomaly detector\n");
-        return -1;
-    }
-    return 0;
-}
-
 static void start_second_timer(struct runtime *rt)
 {
     uv_timer_init(rt->w.loop, &rt->second_timer);
     rt->second_timer.data = rt;
     uv_timer_start(&rt->second_timer, on_second, 1000, 1000);
     rt->second_timer_started = true;
-}
-
-/* Metrics (one shard: one worker), the users' rate-limit buckets and the login lockout table.
- * 0, or -1 after printing why. */
-static int start_enforcement(struct runtime *rt)
-{
-    const char **names = calloc(rt->w.user_count ? rt->w.user_count : 1, sizeof *names);
-    if (!names)
-        goto oom;
-    for (size_t i = 0; i < rt->w.user_count; i++)
-        names[i] = rt->w.users[i].name;
-    int rc = metrics_new(rt->w.user_count, names, 1, &rt->metrics);
-    free(names);
-    if (rc != 0)
-        goto oom;
-    rt->w.metrics = metrics_shard(rt->metrics, 0);
-    rt->w.rates = calloc(rt->w.user_count ? rt->w.user_count : 1, sizeof *rt->w.rates);
-    if (!rt->w.rates)
-        goto oom;
-    const struct config_login_lockout *lo = &rt->cfg->limits.login_lockout;
-    if (lo->enabled) {
-        /* The whole source may fail ten times as often as one name: a few apps with stale
-         * passwords behind one address are not locked out together, a name sprayer is. */
-        uint64_t source_max = (uint64_t)lo->failures * 10;
-        struct lockout_config lc = {.max_failures = lo->failures,
-                                    .source_max_failures = source_max > UINT32_MAX ? UINT32_MAX : (uint32_t)source_max,
-                                    .window_ms = lo->window_ms,
-                                    .duration_ms = lo->duration_ms, .table_size = 4096};
-        if (crypto_random(&lc.hash_seed, sizeof lc.hash_seed) != 0 || lockout_new(&lc, &rt->w.lockout) != 0)
-            goto oom;
-    }
-    return 0;
-oom:
-    fprintf(stderr, "respguard: out of memory\n");
-    return -1;
 }
 
 /* The probe's verdict goes to /readyz; the log hears about changes only. */
@@ -484,40 +294,68 @@ static void on_probe(const struct probe_result *r, void *ctx)
                   LOG_STR("reason", r->reason), LOG_END);
 }
 
+/* What the admin listener says about the configuration in use: allow_from, the listeners'
+ * certificates' expiry, when it was loaded. 0, or -1 when out of memory. */
+static int admin_config(struct runtime *rt, int (*apply)(struct runtime *rt, const struct admin_config_info *info))
+{
+    const struct snapshot *snap = rt->w.snap;
+    const struct config *cfg = snap->cfg;
+    struct admin_cert *certs = calloc(cfg->listener_count + 1, sizeof *certs);
+    char (*names)[300] = calloc(cfg->listener_count + 1, sizeof *names);
+    int rc = -1;
+    if (certs && names) {
+        size_t n = 0;
+        for (size_t i = 0; i < cfg->listener_count; i++) {
+            long long left;
+            const struct config_listener *l = &cfg->listeners[i];
+            if (!l->tls_enabled || tlsconn_cert_file_expiry(l->tls.cert_file, &left) != 0)
+                continue;
+            snprintf(names[n], sizeof names[n], "listener %s", l->bind);
+            certs[n] = (struct admin_cert){.name = names[n], .not_after = time(NULL) + (time_t)left};
+            n++;
+        }
+        char upstream[300];
+        snprintf(upstream, sizeof upstream, "upstream %s:%u", snap->upstream_verify_name,
+                 (unsigned)rt->w.upstream_port);
+        struct admin_config_info info = {.allow_from = &rt->boot->cfg->admin.allow_from, .certs = certs,
+                                         .cert_count = n, .upstream_name = upstream,
+                                         .loaded_at = snap->loaded_at, .load_seconds = snap->load_seconds};
+        if (cfg->admin.enabled)
+            info.allow_from = &cfg->admin.allow_from;
+        rc = apply(rt, &info);
+    }
+    free(certs);
+    free(names);
+    return rc;
+}
+
+static int admin_begin(struct runtime *rt, const struct admin_config_info *info)
+{
+    struct admin_start_info start = {.admin = &rt->boot->cfg->admin, .metrics = rt->w.metrics_all,
+                                     .config = *info};
+    char err[300];
+    if (admin_start(&start, &rt->admin, err, sizeof err) == 0)
+        return 0;
+    log_event(LOG_ERROR, "listen_error", LOG_STR("reason", err), LOG_END);
+    fprintf(stderr, "respguard: %s\n", err);
+    return 1; /* reported */
+}
+
+static int admin_update(struct runtime *rt, const struct admin_config_info *info)
+{
+    return admin_set_config(rt->admin, info);
+}
+
 /* The admin listener and, for its /readyz, the upstream probe. 0, or -1 after printing why. */
 static int start_admin(struct runtime *rt)
 {
-    const struct config *cfg = rt->cfg;
+    const struct config *cfg = rt->w.snap->cfg;
     if (!cfg->admin.enabled)
         return 0;
-    struct admin_cert *certs = calloc(cfg->listener_count + 1, sizeof *certs);
-    char (*names)[300] = calloc(cfg->listener_count + 1, sizeof *names);
-    size_t n = 0;
-    if (!certs || !names) {
-        free(certs);
-        free(names);
-        fprintf(stderr, "respguard: out of memory\n");
-        return -1;
-    }
-    for (size_t i = 0; i < cfg->listener_count; i++) {
-        long long left;
-        const struct config_listener *l = &cfg->listeners[i];
-        if (!l->tls_enabled || tlsconn_cert_file_expiry(l->tls.cert_file, &left) != 0)
-            continue;
-        snprintf(names[n], sizeof names[n], "listener %s", l->bind);
-        certs[n] = (struct admin_cert){.name = names[n], .not_after = time(NULL) + (time_t)left};
-        n++;
-    }
-    struct admin_start_info info = {.cfg = cfg, .metrics = rt->metrics, .config_loaded_at = rt->config_loaded_at,
-                                    .config_load_seconds = rt->config_load_seconds, .certs = certs,
-                                    .cert_count = n};
-    char err[300];
-    int rc = admin_start(&info, &rt->admin, err, sizeof err);
-    free(certs);
-    free(names);
+    int rc = admin_config(rt, admin_begin);
     if (rc != 0) {
-        log_event(LOG_ERROR, "listen_error", LOG_STR("reason", err), LOG_END);
-        fprintf(stderr, "respguard: %s\n", err);
+        if (rc < 0)
+            fprintf(stderr, "respguard: out of memory\n");
         return -1;
     }
     log_event(LOG_INFO, "listening", LOG_STR("bind", cfg->admin.listen.bind), LOG_STR("role", "admin"), LOG_END);
@@ -537,6 +375,7 @@ static void close_signals(struct runtime *rt)
         worker_rate_limit_tick(&rt->w, uv_now(rt->w.loop) + 1000); /* episodes still open end now */
         uv_close((uv_handle_t *)&rt->second_timer, NULL);
     }
+    watch_close(&rt->watch);
     uv_close((uv_handle_t *)&rt->sig_term, NULL);
     uv_close((uv_handle_t *)&rt->sig_int, NULL);
     uv_close((uv_handle_t *)&rt->sig_hup, NULL);
@@ -571,30 +410,83 @@ static void begin_shutdown(struct runtime *rt, const char *signame)
     admin_set_draining(rt->admin);
     if (rt->probe_started)
         probe_stop(&rt->probe);
+    watch_close(&rt->watch);
     log_event(LOG_INFO, "shutdown", LOG_STR("phase", "begin"), LOG_STR("signal", signame),
               LOG_INT("sessions", (long long)w->session_count), LOG_END);
-    for (size_t i = 0; i < rt->cfg->listener_count; i++)
-        listener_stop(&rt->listeners[i], NULL);
+    for (size_t i = 0; i < w->listener_count; i++)
+        listener_stop(&w->listeners[i], NULL);
     worker_stop_pools(w);
     uv_timer_init(w->loop, &w->shutdown_timer);
     w->shutdown_timer.data = w;
-    uv_timer_start(&w->shutdown_timer, on_shutdown_timeout, rt->cfg->limits.shutdown_timeout_ms, 0);
+    uv_timer_start(&w->shutdown_timer, on_shutdown_timeout, w->snap->cfg->limits.shutdown_timeout_ms, 0);
     if (w->session_count == 0)
         on_all_drained(w);
     else
         worker_drain_sessions(w);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* reload                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+static void reload_failed(struct runtime *rt, const char *trigger, const char *reason, double at)
+{
+    log_event(LOG_ERROR, "reload", LOG_STR("result", "failed"), LOG_STR("trigger", trigger),
+              LOG_STR("reason", reason), LOG_END);
+    admin_record_reload(rt->admin, false, at);
+}
+
+/* Read the configuration again and, if all of it is valid, run under it: see worker_install for
+ * what changes. Otherwise the running configuration stays and the error is logged with its
+ * place. Under systemd the manager hears RELOADING=1, then READY=1 whatever the outcome. */
+static void reload(struct runtime *rt, const char *trigger)
+{
+    if (rt->w.shutting_down)
+        return;
+    notify_reloading();
+    double at = (double)time(NULL);
+    char err[1024];
+    struct snapshot *next;
+    if (snapshot_build(rt->path, &next, err, sizeof err) != 0) {
+        reload_failed(rt, trigger, err, at);
+        notify_ready();
+        return;
+    }
+    char keys[512];
+    size_t restart = config_restart_keys(rt->boot->cfg, next->cfg, keys, sizeof keys);
+    struct worker_reload_result r;
+    if (worker_install(&rt->w, next, &r, err, sizeof err) != 0) {
+        reload_failed(rt, trigger, err, at);
+        notify_ready();
+        return;
+    }
+    const struct config *cfg = rt->w.snap->cfg;
+    log_set_level((enum log_level)cfg->log_level);
+    if (restart)
+        log_event(LOG_WARN, "reload_restart_required", LOG_STR("keys", keys),
+                  LOG_STR("reason", "these keys keep their running values until respguard restarts"), LOG_END);
+    if (rt->admin && admin_config(rt, admin_update) != 0)
+        log_event(LOG_ERROR, "reload", LOG_STR("part", "admin"),
+                  LOG_STR("reason", "out of memory: the admin listener keeps its previous settings"), LOG_END);
+    admin_record_reload(rt->admin, true, at);
+    (void)watch_set(&rt->watch, cfg); /* the files named may have changed */
+    log_event(LOG_INFO, "reload", LOG_STR("result", "ok"), LOG_STR("trigger", trigger),
+              LOG_INT("users", (long long)rt->w.snap->user_count),
+              LOG_INT("sessions_closed", (long long)r.sessions_closed),
+              LOG_INT("pools_drained", (long long)r.pools_drained), LOG_END);
+    notify_ready();
+}
+
+static void on_watch(struct watch *wt)
+{
+    reload(wt->data, "watch");
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct runtime *rt = h->data;
     if (signum == SIGHUP) {
-        /* Reload hook: when reload exists it goes notify_reloading(), build and swap the new
-         * snapshot, then notify_ready() whatever the outcome (the unit's ExecReload sends
-         * SIGHUP). Until then the signal is only logged. */
-        log_event(LOG_WARN, "reload", LOG_STR("result", "unsupported"),
-                  LOG_STR("reason", "configuration reload is not implemented yet; restart to apply changes"),
-                  LOG_END);
+        reload(rt, "signal");
         return;
     }
     begin_shutdown(rt, signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -603,48 +495,53 @@ static void on_signal(uv_signal_t *h, int signum)
 static int cmd_run(const char *path)
 {
     struct runtime rt;
-    if (prepare(&rt, path) != 0)
+    memset(&rt, 0, sizeof rt);
+    rt.path = path;
+    struct snapshot *snap = load(path);
+    if (!snap)
         return 1;
-    log_set_level((enum log_level)rt.cfg->log_level);
+    log_set_level((enum log_level)snap->cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
 
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {
         fprintf(stderr, "respguard: cannot create the event loop\n");
-        runtime_free(&rt);
+        snapshot_unref(snap);
         return 1;
     }
-    rt.w.loop = &loop;
+    rt.boot = snapshot_ref(snap);
+    char err[256];
+    int status = 0;
+    if (worker_init(&rt.w, &loop, snap, err, sizeof err) != 0) {
+        fprintf(stderr, "respguard: %s\n", err);
+        status = 1;
+    }
     rt.w.on_drained = on_all_drained;
     log_event(LOG_INFO, "start", LOG_STR("version", RESPGUARD_VERSION), LOG_STR("config", path),
               LOG_INT("pid", getpid()), LOG_END);
-
-    rt.listeners = calloc(rt.cfg->listener_count, sizeof *rt.listeners);
-    int status = start_enforcement(&rt) == 0 ? 0 : 1;
     if (status == 0 && worker_start(&rt.w) != 0) {
         fprintf(stderr, "respguard: cannot start the upstream pools\n");
         status = 1;
     }
-    for (size_t i = 0; status == 0 && rt.listeners && i < rt.cfg->listener_count; i++) {
-        char err[256];
-        rt.listeners[i].tls_ctx = rt.listener_tls[i];
-        if (listener_start(&rt.listeners[i], &rt.w, &rt.cfg->listeners[i], err, sizeof err) != 0) {
+    for (size_t i = 0; status == 0 && i < rt.w.listener_count; i++) {
+        if (listener_start(&rt.w.listeners[i], &rt.w, snap, i, err, sizeof err) != 0) {
             log_event(LOG_ERROR, "listen_error", LOG_STR("reason", err), LOG_END);
             fprintf(stderr, "respguard: %s\n", err);
             status = 1;
             break;
         }
-        log_event(LOG_INFO, "listening", LOG_STR("bind", rt.listeners[i].bound),
-                  LOG_BOOL("tls", rt.cfg->listeners[i].tls_enabled), LOG_END);
+        log_event(LOG_INFO, "listening", LOG_STR("bind", rt.w.listeners[i].bound),
+                  LOG_BOOL("tls", snap->cfg->listeners[i].tls_enabled), LOG_END);
     }
-    if (!rt.listeners)
-        status = 1;
-    if (status == 0 && start_anomaly(&rt) != 0)
-        status = 1;
     if (status == 0)
         start_second_timer(&rt);
     if (status == 0 && start_admin(&rt) != 0)
         status = 1;
+    rt.watch.loop = &loop;
+    rt.watch.changed = on_watch;
+    rt.watch.data = &rt;
+    if (status == 0)
+        (void)watch_set(&rt.watch, snap->cfg); /* a directory that cannot be watched is logged */
 
     uv_signal_init(&loop, &rt.sig_term);
     uv_signal_init(&loop, &rt.sig_int);
@@ -654,12 +551,12 @@ static int cmd_run(const char *path)
         uv_signal_start(&rt.sig_term, on_signal, SIGTERM);
         uv_signal_start(&rt.sig_int, on_signal, SIGINT);
         uv_signal_start(&rt.sig_hup, on_signal, SIGHUP);
-        log_event(LOG_INFO, "ready", LOG_INT("listeners", (long long)rt.cfg->listener_count), LOG_END);
+        log_event(LOG_INFO, "ready", LOG_INT("listeners", (long long)rt.w.listener_count), LOG_END);
         notify_ready();
         uv_run(&loop, UV_RUN_DEFAULT);
     } else {
-        for (size_t i = 0; rt.listeners && i < rt.cfg->listener_count; i++)
-            listener_stop(&rt.listeners[i], NULL);
+        for (size_t i = 0; rt.w.listeners && i < rt.w.listener_count; i++)
+            listener_stop(&rt.w.listeners[i], NULL);
         close_signals(&rt);
         worker_stop_pools(&rt.w);
         worker_close_turn(&rt.w);
@@ -674,7 +571,8 @@ static int cmd_run(const char *path)
     } else if (status == 0) {
         log_event(LOG_INFO, "shutdown", LOG_STR("phase", "end"), LOG_END);
     }
-    runtime_free(&rt);
+    worker_free(&rt.w);
+    snapshot_unref(rt.boot);
     return status;
 }
 

@@ -20,6 +20,7 @@
 #include "respguard/metrics.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -70,6 +71,9 @@ static const struct {
 _Static_assert(sizeof per_write_bounds / sizeof per_write_bounds[0] <= METRICS_BUCKETS, "too many buckets");
 
 struct metrics {
+    /* Held by a scrape (metrics_render) and by metrics_add_users, never by the counting path:
+     * the users' arrays are replaced under it. */
+    pthread_mutex_t lock;
     size_t user_count;
     char **names; /* user_count copies */
     size_t shard_count;
@@ -279,6 +283,7 @@ void metrics_free(struct metrics *m)
         for (size_t i = 0; i < m->user_count; i++)
             free(m->names[i]);
     free(m->names);
+    pthread_mutex_destroy(&m->lock);
     free(m);
 }
 
@@ -298,6 +303,7 @@ int metrics_new(size_t user_count, const char *const *names, size_t shard_count,
     struct metrics *m = calloc(1, sizeof *m);
     if (!m)
         return -ENOMEM;
+    pthread_mutex_init(&m->lock, NULL);
     m->user_count = user_count;
     m->shard_count = shard_count;
     m->names = calloc(user_count ? user_count : 1, sizeof *m->names);
@@ -321,6 +327,72 @@ int metrics_new(size_t user_count, const char *const *names, size_t shard_count,
 nomem:
     metrics_free(m);
     return -ENOMEM;
+}
+
+/* One shard's per-user arrays for user_count users, the counts of the first old_count users
+ * carried over (their writer is the caller's thread, so nothing is counted meanwhile). */
+static int shard_grow(struct metrics_shard *s, size_t old_count, size_t user_count)
+{
+    size_t ncommands = user_count * MCAT_COUNT * MV_COUNT, nanomalies = (user_count + 1) * METRICS_ANOMALY_TYPES;
+    _Atomic uint64_t *commands = alloc_lines(ncommands * sizeof *commands);
+    _Atomic uint64_t *anomalies = alloc_lines(nanomalies * sizeof *anomalies);
+    if (!commands || !anomalies) {
+        free(commands);
+        free(anomalies);
+        return -ENOMEM;
+    }
+    zero_slots(commands, ncommands);
+    zero_slots(anomalies, nanomalies);
+    for (size_t i = 0; i < old_count * MCAT_COUNT * MV_COUNT; i++)
+        atomic_init(&commands[i], atomic_load_explicit(&s->commands[i], memory_order_relaxed));
+    for (size_t t = 0; t < METRICS_ANOMALY_TYPES; t++) /* [type][user + 1]: each type's row grows */
+        for (size_t u = 0; u <= old_count; u++)
+            atomic_init(&anomalies[t * (user_count + 1) + u],
+                        atomic_load_explicit(&s->anomalies[t * (old_count + 1) + u], memory_order_relaxed));
+    free(s->commands);
+    free(s->anomalies);
+    s->commands = commands;
+    s->anomalies = anomalies;
+    s->user_count = user_count;
+    return 0;
+}
+
+int metrics_add_users(struct metrics *m, size_t n, const char *const *names)
+{
+    if (n == 0)
+        return 0;
+    size_t total = m->user_count + n, bytes;
+    if (total < n || !mul_size(total, (size_t)MCAT_COUNT * MV_COUNT * sizeof(uint64_t), &bytes) ||
+        !mul_size(total + 1, METRICS_ANOMALY_TYPES * sizeof(uint64_t), &bytes))
+        return -ENOMEM;
+    char **more = calloc(total, sizeof *more);
+    if (!more)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (!(more[m->user_count + i] = strdup(names[i] ? names[i] : ""))) {
+            for (size_t j = 0; j < i; j++)
+                free(more[m->user_count + j]);
+            free(more);
+            return -ENOMEM;
+        }
+    }
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->shard_count && rc == 0; i++)
+        rc = shard_grow(m->shards[i], m->user_count, total);
+    if (rc == 0) {
+        memcpy(more, m->names, m->user_count * sizeof *more);
+        free(m->names);
+        m->names = more;
+        m->user_count = total;
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (rc != 0) { /* shards already grown keep working: their extra users are just unnamed */
+        for (size_t i = 0; i < n; i++)
+            free(more[m->user_count + i]);
+        free(more);
+    }
+    return rc;
 }
 
 struct metrics_shard *metrics_shard(struct metrics *m, size_t i)
@@ -690,7 +762,9 @@ static void caller_gauges(struct out *o, const struct metrics_gauge *g, size_t n
         if (!g[i].name)
             continue;
         if (!current || strcmp(current, g[i].name) != 0) {
-            family(o, g[i].name, "gauge", g[i].help);
+            size_t len = strlen(g[i].name);
+            bool counter = len > 6 && strcmp(g[i].name + len - 6, "_total") == 0;
+            family(o, g[i].name, counter ? "counter" : "gauge", g[i].help);
             current = g[i].name;
         }
         struct label l = {g[i].label_key, g[i].label_value ? g[i].label_value : ""};
@@ -700,12 +774,13 @@ static void caller_gauges(struct out *o, const struct metrics_gauge *g, size_t n
     }
 }
 
-int metrics_render(const struct metrics *m, const struct metrics_gauge *gauges, size_t gauge_count, char **out,
+int metrics_render(struct metrics *m, const struct metrics_gauge *gauges, size_t gauge_count, char **out,
                    size_t *len)
 {
     struct out o = {{NULL, 0, 0, 0}, false};
     *out = NULL;
     *len = 0;
+    pthread_mutex_lock(&m->lock);
 
     single(&o, "respguard_client_connections", "gauge", "Client connections open now.",
            open_now(m, MC_CONN_ACCEPTED, MC_CONN_CLOSED));
@@ -739,6 +814,7 @@ int metrics_render(const struct metrics *m, const struct metrics_gauge *gauges, 
     for (int h = 0; h < MH_COUNT; h++)
         histogram(&o, m, (enum metrics_histogram)h);
     caller_gauges(&o, gauges, gauge_count);
+    pthread_mutex_unlock(&m->lock);
 
     put_n(&o, "", 1); /* the NUL, also makes an empty output a valid allocation */
     if (o.failed) {

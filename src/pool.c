@@ -28,6 +28,7 @@
 #include "respguard/invariant.h"
 #include "respguard/log.h"
 #include "respguard/metrics.h"
+#include "respguard/snapshot.h"
 #include "respguard/tlsconn.h"
 #include "respguard/transport.h"
 #include "respguard/worker.h"
@@ -59,7 +60,8 @@ static void became_free(struct upconn *c);
 static void refill(struct pool *p, bool background);
 static void route_input(struct upconn *c);
 
-static const struct config_pool *cfg_of(const struct pool *p) { return &p->w->cfg->upstream.pool; }
+/* The pool settings in force: a reload may change them (but not the mode: worker.pool_mode). */
+static const struct config_pool *cfg_of(const struct pool *p) { return &p->w->snap->cfg->upstream.pool; }
 static uint64_t now_ms(const struct pool *p) { return uv_now(p->w->loop); }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -224,7 +226,7 @@ static void send_own(struct upconn *c, enum route_kind kind, const char *bytes, 
 
 static void send_login(struct upconn *c)
 {
-    const struct worker_login *l = &c->pool->w->upstream_logins[c->pool->login];
+    const struct snapshot_login *l = &c->pool->w->snap->logins[c->pool->login];
     send_own(c, ROUTE_LOGIN, l->cmd, l->len);
 }
 
@@ -373,7 +375,7 @@ static void became_free(struct upconn *c)
 
 int pool_acquire(struct pool *p, struct pool_client *cl, enum pool_use use)
 {
-    if (p->stopping)
+    if (p->stopping || p->retired)
         return -ESHUTDOWN;
     cl->conn = NULL;
     cl->use = use;
@@ -608,7 +610,7 @@ static void conn_open(struct pool *p)
  * min_idle asks for. Never more than size. */
 static void refill(struct pool *p, bool background)
 {
-    if (p->stopping)
+    if (p->stopping || p->retired)
         return;
     const struct config_pool *pc = cfg_of(p);
     /* each client waiting for a connection of its own needs one; those that can share, one */
@@ -617,7 +619,7 @@ static void refill(struct pool *p, bool background)
     size_t opening = need > connecting ? need - connecting : 0;
     if (background && now_ms(p) >= p->retry_ms) {
         size_t ready = p->count[UPCONN_IDLE] + connecting + opening;
-        if (pc->mode == CONFIG_POOL_MULTIPLEX)
+        if (p->w->pool_mode == CONFIG_POOL_MULTIPLEX)
             ready += p->count[UPCONN_SHARED];
         if (ready < pc->min_idle)
             opening += pc->min_idle - ready;
@@ -806,10 +808,10 @@ static void start_reset(struct upconn *c)
     c->nonce[32] = '\0';
     char echo[64];
     int n = snprintf(echo, sizeof echo, "*2\r\n$4\r\nECHO\r\n$32\r\n%s\r\n", c->nonce);
-    const struct worker_login *l = &p->w->upstream_logins[p->login];
+    const struct snapshot_login *l = &p->w->snap->logins[p->login];
     c->seen[0] = c->seen[1] = SEEN_OTHER;
     set_state(c, UPCONN_RESETTING);
-    c->reset_deadline_ms = now_ms(p) + p->w->cfg->limits.shutdown_timeout_ms;
+    c->reset_deadline_ms = now_ms(p) + p->w->snap->cfg->limits.shutdown_timeout_ms;
     if (route_push(c, ROUTE_RESET, NULL, 0) != 0) {
         conn_close(c, "out of memory");
         return;
@@ -923,7 +925,7 @@ static void maintain(struct upconn *c, uint64_t now)
             conn_close(c, "max_lifetime reached");
             return;
         }
-        if (c->ping_ms && now - c->ping_ms > p->w->cfg->upstream.connect_timeout_ms) {
+        if (c->ping_ms && now - c->ping_ms > p->w->snap->cfg->upstream.connect_timeout_ms) {
             conn_failed(c, "lost", "keepalive PING not answered within connect_timeout");
             refill(p, true);
             return;
@@ -974,14 +976,15 @@ int pool_start(struct pool *p, struct worker *w, size_t login, const char *name)
     memset(p, 0, sizeof *p);
     p->w = w;
     p->login = login;
-    p->name = name;
+    p->name = strdup(name);
     p->resume = tlsconn_resume_new();
-    if (!p->resume)
+    if (!p->resume || !p->name) {
+        pool_free(p);
         return UV_ENOMEM;
+    }
     int rc = uv_timer_init(w->loop, &p->tick);
     if (rc < 0) {
-        tlsconn_resume_free(p->resume);
-        p->resume = NULL;
+        pool_free(p);
         return rc;
     }
     uv_timer_init(w->loop, &p->wait_timer);
@@ -990,6 +993,41 @@ int pool_start(struct pool *p, struct worker *w, size_t login, const char *name)
     uv_timer_start(&p->tick, on_tick, 1000, 1000);
     refill(p, true);
     return 0;
+}
+
+/* Every connection stops taking clients: idle ones close now, the others once free. */
+static void retire_all(struct pool *p, const char *why)
+{
+    tlsconn_resume_forget(p->resume); /* made under what is being replaced */
+    if (p->current)
+        p->current = NULL;
+    struct upconn *c = p->conns;
+    while (c) {
+        struct upconn *next = c->next;
+        if (c->state == UPCONN_IDLE)
+            conn_close(c, why);
+        else if (c->state != UPCONN_CLOSING)
+            c->retiring = true;
+        c = next;
+    }
+}
+
+void pool_drain(struct pool *p)
+{
+    if (p->stopping)
+        return;
+    retire_all(p, "credential or upstream verification changed");
+    refill(p, true);
+}
+
+void pool_retire(struct pool *p)
+{
+    if (p->stopping || p->retired)
+        return;
+    p->retired = true;
+    while (p->wait_head)
+        fail_waiter(p, p->wait_head, POOL_FAIL_STOPPED);
+    retire_all(p, "credential removed");
 }
 
 void pool_stop(struct pool *p)
@@ -1019,4 +1057,6 @@ void pool_free(struct pool *p)
 {
     tlsconn_resume_free(p->resume);
     p->resume = NULL;
+    free(p->name);
+    p->name = NULL;
 }

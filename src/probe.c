@@ -13,6 +13,7 @@
 
 #include "respguard/config.h"
 #include "respguard/tlsconn.h"
+#include "respguard/snapshot.h"
 #include "respguard/worker.h"
 
 static const char ping[] = "*1\r\n$4\r\nPING\r\n";
@@ -37,14 +38,15 @@ static void finish(struct probe *p, bool ok, const char *stage, const char *reas
  * users may be mapped to upstream.credentials, with no password in the URL). */
 static size_t probe_login(const struct worker *w)
 {
-    return w->cfg->upstream.password || w->user_count == 0 ? 0 : w->user_login[0];
+    const struct snapshot *snap = w->snap;
+    return snap->cfg->upstream.password || snap->user_count == 0 ? 0 : snap->user_login[0];
 }
 
 static void on_ready(struct upstream *u)
 {
     struct probe *p = u->owner;
     p->has_cert_expiry = p->up.t.tls && tlsconn_peer_cert_expiry(p->up.t.tls, &p->cert_seconds_left) == 0;
-    const struct worker_login *l = &p->w->upstream_logins[probe_login(p->w)];
+    const struct snapshot_login *l = &p->w->snap->logins[probe_login(p->w)];
     transport_write(&u->t, l->cmd, l->len);
     transport_write(&u->t, ping, sizeof ping - 1);
     transport_flush(&u->t);

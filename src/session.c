@@ -40,6 +40,7 @@
 #include "respguard/replyq.h"
 #include "respguard/resp.h"
 #include "respguard/scoped.h"
+#include "respguard/snapshot.h"
 #include "respguard/tlsconn.h"
 #include "respguard/transport.h"
 #include "respguard/worker.h"
@@ -114,6 +115,10 @@ struct session {
     struct session *input_next, *flush_next;
     bool input_queued, flush_queued;
     const struct listener *listener;
+    /* The configuration it runs under (a reference): its user points into it. A reload moves
+     * every session to the new snapshot (worker_reload_sessions). */
+    struct snapshot *snap;
+    bool cert_login;                 /* its listener names users by client certificate CN */
     uint64_t id;
     char peer[64];
     struct sockaddr_storage peer_addr; /* for allow_from and per-source counts */
@@ -128,7 +133,7 @@ struct session {
 
     struct pool_client pc;           /* its use of the pool */
     struct pool *pool;               /* its user's pool (the user's upstream credential) */
-    size_t up_login;                 /* the credential its held or pinned connection speaks */
+    struct pool *up_cred;            /* whose credential its held or pinned connection speaks */
     bool stalled;                    /* the command at the input's head waits for the pool */
     bool have_failure;               /* ... and the pool could not serve it */
     enum pool_failure failure;
@@ -204,7 +209,7 @@ static bool arg_is(const struct resp_arg *a, const char *lower)
 }
 
 static bool authenticated(const struct session *s) { return s->user != NULL; }
-static bool multiplex(const struct session *s) { return s->w->cfg->upstream.pool.mode == CONFIG_POOL_MULTIPLEX; }
+static bool multiplex(const struct session *s) { return s->w->pool_mode == CONFIG_POOL_MULTIPLEX; }
 static bool owns_conn(const struct session *s) { return s->pc.conn && s->pc.use != POOL_USE_SHARE; }
 /* Does respguard answer CLIENT ID/INFO/GETNAME/SETNAME itself? In multiplex mode (the upstream
  * connection is shared) and for tenants (the upstream connection is respguard's business). */
@@ -212,12 +217,10 @@ static bool own_identity(const struct session *s)
 {
     return multiplex(s) || (s->user && acl_user_is_tenant(s->user));
 }
-static size_t user_index(const struct session *s) { return (size_t)(s->user - s->w->users); }
+/* The user's slot: what respguard counts per user (metrics, rate bucket, anomaly baselines). */
+static size_t user_slot(const struct session *s) { return worker_user_slot(s->w, s->snap, s->user); }
 
-static struct pool *pool_of(const struct session *s, const struct acl_user *u)
-{
-    return &s->w->pools[s->w->user_login[u - s->w->users]];
-}
+static struct pool *pool_of(const struct session *s, const struct acl_user *u) { return worker_user_pool(s->w, u); }
 
 static struct login_source source_of(struct session *s)
 {
@@ -550,13 +553,13 @@ static void forward_command(struct session *s, const char *frame, const struct r
         buf_free(&s->enc); /* a one-off big inline or odd command: do not keep its size */
 }
 
-/* Log the connection in with upstream credential idx (AUTH); reply (if any) goes to the client
- * once the upstream accepted it. */
-static void upstream_login(struct session *s, size_t idx, const char *reply, size_t reply_len)
+/* Log the connection in with the credential of pool cred (AUTH); reply (if any) goes to the
+ * client once the upstream accepted it. */
+static void upstream_login(struct session *s, struct pool *cred, const char *reply, size_t reply_len)
 {
-    const struct worker_login *l = &s->w->upstream_logins[idx];
-    s->up_login = idx;
-    if (s->pc.conn && idx != s->pc.conn->pool->login)
+    const struct snapshot_login *l = &s->snap->logins[cred->login];
+    s->up_cred = cred;
+    if (s->pc.conn && cred != s->pc.conn->pool)
         s->cs |= CS_CREDENTIAL;
     else
         s->cs &= (uint8_t)~CS_CREDENTIAL;
@@ -591,7 +594,7 @@ static void on_pool_acquired(struct pool_client *pc)
 {
     struct session *s = of_client(pc);
     if (pc->use != POOL_USE_SHARE)
-        s->up_login = pc->conn->pool->login;
+        s->up_cred = pc->conn->pool;
     if (s->pending_user) {
         /* A login at connect (certificate, default user) waited for this. */
         const struct acl_user *u = s->pending_user;
@@ -695,7 +698,7 @@ static enum go ensure_conn(struct session *s, struct pool *pool, enum pool_use u
         return FAIL;
     }
     if (use != POOL_USE_SHARE)
-        s->up_login = pool->login;
+        s->up_cred = pool;
     return GO;
 }
 
@@ -713,30 +716,34 @@ static const char *failure_error(const struct session *s, size_t *len)
 /* Login                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
+/* A user with an expiry: the session ends when the user does. */
+static void start_expiry(struct session *s)
+{
+    uv_timer_stop(&s->timer);
+    const struct config_user *uc = worker_user_config(s->snap, s->user);
+    if (uc->has_expires) {
+        time_t now = time(NULL);
+        uint64_t ms = uc->expires > now ? (uint64_t)(uc->expires - now) * 1000 : 0;
+        uv_timer_start(&s->timer, on_user_expired, ms, 0);
+    }
+}
+
 /* Log in as u (checked). The reply (local bytes, e.g. "+OK") is sent once the connection the
  * user's credential needs is ready: at once, or after respguard's AUTH on a held connection. */
 static void apply_login(struct session *s, const struct acl_user *u, const char *reply, size_t reply_len)
 {
     s->user = u;
     set_state(s, SESSION_ACTIVE);
-    uv_timer_stop(&s->timer);
-    /* A user with an expiry: the session ends when the user does. */
-    const struct config_user *uc = worker_user_config(s->w, u);
-    if (uc->has_expires) {
-        time_t now = time(NULL);
-        uint64_t ms = uc->expires > now ? (uint64_t)(uc->expires - now) * 1000 : 0;
-        uv_timer_start(&s->timer, on_user_expired, ms, 0);
-    }
+    start_expiry(s);
     struct login_source src = source_of(s);
     login_record_success(&src, u);
     s->pool = pool_of(s, u);
-    size_t want = s->pool->login;
-    if (owns_conn(s) && want != s->up_login) {
-        upstream_login(s, want, reply, reply_len); /* this user maps to another credential */
+    if (owns_conn(s) && s->pool != s->up_cred) {
+        upstream_login(s, s->pool, reply, reply_len); /* this user maps to another credential */
         return;
     }
     if (owns_conn(s))
-        s->up_login = want;
+        s->up_cred = s->pool;
     if (reply_len)
         reply_local(s, reply, reply_len, 0);
 }
@@ -953,7 +960,7 @@ static const struct acl_user *certificate_user(struct session *s)
         return NULL;
     struct resp_arg name = {cn, strlen(cn)};
     struct login_source src = source_of(s);
-    const struct acl_user *u = worker_find_user(s->w, name.ptr, name.len);
+    const struct acl_user *u = snapshot_find_user(s->snap, name.ptr, name.len);
     enum login_result r = u ? login_check_user(&src, u) : LOGIN_UNKNOWN_USER;
     if (r != LOGIN_OK) {
         login_record_failure(&src, &name, r, "certificate");
@@ -965,7 +972,7 @@ static const struct acl_user *certificate_user(struct session *s)
 /* As in Redis, a default user without a password logs everyone in at connect. */
 static const struct acl_user *default_user(struct session *s)
 {
-    const struct acl_user *d = worker_find_user(s->w, "default", 7);
+    const struct acl_user *d = snapshot_find_user(s->snap, "default", 7);
     struct login_source src = source_of(s);
     if (d && d->enabled && d->nopass && login_check_user(&src, d) == LOGIN_OK)
         return d;
@@ -993,7 +1000,7 @@ static void login_at_connect(struct session *s, const struct acl_user *u)
         return;
     }
     if (use != POOL_USE_SHARE)
-        s->up_login = pool->login;
+        s->up_cred = pool;
     apply_login(s, u, NULL, 0);
 }
 
@@ -1004,14 +1011,14 @@ static void login_at_connect(struct session *s, const struct acl_user *u)
 /* Every command of a logged-in user is counted once, under its category and verdict. */
 static void count_command(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_verdict v)
 {
-    metrics_count_command(s->w->metrics, user_index(s), cmd ? metrics_category_of(cmd->categories) : MCAT_UNKNOWN,
+    metrics_count_command(s->w->metrics, user_slot(s), cmd ? metrics_category_of(cmd->categories) : MCAT_UNKNOWN,
                           v);
 }
 
 /* AUTH, HELLO, QUIT, RESET: answered by respguard, counted before they may change the user. */
 static void count_connection_command(struct session *s, enum metrics_verdict v)
 {
-    metrics_count_command(s->w->metrics, user_index(s), MCAT_CONNECTION, v);
+    metrics_count_command(s->w->metrics, user_slot(s), MCAT_CONNECTION, v);
 }
 
 static void count_refusal(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_counter reason)
@@ -1080,7 +1087,7 @@ static bool acl_allows(struct session *s, const struct resp_request *req, int rc
     /* What the user does, allowed or not, feeds its baselines: a read-only client trying DEL
      * is the change in behaviour even when it is refused. */
     if (s->w->anomaly && v->cmd) {
-        int idx = (int)user_index(s);
+        int idx = (int)user_slot(s);
         uint64_t now = uv_now(s->w->loop);
         anomaly_record_command(s->w->anomaly, idx, v->cmd->categories, now);
         if (rc != 0 && v->result >= ACL_DENIED_COMMAND)
@@ -1103,7 +1110,7 @@ static bool acl_allows(struct session *s, const struct resp_request *req, int rc
         /* The audit line: who, what, why, and where (argument position; 0: the command). Key
          * names only with log.keys: they may be personal data. */
         const char *cmd = v->cmd ? v->cmd->name : "?";
-        bool with_key = s->w->cfg->log_keys && v->pos > 0 && v->pos < req->argc;
+        bool with_key = s->snap->cfg->log_keys && v->pos > 0 && v->pos < req->argc;
         const struct resp_arg *arg = with_key ? &req->argv[v->pos] : NULL;
         log_event(LOG_WARN, "refused", LOG_STR("user", s->user->name), LOG_STR("peer", s->peer),
                   LOG_STR("command", cmd), LOG_STR("reason", refusal_kind(v->result)),
@@ -1160,7 +1167,7 @@ static void forward_with_match(struct session *s, const struct resp_request *req
 /* The user's rate limit, or NULL when it has none. */
 static const struct config_rate_limit *rate_limit_of(struct session *s)
 {
-    const struct config_rate_limit *rl = &worker_user_config(s->w, s->user)->rate_limit;
+    const struct config_rate_limit *rl = &worker_user_config(s->snap, s->user)->rate_limit;
     return rl->enabled ? rl : NULL;
 }
 
@@ -1185,7 +1192,7 @@ static bool rate_limited(struct session *s, const struct command *c)
     const struct config_rate_limit *rl = rate_limit_of(s);
     if (!rl || (s->in_multi && (c->role == CMDTAB_ROLE_EXEC || c->role == CMDTAB_ROLE_DISCARD)))
         return false;
-    struct worker_user_rate *r = &s->w->rates[user_index(s)];
+    struct worker_user_rate *r = &s->w->rates[user_slot(s)];
     uint64_t now = uv_now(s->w->loop);
     if (token_bucket_take(&r->bucket, rl->rate, rl->burst, now))
         return false;
@@ -1201,7 +1208,7 @@ static bool rate_limited(struct session *s, const struct command *c)
     const struct cmdtab_cmd *cmd = counted_cmd(c);
     /* What the user tries is still its behaviour: the detector sees the attempted rate. */
     if (s->w->anomaly && cmd)
-        anomaly_record_command(s->w->anomaly, (int)user_index(s), cmd->categories, now);
+        anomaly_record_command(s->w->anomaly, (int)user_slot(s), cmd->categories, now);
     if (s->in_multi)
         s->multi_dirty = true;
     else if (c->role == CMDTAB_ROLE_MULTI)
@@ -1366,7 +1373,7 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
      * applies to RESET itself still holds). */
     s->reply_off = s->reply_skip_next = false;
     s->silent = s->reply_skip;
-    const struct acl_user *d = worker_find_user(s->w, "default", 7);
+    const struct acl_user *d = snapshot_find_user(s->snap, "default", 7);
     bool nopass_default = d && d->enabled && d->nopass;
     if (owns_conn(s)) {
         /* Redis resets the upstream connection too (and logs it out): send RESET, then log it
@@ -1375,10 +1382,10 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
          * rejoin the shared ones. */
         forward_command(s, frame, req);
         expect_upstream(s, REPLYQ_FORWARD, REPLYQ_RESET, 1, TAG_RESET, NULL, 0);
-        size_t login = s->pc.conn->pool->login;
+        struct pool *cred = s->pc.conn->pool;
         if (!multiplex(s) && nopass_default)
-            login = s->w->user_login[d - s->w->users];
-        upstream_login(s, login, NULL, 0);
+            cred = pool_of(s, d);
+        upstream_login(s, cred, NULL, 0);
     } else {
         REPLY_LITERAL(s, "+RESET\r\n");
     }
@@ -1395,7 +1402,7 @@ static void cmd_reset(struct session *s, const struct resp_request *req, const c
     } else {
         s->user = NULL;
         set_state(s, SESSION_LOGIN);
-        uv_timer_start(&s->timer, on_login_timeout, s->w->cfg->limits.login_timeout_ms, 0);
+        uv_timer_start(&s->timer, on_login_timeout, s->snap->cfg->limits.login_timeout_ms, 0);
     }
 }
 
@@ -1830,7 +1837,7 @@ static bool handle_command(struct session *s, const struct resp_request *req, co
  * itself count too: a client that never reads must not make us buffer without end). */
 static bool backlogged(struct session *s, size_t divisor)
 {
-    const struct config_limits *lim = &s->w->cfg->limits;
+    const struct config_limits *lim = &s->snap->cfg->limits;
     return s->q.len >= MAX_PENDING / divisor || pool_pending(&s->pc) > lim->upstream_output_bytes / divisor ||
            transport_pending(&s->client) + buf_len(&s->q.local) > lim->client_output_bytes / divisor;
 }
@@ -1869,7 +1876,7 @@ static void stamp_sent(struct session *s)
 static void start_close_deadline(struct session *s)
 {
     uv_timer_stop(&s->timer);
-    uv_timer_start(&s->timer, on_close_deadline, s->w->cfg->limits.shutdown_timeout_ms, 0);
+    uv_timer_start(&s->timer, on_close_deadline, s->snap->cfg->limits.shutdown_timeout_ms, 0);
 }
 
 /* Once nothing more is read: close when every reply is out. A client that half-closed with
@@ -1889,7 +1896,7 @@ static void maybe_finish(struct session *s)
 static void process_input(struct session *s)
 {
     struct buf *in = &s->client.in;
-    const struct config_limits *lim = &s->w->cfg->limits;
+    const struct config_limits *lim = &s->snap->cfg->limits;
     s->batch_t = uv_hrtime();
     s->batch_pushed = 0;
     while (buf_len(in) > 0 && reading(s) && !s->stalled && !s->pending_user) {
@@ -1967,7 +1974,7 @@ static void after_reply(struct session *s)
     if (s->client.closing || s->state == SESSION_CLOSING)
         return; /* only its last replies are leaving */
     size_t pending = transport_pending(&s->client);
-    uint64_t limit = s->w->cfg->limits.client_output_bytes;
+    uint64_t limit = s->snap->cfg->limits.client_output_bytes;
     if (owns_conn(s)) {
         if (!s->upstream_paused && pending > limit) {
             s->upstream_paused = true;
@@ -2076,6 +2083,7 @@ static void session_free(struct session *s)
     free(s->scratch_channels);
     free(s->scratch_args);
     free(s->name);
+    snapshot_unref(s->snap);
     free(s);
 }
 
@@ -2104,6 +2112,64 @@ void session_close(struct session *s, const char *reason)
         uv_close((uv_handle_t *)&s->timer, on_timer_closed);
     transport_close(&s->client);
     unref(s);
+}
+
+/* Why a session of user u (NULL: gone from the configuration) may not go on, or NULL. */
+static const char *no_longer_allowed(struct session *s, const struct snapshot *next, const struct acl_user *u)
+{
+    if (!u)
+        return "user removed";
+    if (!u->enabled)
+        return "user disabled";
+    const struct config_user *uc = worker_user_config(next, u);
+    if (uc->allow_from.count && !config_cidr_match(&uc->allow_from, (struct sockaddr *)&s->peer_addr))
+        return "source no longer allowed";
+    return NULL;
+}
+
+/* Reload: s runs under the worker's snapshot from now on, as Redis applies ACL changes to its
+ * clients: the user's new rules from its next command, its password irrelevant (the session is
+ * logged in), its session closed if the user is gone or turned off. True when it was closed. */
+static bool follow_snapshot(struct session *s)
+{
+    struct snapshot *next = s->w->snap;
+    if (s->snap == next || s->state == SESSION_CLOSING)
+        return false; /* a closing session keeps what it runs under until it is freed */
+    const struct acl_user *u = s->user ? snapshot_find_user(next, s->user->name, strlen(s->user->name)) : NULL;
+    const struct acl_user *pu =
+        s->pending_user ? snapshot_find_user(next, s->pending_user->name, strlen(s->pending_user->name)) : NULL;
+    const char *why = s->user ? no_longer_allowed(s, next, u) : NULL;
+    if (!why && s->pending_user)
+        why = no_longer_allowed(s, next, pu);
+    if (why) {
+        log_event(LOG_INFO, "session_closed", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+                  LOG_STR("user", s->user ? s->user->name : s->pending_user->name), LOG_STR("reason", why),
+                  LOG_STR("by", "reload"), LOG_END);
+        session_close(s, why);
+        return true;
+    }
+    snapshot_unref(s->snap);
+    s->snap = snapshot_ref(next);
+    s->pending_user = pu;
+    s->user = u;
+    if (u) {
+        s->pool = pool_of(s, u);
+        if (s->state == SESSION_ACTIVE)
+            start_expiry(s); /* the expiry may have changed */
+    }
+    return false;
+}
+
+size_t worker_reload_sessions(struct worker *w)
+{
+    size_t closed = 0;
+    struct session *s = w->sessions;
+    while (s) {
+        struct session *next = s->next; /* a closed session stays listed until it is freed */
+        closed += follow_snapshot(s);
+        s = next;
+    }
+    return closed;
 }
 
 static void on_user_expired(uv_timer_t *t)
@@ -2137,7 +2203,7 @@ static void on_login_timeout(uv_timer_t *t)
 static void connect_login(struct session *s)
 {
     const struct acl_user *u = NULL;
-    if (s->listener->cfg->tls.user_from_cert_cn)
+    if (s->cert_login)
         u = certificate_user(s);
     if (!u)
         u = default_user(s);
@@ -2160,7 +2226,7 @@ static void on_client(struct transport *t, enum transport_event ev, const char *
         break;
     case TRANSPORT_DRAINED:
         if (s->upstream_paused && owns_conn(s) &&
-            transport_pending(&s->client) < s->w->cfg->limits.client_output_bytes / 2) {
+            transport_pending(&s->client) < s->snap->cfg->limits.client_output_bytes / 2) {
             s->upstream_paused = false;
             pool_resume(&s->pc);
         }
@@ -2205,20 +2271,25 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     struct session *s = calloc(1, sizeof *s);
     if (!s)
         return UV_ENOMEM;
+    struct listener_settings ls = listener_settings(l);
     s->w = w;
     s->listener = l;
+    s->snap = snapshot_ref(w->snap);
+    s->cert_login = ls.cfg->tls.user_from_cert_cn;
     s->id = ++w->next_session_id;
     s->req_proto = 2;
     s->pc.ops = &pool_client_ops;
     s->created_ms = s->last_ms = uv_now(w->loop);
     replyq_init(&s->q, &replyq_ops, s);
     if (resp_parser_init(&s->parser) != 0) {
+        snapshot_unref(s->snap);
         free(s);
         return UV_ENOMEM;
     }
     int rc = transport_init(&s->client, w->loop, on_client, s);
     if (rc < 0) {
         resp_parser_deinit(&s->parser);
+        snapshot_unref(s->snap);
         free(s);
         return rc;
     }
@@ -2228,7 +2299,7 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     s->timer.data = s;
     s->refs++;
 
-    rc = transport_accept(&s->client, server, l->tls_ctx);
+    rc = transport_accept(&s->client, server, ls.tls_ctx);
     transport_peer_name(&s->client, s->peer, sizeof s->peer);
     int addrlen = sizeof s->peer_addr;
     if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&s->peer_addr, &addrlen) != 0)
@@ -2243,15 +2314,15 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     s->client.bytes_in_counter = &w->metrics->c[MC_CLIENT_BYTES_IN];
     s->client.bytes_out_counter = &w->metrics->c[MC_CLIENT_BYTES_OUT];
 
-    if (l->cfg->allow_from.count) {
-        if (!config_cidr_match(&l->cfg->allow_from, (struct sockaddr *)&s->peer_addr)) {
+    if (ls.cfg->allow_from.count) {
+        if (!config_cidr_match(&ls.cfg->allow_from, (struct sockaddr *)&s->peer_addr)) {
             log_event(LOG_WARN, "refused_source", LOG_STR("peer", s->peer), LOG_STR("bind", l->bound), LOG_END);
             metrics_inc(w->metrics, MC_CONN_REFUSED_SOURCE);
             session_close(s, "source not allowed");
             return 0;
         }
     }
-    if (w->session_count > w->cfg->limits.max_clients) {
+    if (w->session_count > s->snap->cfg->limits.max_clients) {
         /* Redis's words, then close: the client's retry logic takes over. */
         log_event(LOG_WARN, "refused_max_clients", LOG_STR("peer", s->peer), LOG_END);
         metrics_inc(w->metrics, MC_CONN_REFUSED_MAX_CLIENTS);
@@ -2262,8 +2333,8 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
 
     /* On TLS listeners nothing is decided before the handshake has verified the client (its
      * certificate may name the user); until then the login timeout runs. */
-    uv_timer_start(&s->timer, on_login_timeout, w->cfg->limits.login_timeout_ms, 0);
-    if (!l->tls_ctx)
+    uv_timer_start(&s->timer, on_login_timeout, s->snap->cfg->limits.login_timeout_ms, 0);
+    if (!ls.tls_ctx)
         connect_login(s);
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "respguard/config.h"
+#include "respguard/snapshot.h"
 #include "respguard/worker.h"
 
 static void fail(struct upstream *u, const char *stage, const char *reason)
@@ -70,7 +71,7 @@ static void on_timeout(uv_timer_t *timer)
     struct upstream *u = timer->data;
     char reason[96];
     snprintf(reason, sizeof reason, "no verified connection within %llu ms",
-             (unsigned long long)u->w->cfg->upstream.connect_timeout_ms);
+             (unsigned long long)u->w->snap->cfg->upstream.connect_timeout_ms);
     fail(u, current_stage(u), reason);
 }
 
@@ -97,13 +98,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     memset(&addr, 0, sizeof addr);
     memcpy(&addr, res->ai_addr, res->ai_addrlen);
     uv_freeaddrinfo(res);
-    uint16_t port = htons(u->w->cfg->upstream.port);
+    uint16_t port = htons(u->w->upstream_port);
     if (addr.ss_family == AF_INET)
         ((struct sockaddr_in *)&addr)->sin_port = port;
     else
         ((struct sockaddr_in6 *)&addr)->sin6_port = port;
     u->state = UPSTREAM_CONNECTING;
-    int rc = transport_connect(&u->t, (struct sockaddr *)&addr, u->w->upstream_tls, u->w->upstream_verify_name,
+    int rc = transport_connect(&u->t, (struct sockaddr *)&addr, u->w->snap->upstream_tls, u->w->snap->upstream_verify_name,
                                u->resume);
     if (rc < 0)
         fail(u, "connect", uv_strerror(rc));
@@ -130,7 +131,7 @@ int upstream_start(struct upstream *u, struct worker *w, const struct upstream_o
         return rc;
     }
     u->open_handles = 2;
-    uv_timer_start(&u->timer, on_timeout, w->cfg->upstream.connect_timeout_ms, 0);
+    uv_timer_start(&u->timer, on_timeout, w->snap->cfg->upstream.connect_timeout_ms, 0);
 
     struct addrinfo hints;
     memset(&hints, 0, sizeof hints);
@@ -139,8 +140,8 @@ int upstream_start(struct upstream *u, struct worker *w, const struct upstream_o
     u->gai.data = u;
     u->state = UPSTREAM_RESOLVING;
     char port[8];
-    snprintf(port, sizeof port, "%u", (unsigned)w->cfg->upstream.port);
-    rc = uv_getaddrinfo(w->loop, &u->gai, on_resolved, w->cfg->upstream.host, port, &hints);
+    snprintf(port, sizeof port, "%u", (unsigned)w->upstream_port);
+    rc = uv_getaddrinfo(w->loop, &u->gai, on_resolved, w->upstream_host, port, &hints);
     if (rc < 0) {
         fail(u, "connect", uv_strerror(rc));
         return 0;

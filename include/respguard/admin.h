@@ -10,8 +10,9 @@
  *                  PING; else 503 with the reason
  *
  * Anything else is 404 (405 for another method than GET or HEAD). The admin thread reads only
- * immutable configuration, the metric shards' atomics and the status below, which the worker
- * sets under a mutex (once per probe, never per command).
+ * the metric shards' atomics and what the worker gives it under a mutex: the probe's status
+ * (once per probe, never per command) and, at start and at each reload, allow_from, the
+ * certificates' expiry and the reload outcome.
  */
 #ifndef RESPGUARD_ADMIN_H
 #define RESPGUARD_ADMIN_H
@@ -20,7 +21,8 @@
 #include <stddef.h>
 #include <time.h>
 
-struct config;
+struct config_admin;
+struct config_cidr_list;
 struct metrics;
 
 /* A certificate whose expiry is exported: respguard_cert_expiry_seconds{cert="<name>"}. */
@@ -29,19 +31,31 @@ struct admin_cert {
     time_t not_after; /* UTC epoch seconds */
 };
 
-struct admin_start_info {
-    const struct config *cfg;  /* must outlive the admin listener */
-    struct metrics *metrics;   /* idem */
-    double config_loaded_at;   /* UTC epoch seconds */
-    double config_load_seconds;
-    const struct admin_cert *certs; /* the listeners' certificates (copied) */
+/* What the admin listener tells about the configuration in use (everything copied). */
+struct admin_config_info {
+    const struct config_cidr_list *allow_from; /* who may connect; NULL or empty: everyone */
+    const struct admin_cert *certs;            /* the listeners' certificates */
     size_t cert_count;
+    const char *upstream_name;                 /* "upstream host:port", for the upstream's cert */
+    double loaded_at;                          /* UTC epoch seconds */
+    double load_seconds;
+};
+
+struct admin_start_info {
+    const struct config_admin *admin; /* bind (used at start only) */
+    struct metrics *metrics;          /* must outlive the admin listener */
+    struct admin_config_info config;
 };
 
 struct admin;
 
-/* Listen on cfg->admin. 0 and *out, or -1 with the reason in err. */
+/* Listen on info->admin's bind. 0 and *out, or -1 with the reason in err. */
 int admin_start(const struct admin_start_info *info, struct admin **out, char *err, size_t errlen);
+/* A reload succeeded: what the admin listener says and allows from now on. 0, or -1 when out of
+ * memory (the previous information stays). */
+int admin_set_config(struct admin *a, const struct admin_config_info *info);
+/* A reload was tried (ok or not) at this time (UTC epoch seconds). NULL is fine. */
+void admin_record_reload(struct admin *a, bool ok, double at);
 /* The outcome of the latest upstream probe; reason is NULL on success. upstream_cert_not_after
  * 0: not known (kept from the previous probe). True when readiness changed (or this is the first
  * probe): the caller logs changes, not every probe. */

@@ -188,6 +188,18 @@ struct anomaly;
  * user_count above 65536), -ENOMEM. Free with anomaly_free. */
 int anomaly_new(const struct anomaly_config *cfg, size_t user_count, struct anomaly **out)
     __attribute__((warn_unused_result));
+/* New settings for a running detector (a configuration reload), keeping what it has learnt:
+ * user_count may grow (new users start unseen, as in anomaly_new); the settings and per-user
+ * overrides are replaced. The tracked categories and the source table size cannot change, nor
+ * can users go: -EINVAL (make a new detector), or another code from anomaly_config_check. */
+int anomaly_reconfigure(struct anomaly *d, const struct anomaly_config *cfg, size_t user_count)
+    __attribute__((warn_unused_result));
+/* New settings for a running detector (a configuration reload), keeping what it has learnt:
+ * user_count may grow (new users start unseen, as in anomaly_new); the settings and per-user
+ * overrides are replaced. The tracked categories and the source table size cannot change, nor
+ * can users go: -EINVAL (make a new detector), or another code from anomaly_config_check. */
+int anomaly_reconfigure(struct anomaly *d, const struct anomaly_config *cfg, size_t user_count)
+    __attribute__((warn_unused_result));
 void anomaly_free(struct anomaly *d); /* NULL is fine; open episodes are dropped silently */
 
 /* Facts. user: index, or -1 when there is none (out-of-range indexes are ignored as well).

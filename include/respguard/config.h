@@ -165,6 +165,11 @@ struct config {
     struct anomaly_config anomaly;
     bool anomaly_enabled;          /* anomaly.enabled, default true */
     struct config_admin admin;
+    bool watch;                    /* watch: reload when the file or a file it names changes */
+    /* Every file the configuration names (resolved paths: cert_file, acl_file, *_file, ...),
+     * in the order they appear; the configuration file itself is config.path. */
+    char **files;
+    size_t file_count;
 };
 
 /* The default guard list (lower case, NULL-terminated). */
@@ -180,6 +185,12 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 void config_free(struct config *c);
 
 /* Parse "1.2.3.4/8" or "::1/128" (a bare address means /32 or /128). 0 or -EINVAL. */
+/* The keys a reload cannot apply (listeners, upstream.url's address, upstream.pool.mode, admin,
+ * admin.bind, admin.probe_interval: the key table marks them) whose value differs between the
+ * running config and the next one. Writes their names, comma-separated, into out (cut to fit)
+ * and returns how many there are. */
+size_t config_restart_keys(const struct config *running, const struct config *next, char *out, size_t outlen);
+
 int config_parse_cidr(const char *s, struct config_cidr *out);
 /* Is addr (AF_INET or AF_INET6) inside one of l's ranges? An empty list (or NULL) matches every
  * address, as allow_from means. IPv4 ranges also match IPv4-mapped IPv6 addresses

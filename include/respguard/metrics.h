@@ -9,8 +9,10 @@
  * Gauges that are "how many now" (open connections) are kept as two monotonic counters (opened,
  * closed) and subtracted at scrape time, so they need no read-modify-write across threads.
  *
- * Pure: no I/O, no clock, no locks. Memory is allocated by metrics_new and metrics_render only;
- * the counting functions (inline below) allocate nothing and cost a few instructions.
+ * Pure: no I/O, no clock. Memory is allocated by metrics_new, metrics_add_users and
+ * metrics_render only; the counting functions (inline below) allocate nothing, take no lock and
+ * cost a few instructions. One lock serialises a scrape with metrics_add_users (a reload), which
+ * replaces the per-user arrays.
  *
  * Label cardinality is bounded by construction: users are the configured users (an index into
  * the names given to metrics_new), command names appear only as one category, reasons and
@@ -20,6 +22,7 @@
 #define RESPGUARD_METRICS_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -228,6 +231,11 @@ struct metrics;
  * shards. 0 and *out, -EINVAL (shard_count 0), -ENOMEM. */
 int metrics_new(size_t user_count, const char *const *names, size_t shard_count, struct metrics **out)
     __attribute__((warn_unused_result));
+/* n more users (indexes user_count .. user_count+n-1 from now on), named names[0..n-1]; the
+ * counts of the others are kept. Users are never removed (a counter must not go back). Called
+ * on the thread that writes the shards (one worker). 0, or -ENOMEM (nothing changed for the
+ * names; the new indexes may already count, unnamed). */
+int metrics_add_users(struct metrics *m, size_t n, const char *const *names) __attribute__((warn_unused_result));
 void metrics_free(struct metrics *m); /* NULL is fine */
 struct metrics_shard *metrics_shard(struct metrics *m, size_t i);
 
@@ -239,7 +247,7 @@ struct metrics_gauge {
     const char *help;
     const char *label_key;
     const char *label_value;
-    double value;
+    double value; /* a name ending in _total is exposed as a counter (the caller keeps it monotonic) */
 };
 
 /*
@@ -258,7 +266,7 @@ struct metrics_gauge {
  *   (_bucket{le=...} cumulative with le="+Inf", _sum in seconds, _count), then the gauges.
  * Fixed-label families list every label value, zero or not.
  */
-int metrics_render(const struct metrics *m, const struct metrics_gauge *gauges, size_t gauge_count, char **out,
+int metrics_render(struct metrics *m, const struct metrics_gauge *gauges, size_t gauge_count, char **out,
                    size_t *len) __attribute__((warn_unused_result));
 
 #endif

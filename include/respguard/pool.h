@@ -143,8 +143,9 @@ struct pool_client {
 
 struct pool {
     struct worker *w;
-    size_t login;                 /* which of the worker's upstream logins its connections use */
-    const char *name;             /* the credential's name, for the log */
+    size_t login;                 /* which login of the worker's snapshot its connections use
+                                     (kept in step by reloads; meaningless once retired) */
+    char *name;                   /* the credential's name ("url" or upstream.credentials') */
     struct upconn *conns;         /* every connection, any state */
     size_t count[UPCONN_CLOSING + 1]; /* connections by state */
     size_t open;                  /* connections not CLOSING: never more than size */
@@ -161,16 +162,24 @@ struct pool {
     struct tlsconn_resume *resume;/* TLS session resumption for its connections */
     uint64_t read_ns;             /* uv_hrtime when the read being routed arrived (latency) */
     bool stopping;
+    bool retired;                 /* its credential was removed by a reload: opens nothing */
     bool timers_open;
     uint64_t next_conn_id;
 };
 
-/* Set up p (embedded in the worker, must not move) for upstream login `login` and start opening
- * min_idle connections. 0 or a negative uv error. */
+/* Set up p (allocated by the worker, must not move) for upstream login `login` of credential
+ * `name` (copied) and start opening min_idle connections. 0 or a negative uv error (then
+ * pool_free it). */
 int pool_start(struct pool *p, struct worker *w, size_t login, const char *name) __attribute__((warn_unused_result));
 /* Shutdown: fail waiters, close idle connections now and every other one as soon as its client
  * gives it back; close the timers. The loop ends once all handles are closed. */
 void pool_stop(struct pool *p);
+/* Reload: the credential or upstream verification changed. Idle connections close now, every
+ * other one once its client is done with it; new ones are made with the current login. */
+void pool_drain(struct pool *p);
+/* Reload: the credential is gone. Waiters fail, connections close as in pool_drain, and none
+ * is opened again. */
+void pool_retire(struct pool *p);
 /* After the loop has ended (every connection closed): free what pool_start allocated. */
 void pool_free(struct pool *p);
 

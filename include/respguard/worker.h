@@ -1,6 +1,7 @@
 /*
- * worker: what one event-loop thread owns: its loop, the shared immutable configuration and
- * compiled users, the upstream TLS context, its listeners and its live sessions.
+ * worker: what one event-loop thread owns: its loop, the snapshot of the configuration it runs
+ * under (snapshot.h: compiled users, TLS contexts, upstream logins), its listeners, pools and live
+ * sessions, and what it counts per user across reloads.
  *
  * respguard runs one worker today; everything a session needs is reached through its worker,
  * never through a global, so more workers can be added later without locks on the hot path.
@@ -13,23 +14,19 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "respguard/config.h"
 #include "respguard/pool.h"
 #include "respguard/ratelimit.h"
 
-struct config;
 struct acl_user;
-struct tlsconn_ctx;
 struct listener;
 struct session;
 struct config_user;
 struct anomaly;
+struct metrics;
 struct metrics_shard;
 struct lockout;
-
-struct worker_login {
-    char *cmd; /* encoded AUTH (or PING when there is no password) */
-    size_t len;
-};
+struct snapshot;
 
 /* A user's command rate limit in this worker: its bucket, and whether it is refusing commands
  * now (an episode is logged once when it starts and once when it ends). */
@@ -40,26 +37,37 @@ struct worker_user_rate {
     uint64_t last_refused_ms; /* loop time of the last refusal */
 };
 
+/* What a reload did (worker_install). */
+struct worker_reload_result {
+    size_t sessions_closed; /* of users removed or turned off */
+    size_t pools_drained;   /* credentials whose login or verification changed */
+};
+
 struct worker {
     uv_loop_t *loop;
-    const struct config *cfg;
-    struct acl_user *users;        /* compiled from cfg->users, same order */
-    size_t user_count;
-    struct tlsconn_ctx *upstream_tls;
-    const char *upstream_verify_name; /* server_name or the URL's host */
-    /* The AUTH commands respguard sends upstream (secrets): [0] for the URL's credential, then
-     * one per upstream.credentials entry. user_login[i] is the one compiled user i logs in with. */
-    struct worker_login *upstream_logins;
-    size_t upstream_login_count;
-    size_t *user_login;
+    struct snapshot *snap;         /* the configuration in use (one reference; reloads swap it) */
+    /* What a reload cannot change: taken from the snapshot respguard started with. */
+    enum config_pool_mode pool_mode;
+    char *upstream_host;
+    uint16_t upstream_port;
+    /* Every user name configured since the start has a slot, never reused: what is counted or
+     * learnt about a user (metrics, rate bucket, anomaly baselines) survives reloads, and a
+     * snapshot's user_slot maps its users to them. */
+    char **slot_names;
+    size_t slot_count;
+    struct worker_user_rate *rates;/* per slot (used when the user's rate_limit is enabled) */
     struct listener *listeners;
     size_t listener_count;
-    struct anomaly *anomaly;       /* rate baselines and anomaly events; NULL when disabled */
+    struct anomaly *anomaly;       /* rate baselines and anomaly events per slot; NULL: disabled */
+    struct metrics *metrics_all;   /* every shard (one worker: one shard) */
     struct metrics_shard *metrics; /* this worker's counters (never NULL while running) */
-    struct worker_user_rate *rates;/* per compiled user (used when its rate_limit is enabled) */
     struct lockout *lockout;       /* failed logins per source; NULL when login_lockout is off */
-    struct pool *pools;            /* one per upstream login, same index (pool.h) */
-    size_t pool_count;             /* pools started */
+    /* One pool per upstream credential name ever configured (pool.h); login_pool[i] is the pool
+     * of the snapshot's login i. A credential a reload removes keeps its retired pool until
+     * exit, so that nothing points at freed memory. */
+    struct pool **pools;
+    size_t pool_count;
+    size_t *login_pool;
     uv_prepare_t turn;             /* once a loop turn, before the loop waits: deferred input,
                                       then every write of the turn */
     uv_idle_t spin;                /* keeps the loop from waiting while deferred input is left */
@@ -75,10 +83,24 @@ struct worker {
     void (*on_drained)(struct worker *w); /* called once no session is left while shutting down */
 };
 
-/* The compiled user called name (exact, case-sensitive as in Redis), or NULL. */
-const struct acl_user *worker_find_user(const struct worker *w, const char *name, size_t len);
-/* The config entry of a compiled user (same index). */
-const struct config_user *worker_user_config(const struct worker *w, const struct acl_user *u);
+/* The slot of the snapshot's user u (see slot_names). */
+size_t worker_user_slot(const struct worker *w, const struct snapshot *snap, const struct acl_user *u);
+/* The config entry of a compiled user of snap (same index). */
+const struct config_user *worker_user_config(const struct snapshot *snap, const struct acl_user *u);
+/* The pool user u of the current snapshot logs in with. */
+struct pool *worker_user_pool(const struct worker *w, const struct acl_user *u);
+
+/* Set w up to run snap (its reference passes to w): the fixed settings, metrics, rate buckets,
+ * login lockout and anomaly detector. 0, or -1 with the reason in err. */
+int worker_init(struct worker *w, uv_loop_t *loop, struct snapshot *snap, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/* Reload: run under next from now on (its reference passes to w). Users keep their slots, new
+ * credentials get pools, changed ones are drained and removed ones retired; sessions move to
+ * next (those of removed or disabled users are closed), listeners take their new settings.
+ * Keys that need a restart keep their running values. 0, or -1 with the reason in err (out of
+ * memory, a pool that cannot start): then nothing changed and next is dropped. */
+int worker_install(struct worker *w, struct snapshot *next, struct worker_reload_result *out, char *err,
+                   size_t errlen) __attribute__((warn_unused_result));
 
 /* Once a second: a user whose commands were refused by its rate limit, and none in the last
  * second, gets the end of its episode logged (one line, with the count). */
@@ -92,7 +114,7 @@ int worker_start(struct worker *w) __attribute__((warn_unused_result));
 void worker_stop_pools(struct worker *w);
 /* Once no session is left: close the per-turn handles. */
 void worker_close_turn(struct worker *w);
-/* After the loop ended: free the pools. */
+/* After the loop ended: free the pools and everything worker_init made, and drop the snapshot. */
 void worker_free(struct worker *w);
 
 /* Session registry (implemented in session.c, which knows the session's links). */
@@ -102,5 +124,9 @@ void worker_remove_session(struct worker *w, struct session *s);
 void worker_drain_sessions(struct worker *w);
 /* Shutdown deadline: close whatever is left. */
 void worker_close_sessions(struct worker *w);
+/* Reload (session.c): every session moves to w->snap; a logged-in session whose user is gone or
+ * turned off (or whose address the user's allow_from no longer takes) is closed, as Redis
+ * closes the clients of a deleted or disabled user. Returns how many were closed. */
+size_t worker_reload_sessions(struct worker *w);
 
 #endif

@@ -34,7 +34,7 @@ static struct metrics *make(size_t users, const char *const *names, size_t shard
 }
 
 /* The rendered text; free() it. Checks the length and the NUL. */
-static char *render(const struct metrics *m, const struct metrics_gauge *g, size_t n)
+static char *render(struct metrics *m, const struct metrics_gauge *g, size_t n)
 {
     char *out = NULL;
     size_t len = 0;
