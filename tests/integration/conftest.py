@@ -64,6 +64,7 @@ class Certs:
     """Per-run PKI.
 
     ca / server:        the trusted CA and a server cert for DNS:localhost, IP:127.0.0.1
+    server2:            another such server cert (its own key), for certificate rotation
     other:              signed by the trusted CA, valid only for DNS:other.example
     rogue_ca / rogue:   an unrelated CA and its own localhost server cert
     client_ca / client: a CA for client certificates and a client cert CN=web
@@ -114,6 +115,7 @@ def certs(workdir):
     os.makedirs(d)
     _make_ca(d, "ca", "respguard test CA")
     _make_leaf(d, "server", "ca", "localhost", "DNS:localhost,IP:127.0.0.1")
+    _make_leaf(d, "server2", "ca", "localhost", "DNS:localhost,IP:127.0.0.1")
     _make_leaf(d, "other", "ca", "other.example", "DNS:other.example")
     _make_ca(d, "rogue_ca", "rogue CA")
     _make_leaf(d, "rogue", "rogue_ca", "localhost", "DNS:localhost,IP:127.0.0.1")
@@ -218,13 +220,13 @@ def redis_server_factory(workdir, certs):
 class Proxy:
     """A running respguard (or, in reference mode, a redis-server stand-in)."""
 
-    def __init__(self, config, config_path, env, certs, secrets_list, upstream_server):
+    def __init__(self, config, config_path, env, certs, secrets_list, upstream_server, workdir):
         self.config = config
         self.upstream_server = self.upstream = upstream_server
         self.config_path = config_path
         self.certs = certs
         self.secrets = [s for s in secrets_list if s and len(s) >= 6]
-        self.dir = os.path.dirname(config_path)
+        self.dir = workdir
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self.stdout_path = os.path.join(self.dir, "stdout.log")
         self.port = None
@@ -393,12 +395,15 @@ def respguard(request, tmp_path, certs, upstream):
       overrides=None          deep-merged into the whole config (DELETE removes keys)
       upstream_password=None  the password given to respguard (default: the server's)
       admin=False             an admin listener on a free port, probing the upstream every 200ms
+      config_path=None        write the config there (e.g. through a symlink of a Kubernetes-style
+                              mount) instead of respguard.yaml in the instance's own directory,
+                              which keeps its logs either way
     """
     started = []
 
     def make(tls_listener=False, client_ca=False, user_from_cert=False, upstream_server=None,
              upstream_host="localhost", server_name=None, ca_file=None, users=None,
-             limits=None, overrides=None, upstream_password=None, admin=False):
+             limits=None, overrides=None, upstream_password=None, admin=False, config_path=None):
         srv = upstream_server or upstream
         d = tmp_path / ("rg%d" % len(started))
         d.mkdir()
@@ -431,14 +436,14 @@ def respguard(request, tmp_path, certs, upstream):
             cfg["admin"] = {"bind": "127.0.0.1:%d" % free_port(), "probe_interval": "200ms"}
         if overrides:
             cfg = deep_merge(cfg, overrides)
-        path = str(d / "respguard.yaml")
+        path = config_path or str(d / "respguard.yaml")
         with open(path, "w") as f:
             f.write(to_yaml(cfg) + "\n")
         env = dict(os.environ)
         env["UPSTREAM_PW"] = upstream_password or srv.password
         p = Proxy(cfg, path, env, certs,
                   list(PASSWORDS.values()) + [OFF_USER_PASSWORD, srv.password, env["UPSTREAM_PW"]],
-                  srv)
+                  srv, str(d))
         started.append(p)
         return p
 
