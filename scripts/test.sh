@@ -75,8 +75,9 @@ fi
 # graceful exit), then against the build users run, in multiplex mode and in session mode (the
 # default; the last line is that run's pytest summary). Tests that choose their own pool mode
 # (test_pool.py, test_multiplex.py) and the differential tests (no proxy involved) run once per
-# build; test_packaging.py (the .deb, the man pages, sd_notify) runs once, in the last run. In
-# between, the tests built on the admin listener go against a ThreadSanitizer build.
+# build; test_packaging.py (the .deb, the man pages, sd_notify) and test_container.py (the image
+# built from that .deb) run once, in the last run. In between, the tests built on the admin
+# listener go against a ThreadSanitizer build.
 echo "integration tests, ASan/UBSan build, multiplex mode:"
 # A small quarantine: ASan otherwise keeps 256 MB of freed memory resident, which the tests that
 # bound respguard's memory would (rightly) count.
@@ -93,7 +94,7 @@ run_quiet() { # run a pytest, show its summary line, or the failures when it fai
 run_quiet env ASAN_OPTIONS=$asan_options:quarantine_size_mb=16 UBSAN_OPTIONS=$ubsan_options \
     RESPGUARD_BIN=$PWD/$asan/respguard RESPGUARD_POOL_MODE=multiplex \
     /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration -k "not differential" \
-    --ignore=tests/integration/test_packaging.py
+    --ignore=tests/integration/test_packaging.py --ignore=tests/integration/test_container.py
 
 # The admin thread (libmicrohttpd) reads what the worker writes: metric shards, the probe's status.
 # The admin, anomaly and enforcement tests (built on /metrics and /readyz) against a
@@ -110,7 +111,7 @@ export RESPGUARD_BIN=$PWD/$build/respguard
 echo "integration tests, multiplex mode:"
 run_quiet env RESPGUARD_POOL_MODE=multiplex /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration \
     -k "not differential" --ignore=tests/integration/test_pool.py --ignore=tests/integration/test_multiplex.py \
-    --ignore=tests/integration/test_packaging.py
+    --ignore=tests/integration/test_packaging.py --ignore=tests/integration/test_container.py
 rm -f "$asan_log"
 
 echo "integration tests, session mode:"

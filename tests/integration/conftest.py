@@ -13,6 +13,7 @@ Tests marked ``proxy_only`` (log lines, guard rules, upstream handling, CLI,
 downstream TLS) are skipped in that mode, with a reason, and only in that mode.
 """
 
+import glob
 import http.client
 import json
 import os
@@ -23,13 +24,14 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from resp_util import RawConn  # noqa: E402
-from helpers import (DELETE, OFF_USER_PASSWORD, PASSWORDS, POOL_MODE, REFERENCE, deep_merge,  # noqa: E402
+from helpers import (DELETE, OFF_USER_PASSWORD, PASSWORDS, POOL_MODE, REFERENCE, ROOT, deep_merge,  # noqa: E402
                      default_users, free_port, openssl, respguard_bin, to_yaml,
                      pings, wait_port, wait_until)
 
@@ -475,3 +477,25 @@ def respguard(request, tmp_path, certs, upstream):
 def proxy(respguard):
     """A respguard with the default configuration."""
     return respguard()
+
+
+# ---------------------------------------------------------------------------
+# the Debian package
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory):
+    """packaging/build-deb.sh once for the session (test_packaging.py and test_container.py):
+    the .deb and its extracted file tree."""
+    out = tmp_path_factory.mktemp("deb")
+    t0 = time.monotonic()
+    r = subprocess.run([os.path.join(ROOT, "packaging", "build-deb.sh"), str(out)],
+                       capture_output=True, timeout=600)
+    assert r.returncode == 0, "build-deb.sh failed:\n%s\n%s" % (r.stdout.decode()[-4000:],
+                                                             r.stderr.decode()[-4000:])
+    debs = glob.glob(str(out / "respguard_*.deb"))
+    assert len(debs) == 1, "expected one respguard_*.deb in %s, found %r" % (out, os.listdir(out))
+    tree = out / "tree"
+    subprocess.run(["dpkg-deb", "-x", debs[0], str(tree)], check=True, timeout=60)
+    print("package built in %.0fs" % (time.monotonic() - t0))
+    return {"deb": debs[0], "tree": str(tree), "dir": str(out)}

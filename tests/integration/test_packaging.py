@@ -4,14 +4,14 @@
   STOPPING=1 when SIGTERM starts the drain (src/notify.c, sd_notify(3)).
 - The man pages (docs/man/*.scd, built by meson with scdoc) render without a groff or man
   warning.
-- packaging/build-deb.sh builds the .deb once for the module (packaging/debian, dh with meson):
-  its contents, its conffile, lintian, and the unit under systemd-analyze verify and security.
+- packaging/build-deb.sh builds the .deb once for the session (conftest's `deb` fixture, which
+  test_container.py shares; packaging/debian, dh with meson): its contents, its conffile,
+  lintian, and the unit under systemd-analyze verify and security.
 
 scripts/test.sh runs this module once, against the build users run (not under the sanitizers,
 not once per pool mode): the package build is the slow part (~1 minute).
 """
 
-import glob
 import os
 import re
 import shutil
@@ -24,7 +24,7 @@ import uuid
 import pytest
 import redis
 
-from helpers import PASSWORDS, ROOT, default_users, free_port, respguard_bin, to_yaml
+from helpers import PASSWORDS, default_users, free_port, respguard_bin, to_yaml
 
 pytestmark = pytest.mark.proxy_only
 
@@ -173,23 +173,6 @@ def test_man_page_renders(page):
 # ---------------------------------------------------------------------------
 # the Debian package
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory):
-    """packaging/build-deb.sh once for the module: the .deb and its extracted file tree."""
-    out = tmp_path_factory.mktemp("deb")
-    t0 = time.monotonic()
-    r = subprocess.run([os.path.join(ROOT, "packaging", "build-deb.sh"), str(out)],
-                       capture_output=True, timeout=600)
-    assert r.returncode == 0, "build-deb.sh failed:\n%s\n%s" % (r.stdout.decode()[-4000:],
-                                                             r.stderr.decode()[-4000:])
-    debs = glob.glob(str(out / "respguard_*.deb"))
-    assert len(debs) == 1, "expected one respguard_*.deb in %s, found %r" % (out, os.listdir(out))
-    tree = out / "tree"
-    subprocess.run(["dpkg-deb", "-x", debs[0], str(tree)], check=True, timeout=60)
-    print("package built in %.0fs" % (time.monotonic() - t0))
-    return {"deb": debs[0], "tree": str(tree), "dir": str(out)}
 
 
 UNIT = "lib/systemd/system/respguard.service"
