@@ -43,7 +43,8 @@ def _recv_state(sock, timeout):
 @pytest.mark.parametrize("address", ["path", "abstract"])
 def test_notify_ready_then_stopping(tmp_path, certs, upstream, address):
     """READY=1 arrives once the listener accepts (a connection made right after it succeeds at
-    once, no retry), nothing before it; STOPPING=1 arrives on SIGTERM, then a clean exit."""
+    once, no retry), nothing before it; SIGHUP gives RELOADING=1 then READY=1; STOPPING=1
+    arrives on SIGTERM, then a clean exit."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     if address == "path":
         target = str(tmp_path / "notify.sock")
@@ -83,6 +84,17 @@ def test_notify_ready_then_stopping(tmp_path, certs, upstream, address):
         sock.settimeout(0.2)
         with pytest.raises(socket.timeout):
             sock.recv(4096)
+
+        # A reload (systemctl reload: SIGHUP) is RELOADING=1 then READY=1, whether the file
+        # is good or not (a bad one keeps the running configuration: respguard stays ready).
+        for text in (to_yaml(cfg) + "\n", to_yaml(cfg) + "\nno_such_key: 1\n"):
+            path.write_text(text)
+            proc.send_signal(signal.SIGHUP)
+            reloading = _recv_state(sock, 10)
+            assert reloading.get("RELOADING") == "1", "expected RELOADING=1 on SIGHUP, got %r" % reloading
+            again = _recv_state(sock, 10)
+            assert again.get("READY") == "1", "expected READY=1 after the reload, got %r" % again
+        path.write_text(to_yaml(cfg) + "\n")
 
         proc.send_signal(signal.SIGTERM)
         stopping = _recv_state(sock, 10)
