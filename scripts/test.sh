@@ -97,7 +97,8 @@ run_quiet env ASAN_OPTIONS=$asan_options:quarantine_size_mb=16 UBSAN_OPTIONS=$ub
     --ignore=tests/integration/test_packaging.py --ignore=tests/integration/test_container.py
 
 # The admin thread (libmicrohttpd) reads what the worker writes: metric shards, the probe's status.
-# The admin, anomaly and enforcement tests (built on /metrics and /readyz) against a
+# The admin, anomaly, enforcement and reload tests (built on /metrics and /readyz; a reload
+# replaces what the admin thread reads) against a
 # ThreadSanitizer build; a report fails the test. (The whole suite under TSan takes ~3 minutes.)
 tsan=${TSAN_BUILD_DIR:-build-tsan}
 configure "$tsan" -Db_sanitize=thread -Dtests=false -Dinvariants=true
@@ -105,7 +106,8 @@ meson compile -C "$tsan" respguard >/dev/null
 echo "admin and metrics integration tests, TSan build, multiplex mode:"
 run_quiet env TSAN_OPTIONS=halt_on_error=1 RESPGUARD_BIN=$PWD/$tsan/respguard RESPGUARD_POOL_MODE=multiplex \
     /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-    tests/integration/test_admin.py tests/integration/test_anomaly.py tests/integration/test_enforcement.py
+    tests/integration/test_admin.py tests/integration/test_anomaly.py tests/integration/test_enforcement.py \
+    tests/integration/test_reload.py
 
 export RESPGUARD_BIN=$PWD/$build/respguard
 echo "integration tests, multiplex mode:"
