@@ -3,8 +3,8 @@
  * refusals, failed logins and connections per user and per source, turned into onset/recovery
  * events (the contract is in anomaly.h).
  *
- * What it must not do: read a clock, log, allocate after anomaly_new, keep global state, grow
- * with the number of distinct sources, or report the same episode twice (every event type has
+ * What it must not do: read a clock, log, allocate outside anomaly_new and anomaly_reconfigure
+ * (a reload), keep global state, grow with the number of distinct sources, or report the same episode twice (every event type has
  * one open/closed state per series or entity, and only a change of that state reports).
  *
  * Time: now_ms / 1000 is "the second". Command counts go into two slots by second parity: the
@@ -574,8 +574,15 @@ int anomaly_reconfigure(struct anomaly *d, const struct anomaly_config *cfg, siz
     d->cfg = *cfg;
     d->cfg.overrides = NULL;
     d->cfg.hash_seed = seed;
-    for (size_t i = 0; i < user_count; i++)
-        d->ucfg[i] = cfg->overrides != NULL ? cfg->overrides[i] : cfg->user;
+    for (size_t i = 0; i < user_count; i++) {
+        struct anomaly_user_config next = cfg->overrides != NULL ? cfg->overrides[i] : cfg->user;
+        if (next.disabled && !d->ucfg[i].disabled) {
+            /* Forgotten: nothing pending is reported, no episode is left open. */
+            memset(&d->users[i], 0, sizeof d->users[i]);
+            memset(&d->series[i * d->nslots], 0, d->nslots * sizeof *d->series);
+        }
+        d->ucfg[i] = next;
+    }
     return 0;
 }
 

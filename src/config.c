@@ -376,10 +376,13 @@ static const char *errstr(int code, char *buf, size_t size)
     }
 }
 
-/* Every file the configuration names goes on its list of files (what `watch` watches). */
+/* Every file the configuration names goes on its list of files (what `watch` watches), once. */
 static int note_file(struct loader *ld, const yaml_node_t *n, const char *file)
 {
     struct config *c = ld->c;
+    for (size_t i = 0; i < c->file_count; i++)
+        if (strcmp(c->files[i], file) == 0)
+            return 0;
     char **files = realloc(c->files, (c->file_count + 1) * sizeof *files);
     if (!files)
         return oom(ld, n);
@@ -393,22 +396,26 @@ static int note_file(struct loader *ld, const yaml_node_t *n, const char *file)
 /* A file path from the file: relative paths are relative to the configuration's directory. */
 static int resolve_path(struct loader *ld, const yaml_node_t *n, char *s, char **out)
 {
-    if (s[0] == '/' || !ld->dir) {
-        *out = s;
-        return note_file(ld, n, s);
-    }
-    size_t dl = strlen(ld->dir), sl = strlen(s);
-    char *p = malloc(dl + 1 + sl + 1);
-    if (!p) {
+    char *p = s;
+    if (s[0] != '/' && ld->dir) {
+        size_t dl = strlen(ld->dir), sl = strlen(s);
+        p = malloc(dl + 1 + sl + 1);
+        if (!p) {
+            sfree(s);
+            return oom(ld, n);
+        }
+        memcpy(p, ld->dir, dl);
+        p[dl] = '/';
+        memcpy(p + dl + 1, s, sl + 1);
         sfree(s);
-        return oom(ld, n);
     }
-    memcpy(p, ld->dir, dl);
-    p[dl] = '/';
-    memcpy(p + dl + 1, s, sl + 1);
-    sfree(s);
+    int rc = note_file(ld, n, p);
+    if (rc < 0) {
+        sfree(p);
+        return rc;
+    }
     *out = p;
-    return note_file(ld, n, p);
+    return 0;
 }
 
 static int get_path(struct loader *ld, const yaml_node_t *n, const char *path, char **out)
@@ -756,24 +763,25 @@ static int parse_port(const char *s, size_t len, uint16_t *port)
 /* Keys that need a restart (RESTART): is the running value the new one?                   */
 /* ---------------------------------------------------------------------------------------- */
 
-static bool same_string(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
 
-/* The listeners are bound sockets: the same binds, in the same order, each TLS or not as
+
+/* The listeners are bound sockets: the same addresses, in the same order, each TLS or not as
  * before. (Their certificates, client CAs and allow_from are applied by a reload.) */
 static bool same_listeners(const struct config *a, const struct config *b)
 {
     if (a->listener_count != b->listener_count)
         return false;
     for (size_t i = 0; i < a->listener_count; i++)
-        if (!same_string(a->listeners[i].bind, b->listeners[i].bind) ||
+        if (!config_same_address(&a->listeners[i], &b->listeners[i]) ||
             a->listeners[i].tls_enabled != b->listeners[i].tls_enabled)
             return false;
     return true;
 }
 
+/* Host names are compared without case (DNS); the URL's credential is not part of it. */
 static bool same_upstream_address(const struct config *a, const struct config *b)
 {
-    return same_string(a->upstream.host, b->upstream.host) && a->upstream.port == b->upstream.port;
+    return strcasecmp(a->upstream.host, b->upstream.host) == 0 && a->upstream.port == b->upstream.port;
 }
 
 static bool same_pool_mode(const struct config *a, const struct config *b)
@@ -788,7 +796,7 @@ static bool same_admin_enabled(const struct config *a, const struct config *b)
 
 static bool same_admin_bind(const struct config *a, const struct config *b)
 {
-    return !a->admin.enabled || !b->admin.enabled || same_string(a->admin.listen.bind, b->admin.listen.bind);
+    return !a->admin.enabled || !b->admin.enabled || config_same_address(&a->admin.listen, &b->admin.listen);
 }
 
 static bool same_probe_interval(const struct config *a, const struct config *b)
@@ -1166,7 +1174,7 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
 }
 
-static bool same_addr(const struct config_listener *a, const struct config_listener *b)
+bool config_same_address(const struct config_listener *a, const struct config_listener *b)
 {
     if (a->addr.ss_family != b->addr.ss_family || a->port != b->port)
         return false;
@@ -1207,7 +1215,7 @@ static int load_listeners(struct loader *ld, const yaml_node_t *v, void *obj, co
                         "refused: add tls or bind to 127.0.0.1",
                         show(nb, sizeof nb, l->bind, strlen(l->bind)));
         for (size_t j = 0; j < i; j++)
-            if (same_addr(&c->listeners[j], l))
+            if (config_same_address(&c->listeners[j], l))
                 return fail(ld, f[LS_BIND].value, "%s: %s is already used by %s[%zu]", bpath,
                             show(nb, sizeof nb, l->bind, strlen(l->bind)), path, j);
     }
@@ -2214,7 +2222,7 @@ size_t config_restart_keys(const struct config *running, const struct config *ne
                     char key[48];
                     if (!a || !b)
                         snprintf(key, sizeof key, "listeners[%zu]", l);
-                    else if (!same_string(a->bind, b->bind))
+                    else if (!config_same_address(a, b))
                         snprintf(key, sizeof key, "listeners[%zu].bind", l);
                     else if (a->tls_enabled != b->tls_enabled)
                         snprintf(key, sizeof key, "listeners[%zu].tls", l);

@@ -44,7 +44,7 @@ void listener_reload(struct listener *l, struct snapshot *next)
     const struct config_listener *cur = &l->snap->cfg->listeners[l->index];
     for (size_t i = 0; i < next->cfg->listener_count; i++) {
         const struct config_listener *c = &next->cfg->listeners[i];
-        if (strcmp(c->bind, cur->bind) == 0 && c->tls_enabled == cur->tls_enabled) {
+        if (config_same_address(c, cur) && c->tls_enabled == cur->tls_enabled) {
             snapshot_unref(l->snap);
             l->snap = snapshot_ref(next);
             l->index = i;

@@ -13,8 +13,8 @@
  * Shards and their arrays are separate allocations aligned to and padded up to 64 bytes, so two
  * workers never write the same cache line.
  *
- * What it must not do: keep mutable globals, allocate anywhere but metrics_new and
- * metrics_render, expose a series whose label value comes from traffic (only configured user
+ * What it must not do: keep mutable globals, allocate anywhere but metrics_new,
+ * metrics_add_users and metrics_render, expose a series whose label value comes from traffic (only configured user
  * names and the fixed names below), or emit a line the Prometheus parser rejects.
  */
 #include "respguard/metrics.h"
@@ -329,31 +329,32 @@ nomem:
     return -ENOMEM;
 }
 
-/* One shard's per-user arrays for user_count users, the counts of the first old_count users
- * carried over (their writer is the caller's thread, so nothing is counted meanwhile). */
-static int shard_grow(struct metrics_shard *s, size_t old_count, size_t user_count)
+/* A shard's per-user arrays, grown. */
+struct grown {
+    _Atomic uint64_t *commands, *anomalies;
+};
+
+/* New per-user arrays for user_count users, the counts of the shard's users copied in (their
+ * writer is the caller's thread, so nothing is counted meanwhile). */
+static int shard_grow(const struct metrics_shard *s, size_t user_count, struct grown *g)
 {
+    size_t old_count = s->user_count;
     size_t ncommands = user_count * MCAT_COUNT * MV_COUNT, nanomalies = (user_count + 1) * METRICS_ANOMALY_TYPES;
-    _Atomic uint64_t *commands = alloc_lines(ncommands * sizeof *commands);
-    _Atomic uint64_t *anomalies = alloc_lines(nanomalies * sizeof *anomalies);
-    if (!commands || !anomalies) {
-        free(commands);
-        free(anomalies);
+    g->commands = alloc_lines(ncommands * sizeof *g->commands);
+    g->anomalies = alloc_lines(nanomalies * sizeof *g->anomalies);
+    if (!g->commands || !g->anomalies) {
+        free(g->commands);
+        free(g->anomalies);
         return -ENOMEM;
     }
-    zero_slots(commands, ncommands);
-    zero_slots(anomalies, nanomalies);
+    zero_slots(g->commands, ncommands);
+    zero_slots(g->anomalies, nanomalies);
     for (size_t i = 0; i < old_count * MCAT_COUNT * MV_COUNT; i++)
-        atomic_init(&commands[i], atomic_load_explicit(&s->commands[i], memory_order_relaxed));
+        atomic_init(&g->commands[i], atomic_load_explicit(&s->commands[i], memory_order_relaxed));
     for (size_t t = 0; t < METRICS_ANOMALY_TYPES; t++) /* [type][user + 1]: each type's row grows */
         for (size_t u = 0; u <= old_count; u++)
-            atomic_init(&anomalies[t * (user_count + 1) + u],
+            atomic_init(&g->anomalies[t * (user_count + 1) + u],
                         atomic_load_explicit(&s->anomalies[t * (old_count + 1) + u], memory_order_relaxed));
-    free(s->commands);
-    free(s->anomalies);
-    s->commands = commands;
-    s->anomalies = anomalies;
-    s->user_count = user_count;
     return 0;
 }
 
@@ -366,33 +367,41 @@ int metrics_add_users(struct metrics *m, size_t n, const char *const *names)
         !mul_size(total + 1, METRICS_ANOMALY_TYPES * sizeof(uint64_t), &bytes))
         return -ENOMEM;
     char **more = calloc(total, sizeof *more);
-    if (!more)
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        if (!(more[m->user_count + i] = strdup(names[i] ? names[i] : ""))) {
-            for (size_t j = 0; j < i; j++)
-                free(more[m->user_count + j]);
-            free(more);
-            return -ENOMEM;
-        }
-    }
-    int rc = 0;
+    struct grown *g = calloc(m->shard_count, sizeof *g);
+    bool ok = more && g;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (more[m->user_count + i] = strdup(names[i] ? names[i] : "")) != NULL;
+    size_t made = 0;
     pthread_mutex_lock(&m->lock);
-    for (size_t i = 0; i < m->shard_count && rc == 0; i++)
-        rc = shard_grow(m->shards[i], m->user_count, total);
-    if (rc == 0) {
+    while (ok && made < m->shard_count && shard_grow(m->shards[made], total, &g[made]) == 0)
+        made++;
+    ok = ok && made == m->shard_count;
+    if (ok) { /* all or nothing: every shard and the names change together */
+        for (size_t i = 0; i < m->shard_count; i++) {
+            struct metrics_shard *s = m->shards[i];
+            free(s->commands);
+            free(s->anomalies);
+            s->commands = g[i].commands;
+            s->anomalies = g[i].anomalies;
+            s->user_count = total;
+        }
         memcpy(more, m->names, m->user_count * sizeof *more);
         free(m->names);
         m->names = more;
         m->user_count = total;
     }
     pthread_mutex_unlock(&m->lock);
-    if (rc != 0) { /* shards already grown keep working: their extra users are just unnamed */
-        for (size_t i = 0; i < n; i++)
+    if (!ok) {
+        for (size_t i = 0; i < made; i++) {
+            free(g[i].commands);
+            free(g[i].anomalies);
+        }
+        for (size_t i = 0; more && i < n; i++)
             free(more[m->user_count + i]);
         free(more);
     }
-    return rc;
+    free(g);
+    return ok ? 0 : -ENOMEM;
 }
 
 struct metrics_shard *metrics_shard(struct metrics *m, size_t i)

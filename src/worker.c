@@ -65,7 +65,7 @@ static size_t find_slot(const struct worker *w, const char *name)
 }
 
 /* Give every user of snap its slot, adding slots (and their metrics and rate buckets) for names
- * not seen before. -ENOMEM leaves the slots that were added, unused: harmless. */
+ * not seen before. -ENOMEM adds no slot (the rate array may have grown: harmless). */
 static int assign_slots(struct worker *w, struct snapshot *snap)
 {
     size_t fresh = 0;
@@ -83,15 +83,22 @@ static int assign_slots(struct worker *w, struct snapshot *snap)
         memset(rates + w->slot_count, 0, fresh * sizeof *rates);
         w->rates = rates;
         size_t first = w->slot_count;
-        for (size_t i = 0; i < snap->user_count; i++) {
+        int rc = 0;
+        for (size_t i = 0; rc == 0 && i < snap->user_count; i++) {
             if (find_slot(w, snap->users[i].name) != SIZE_MAX)
                 continue;
             if (!(w->slot_names[w->slot_count] = strdup(snap->users[i].name)))
-                return -ENOMEM;
-            w->slot_count++;
+                rc = -ENOMEM;
+            else
+                w->slot_count++;
         }
-        if (metrics_add_users(w->metrics_all, w->slot_count - first, (const char *const *)w->slot_names + first) != 0)
-            return -ENOMEM;
+        if (rc == 0)
+            rc = metrics_add_users(w->metrics_all, w->slot_count - first, (const char *const *)w->slot_names + first);
+        if (rc != 0) { /* the slots go again, so that a later reload adds them with their metrics */
+            while (w->slot_count > first)
+                free(w->slot_names[--w->slot_count]);
+            return rc;
+        }
     }
     for (size_t i = 0; i < snap->user_count; i++)
         snap->user_slot[i] = find_slot(w, snap->users[i].name);

@@ -190,14 +190,10 @@ int anomaly_new(const struct anomaly_config *cfg, size_t user_count, struct anom
     __attribute__((warn_unused_result));
 /* New settings for a running detector (a configuration reload), keeping what it has learnt:
  * user_count may grow (new users start unseen, as in anomaly_new); the settings and per-user
- * overrides are replaced. The tracked categories and the source table size cannot change, nor
- * can users go: -EINVAL (make a new detector), or another code from anomaly_config_check. */
-int anomaly_reconfigure(struct anomaly *d, const struct anomaly_config *cfg, size_t user_count)
-    __attribute__((warn_unused_result));
-/* New settings for a running detector (a configuration reload), keeping what it has learnt:
- * user_count may grow (new users start unseen, as in anomaly_new); the settings and per-user
- * overrides are replaced. The tracked categories and the source table size cannot change, nor
- * can users go: -EINVAL (make a new detector), or another code from anomaly_config_check. */
+ * overrides are replaced. A user the new settings disable is forgotten (its open episodes are
+ * dropped silently, as by anomaly_free; enabled again, it starts unseen). The tracked categories
+ * and the source table size cannot change, nor can users go: -EINVAL (make a new detector), or
+ * another code from anomaly_config_check; then nothing changed. */
 int anomaly_reconfigure(struct anomaly *d, const struct anomaly_config *cfg, size_t user_count)
     __attribute__((warn_unused_result));
 void anomaly_free(struct anomaly *d); /* NULL is fine; open episodes are dropped silently */

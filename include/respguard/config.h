@@ -185,11 +185,15 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 void config_free(struct config *c);
 
 /* Parse "1.2.3.4/8" or "::1/128" (a bare address means /32 or /128). 0 or -EINVAL. */
-/* The keys a reload cannot apply (listeners, upstream.url's address, upstream.pool.mode, admin,
- * admin.bind, admin.probe_interval: the key table marks them) whose value differs between the
- * running config and the next one. Writes their names, comma-separated, into out (cut to fit)
- * and returns how many there are. */
+/* The keys a reload cannot apply (the key table marks them) whose value differs between the
+ * running config and the next one: listeners[i].bind, listeners[i].tls, listeners[i] (added or
+ * removed), upstream.url (its host or port only), upstream.pool.mode, admin (on or off),
+ * admin.bind, admin.probe_interval. Writes their names, comma-separated, into out (cut to fit,
+ * always terminated when outlen > 0) and returns how many there are. */
 size_t config_restart_keys(const struct config *running, const struct config *next, char *out, size_t outlen);
+
+/* Do two binds name the same address and port ("localhost:6379" and "127.0.0.1:6379" do)? */
+bool config_same_address(const struct config_listener *a, const struct config_listener *b);
 
 int config_parse_cidr(const char *s, struct config_cidr *out);
 /* Is addr (AF_INET or AF_INET6) inside one of l's ranges? An empty list (or NULL) matches every

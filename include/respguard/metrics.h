@@ -233,8 +233,7 @@ int metrics_new(size_t user_count, const char *const *names, size_t shard_count,
     __attribute__((warn_unused_result));
 /* n more users (indexes user_count .. user_count+n-1 from now on), named names[0..n-1]; the
  * counts of the others are kept. Users are never removed (a counter must not go back). Called
- * on the thread that writes the shards (one worker). 0, or -ENOMEM (nothing changed for the
- * names; the new indexes may already count, unnamed). */
+ * on the thread that writes the shards (one worker). 0, or -ENOMEM (nothing changed). */
 int metrics_add_users(struct metrics *m, size_t n, const char *const *names) __attribute__((warn_unused_result));
 void metrics_free(struct metrics *m); /* NULL is fine */
 struct metrics_shard *metrics_shard(struct metrics *m, size_t i);

@@ -856,6 +856,308 @@ static void test_long_noisy_run_does_not_flood(void **state)
     anomaly_free(d);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* anomaly_reconfigure                                                                      */
+/* ---------------------------------------------------------------------------------------- */
+
+static size_t count_user(const struct cap *c, int user)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->n; i++)
+        n += c->ev[i].user == user;
+    return n;
+}
+
+/* Growing keeps what was learnt: a user warmed up before reports a spike right away, with its
+ * baseline; the new users start unseen (in their own warm-up from their first fact). */
+static void test_reconfigure_keeps_learnt_state(void **state)
+{
+    (void)state;
+    struct anomaly_config cfg;
+    anomaly_config_defaults(&cfg);
+    struct anomaly *d = make(&cfg, 1);
+    struct cap *c = calloc(1, sizeof *c);
+    uint32_t get = cats_of("get"), del = cats_of("del"), publish = cats_of("publish");
+    const uint64_t b = 3600;
+    steady(d, c, 0, get, 0, b, 100);
+    assert_int_equal(c->total, 0);
+
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 3), 0);
+    for (uint64_t s = b; s < b + 12; s++) {
+        commands(d, 0, get, s, 1000);
+        commands(d, 1, get, s, 1000); /* new: in its warm-up, learned */
+        if (s == b + 1) {
+            anomaly_record_command(d, 0, del, s * 1000 + 500); /* write, keyspace: new for user 0 */
+            anomaly_record_command(d, 1, del, s * 1000 + 500); /* user 1: learned */
+        }
+        tick(d, c, s);
+    }
+    const struct anomaly_event *on = find(c, ANOMALY_RATE_SPIKE, ANOMALY_ONSET, 0);
+    assert_non_null(on);
+    assert_int_equal(on->at_ms, (b + 10) * 1000);
+    assert_string_equal(on->category, "read");
+    assert_true(on->baseline > 90 && on->baseline < 110);
+    assert_int_equal(count(c, ANOMALY_NEW_BEHAVIOUR, ANOMALY_ONSET), 2);
+    assert_int_equal(count_user(c, 0), 3);
+    assert_int_equal(c->total, 3);
+
+    /* User 0 recovers; user 1, warmed up 600 s after its first command, reports its first
+     * PUBLISH, and nothing else. User 2 never did anything. */
+    for (uint64_t s = b + 12; s < b + 800; s++) {
+        commands(d, 0, get, s, noisy(100));
+        commands(d, 1, get, s, noisy(100));
+        if (s == b + 700)
+            anomaly_record_command(d, 1, publish, s * 1000 + 1);
+        tick(d, c, s);
+    }
+    assert_non_null(find(c, ANOMALY_RATE_SPIKE, ANOMALY_RECOVERY, 0));
+    assert_int_equal(count_user(c, 1), 1);
+    const struct anomaly_event *nb = find(c, ANOMALY_NEW_BEHAVIOUR, ANOMALY_ONSET, 1);
+    assert_non_null(nb);
+    assert_string_equal(nb->category, "pubsub");
+    assert_int_equal(nb->at_ms, (b + 701) * 1000 + 3);
+    assert_int_equal(count_user(c, 2), 0);
+    assert_int_equal(c->total, 5);
+    free(c);
+    anomaly_free(d);
+}
+
+/* Growing from no users (how a worker's detector starts), then the new users are tracked. */
+static void test_reconfigure_from_no_users(void **state)
+{
+    (void)state;
+    struct anomaly_config cfg;
+    anomaly_config_defaults(&cfg);
+    struct anomaly *d = make(&cfg, 0);
+    struct cap *c = calloc(1, sizeof *c);
+    struct sockaddr_storage a = addr_v4("198.51.100.9", 40000);
+    anomaly_record_command(d, 0, CMDTAB_CAT_READ, 500); /* no such user yet: ignored */
+    anomaly_record_denial(d, 0, SA(a), 600);
+    tick(d, c, 0);
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 2), 0);
+    /* 29 more refusals by user 1 from the same source: the source reaches 30 (its count from
+     * before is kept), user 1 has 29. */
+    for (int i = 0; i < 29; i++)
+        anomaly_record_denial(d, 1, SA(a), 1000 + (uint64_t)i);
+    tick(d, c, 1);
+    assert_int_equal(c->total, 1);
+    assert_int_equal(c->ev[0].type, ANOMALY_DENIAL_BURST);
+    assert_int_equal(c->ev[0].user, -1);
+    anomaly_record_denial(d, 1, NULL, 2000);
+    tick(d, c, 2);
+    assert_int_equal(c->total, 2);
+    assert_int_equal(c->ev[1].type, ANOMALY_DENIAL_BURST);
+    assert_int_equal(c->ev[1].user, 1);
+    steady(d, c, 0, cats_of("get"), 3, 1000, 100);
+    free(c);
+    anomaly_free(d);
+}
+
+/* Changed settings apply from the next fact or tick; the counts and the sources stay. */
+static void test_reconfigure_thresholds(void **state)
+{
+    (void)state;
+    struct anomaly_config cfg;
+    anomaly_config_defaults(&cfg);
+    struct anomaly *d = make(&cfg, 2);
+    struct cap *c = calloc(1, sizeof *c);
+    struct sockaddr_storage a = addr_v4("192.0.2.44", 40000);
+    /* Four refusals (threshold 30) and six failed logins (threshold 10): nothing. */
+    for (uint64_t i = 0; i < 4; i++)
+        anomaly_record_denial(d, 0, NULL, 1000 + i);
+    for (uint64_t i = 0; i < 6; i++)
+        anomaly_record_auth_failure(d, SA(a), 1000 + i);
+    tick(d, c, 1);
+    assert_int_equal(c->total, 0);
+
+    /* denial_burst 5 for every user; the source table keeps its place even when the caller
+     * passes another seed (a reload does not know the running one). */
+    cfg.user.denial_burst = 5;
+    cfg.hash_seed ^= 0x5555aaaa5555aaaaull;
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 2), 0);
+    tick(d, c, 2);
+    assert_int_equal(c->total, 0);
+    anomaly_record_denial(d, 0, NULL, 3000);      /* the fifth */
+    for (uint64_t i = 0; i < 4; i++)              /* the tenth */
+        anomaly_record_auth_failure(d, SA(a), 3000 + i);
+    tick(d, c, 3);
+    assert_int_equal(c->total, 2);
+    const struct anomaly_event *u = find(c, ANOMALY_DENIAL_BURST, ANOMALY_ONSET, 0);
+    assert_non_null(u);
+    assert_true(u->observed == 5.0 && u->threshold == 5.0);
+    const struct anomaly_event *s = find(c, ANOMALY_AUTH_FAILURE_BURST, ANOMALY_ONSET, -1);
+    assert_non_null(s);
+    assert_string_equal(s->source, "192.0.2.44");
+    assert_true(s->observed == 10.0);
+    struct anomaly_stats st;
+    anomaly_get_stats(d, &st);
+    assert_int_equal(st.sources_tracked, 1);
+    /* A source threshold lowered: the next failed login from another address is a burst. */
+    cfg.auth_failure_burst = 1;
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 2), 0);
+    struct sockaddr_storage other = addr_v4("192.0.2.45", 40000);
+    anomaly_record_auth_failure(d, SA(other), 4000);
+    tick(d, c, 4);
+    assert_int_equal(count(c, ANOMALY_AUTH_FAILURE_BURST, ANOMALY_ONSET), 2);
+    free(c);
+    anomaly_free(d);
+
+    /* Rate thresholds: a per-user min_rate raised silences that user; factor lowered makes a
+     * rate the old one allowed a spike. */
+    anomaly_config_defaults(&cfg);
+    d = make(&cfg, 2);
+    c = calloc(1, sizeof *c);
+    uint32_t get = cats_of("get");
+    for (uint64_t t = 0; t < 3600; t++) {
+        commands(d, 0, get, t, noisy(100));
+        commands(d, 1, get, t, noisy(100));
+        tick(d, c, t);
+    }
+    /* 250 a second is under 3x the baseline of 100. */
+    for (uint64_t t = 3600; t < 3615; t++) {
+        commands(d, 0, get, t, 250);
+        commands(d, 1, get, t, 250);
+        tick(d, c, t);
+    }
+    assert_int_equal(c->total, 0);
+    struct anomaly_user_config ov[2] = {cfg.user, cfg.user};
+    ov[0].factor = 2.0;
+    ov[1].factor = 2.0;
+    ov[1].min_rate = 5000;
+    cfg.overrides = ov;
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 2), 0);
+    ov[1].min_rate = 0; /* copied: later changes do not matter */
+    for (uint64_t t = 3615; t < 3630; t++) {
+        commands(d, 0, get, t, 250);
+        commands(d, 1, get, t, 250);
+        tick(d, c, t);
+    }
+    assert_int_equal(c->total, 1);
+    assert_int_equal(c->ev[0].type, ANOMALY_RATE_SPIKE);
+    assert_int_equal(c->ev[0].user, 0);
+    assert_int_equal(c->ev[0].at_ms, (3615 + 10) * 1000);
+    assert_true(c->ev[0].threshold > 190 && c->ev[0].threshold < 240);
+    free(c);
+    anomaly_free(d);
+}
+
+/* What a reconfigure cannot do is refused with -EINVAL, and then nothing changed. */
+static void test_reconfigure_refused(void **state)
+{
+    (void)state;
+    struct anomaly_config cfg;
+    anomaly_config_defaults(&cfg);
+    struct anomaly *d = make(&cfg, 2);
+    struct cap *c = calloc(1, sizeof *c);
+    uint32_t get = cats_of("get");
+    steady(d, c, 0, get, 0, 3600, 100);
+    assert_int_equal(c->total, 0);
+
+    /* Each refused change also raises min_rate: had any of it applied, the burst below would
+     * be quiet. */
+    struct anomaly_config bad;
+    struct anomaly_user_config ov[3];
+#define REFUSED(stmt, users)                                                                                      \
+    do {                                                                                                          \
+        anomaly_config_defaults(&bad);                                                                            \
+        bad.user.min_rate = 1e6;                                                                                  \
+        bad.user.denial_burst = 1;                                                                                \
+        stmt;                                                                                                     \
+        assert_int_equal(anomaly_reconfigure(d, &bad, (users)), -EINVAL);                                         \
+    } while (0)
+    REFUSED((void)0, 1);                                         /* a user gone */
+    REFUSED((void)0, 0);
+    REFUSED(bad.categories |= CMDTAB_CAT_FAST, 2);               /* categories */
+    REFUSED(bad.categories &= ~(uint32_t)CMDTAB_CAT_READ, 3);
+    REFUSED(bad.source_table_size = 2048, 2);                    /* the source table */
+    REFUSED(bad.source_table_size = 512, 2);
+    REFUSED(bad.half_life_s = 0, 2);                             /* anomaly_config_check */
+    REFUSED((ov[0] = ov[1] = ov[2] = bad.user, ov[2].factor = 0.5, bad.overrides = ov), 3);
+    REFUSED((void)0, 65537);
+#undef REFUSED
+
+    anomaly_record_denial(d, 1, NULL, 3600 * 1000);
+    for (uint64_t s = 3600; s < 3612; s++) {
+        commands(d, 0, get, s, 1000);
+        commands(d, 1, get, s, noisy(100));
+        commands(d, 2, get, s, 1000); /* still no user 2 (ASan: no write out of bounds) */
+        tick(d, c, s);
+    }
+    assert_int_equal(c->total, 1);
+    assert_int_equal(c->ev[0].type, ANOMALY_RATE_SPIKE);
+    assert_int_equal(c->ev[0].user, 0);
+
+    /* The same shape is fine, and so is nothing new at all. */
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 2), 0);
+    free(c);
+    anomaly_free(d);
+}
+
+/* A user disabled by a reconfigure reports nothing more; the others go on. */
+static void test_reconfigure_disables_user(void **state)
+{
+    (void)state;
+    struct anomaly_config cfg;
+    anomaly_config_defaults(&cfg);
+    struct anomaly *d = make(&cfg, 2);
+    struct cap *c = calloc(1, sizeof *c);
+    uint32_t get = cats_of("get"), del = cats_of("del");
+    for (uint64_t s = 0; s < 3600; s++) {
+        commands(d, 0, get, s, noisy(100));
+        commands(d, 1, get, s, noisy(100));
+        tick(d, c, s);
+    }
+    assert_int_equal(c->total, 0);
+    struct anomaly_user_config ov[2] = {cfg.user, cfg.user};
+    ov[1].disabled = true;
+    cfg.overrides = ov;
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 2), 0);
+    struct sockaddr_storage a = addr_v4("198.51.100.77", 40000);
+    for (uint64_t s = 3600; s < 3700; s++) {
+        for (int u = 0; u < 2; u++) {
+            commands(d, u, get, s, 1000);
+            anomaly_record_denial(d, u, NULL, s * 1000);
+            anomaly_record_connection(d, u, NULL, s * 1000);
+            anomaly_record_connection(d, u, NULL, s * 1000 + 1);
+            if (s == 3650)
+                anomaly_record_command(d, u, del, s * 1000);
+        }
+        anomaly_record_auth_failure(d, SA(a), s * 1000); /* per source: not a user's */
+        tick(d, c, s);
+    }
+    assert_int_equal(count_user(c, 1), 0);
+    assert_non_null(find(c, ANOMALY_RATE_SPIKE, ANOMALY_ONSET, 0));
+    assert_non_null(find(c, ANOMALY_DENIAL_BURST, ANOMALY_ONSET, 0));
+    assert_non_null(find(c, ANOMALY_CONNECTION_SURGE, ANOMALY_ONSET, 0));
+    assert_int_equal(count(c, ANOMALY_NEW_BEHAVIOUR, ANOMALY_ONSET), 2);
+    assert_non_null(find(c, ANOMALY_AUTH_FAILURE_BURST, ANOMALY_ONSET, -1));
+    free(c);
+    anomaly_free(d);
+}
+
+/* A first use seen just before the reconfigure that disables the user (reported at the next
+ * tick) must not be reported either: a disabled user is forgotten. */
+static void test_reconfigure_disable_drops_pending(void **state)
+{
+    (void)state;
+    struct anomaly_config cfg;
+    anomaly_config_defaults(&cfg);
+    struct anomaly *d = make(&cfg, 1);
+    struct cap *c = calloc(1, sizeof *c);
+    uint32_t get = cats_of("get"), del = cats_of("del");
+    steady(d, c, 0, get, 0, 700, 100);
+    anomaly_record_command(d, 0, del, 700 * 1000 + 10); /* first write after warm-up */
+    struct anomaly_user_config ov = cfg.user;
+    ov.disabled = true;
+    cfg.overrides = &ov;
+    assert_int_equal(anomaly_reconfigure(d, &cfg, 1), 0);
+    tick(d, c, 700);
+    tick(d, c, 701);
+    assert_int_equal(count_user(c, 0), 0);
+    free(c);
+    anomaly_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -876,6 +1178,12 @@ int main(void)
         cmocka_unit_test(test_source_set_full_of_open_episodes),
         cmocka_unit_test(test_per_user_overrides),
         cmocka_unit_test(test_long_noisy_run_does_not_flood),
+        cmocka_unit_test(test_reconfigure_keeps_learnt_state),
+        cmocka_unit_test(test_reconfigure_from_no_users),
+        cmocka_unit_test(test_reconfigure_thresholds),
+        cmocka_unit_test(test_reconfigure_refused),
+        cmocka_unit_test(test_reconfigure_disables_user),
+        cmocka_unit_test(test_reconfigure_disable_drops_pending),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

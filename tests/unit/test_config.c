@@ -1803,6 +1803,417 @@ static void test_sizes(void **state)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Reload: the keys that need a restart, watch and the files a configuration names          */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The base of the restart-key cases: two listeners (the second TLS), an upstream with a password
+ * in the URL, one user. Each case replaces a part of it. */
+#define RK_L0 "  - bind: 127.0.0.1:6379\n"
+#define RK_L1 "  - bind: 0.0.0.0:6380\n    tls: {cert_file: a.crt, key_file: a.key}\n"
+#define RK_LISTENERS "listeners:\n" RK_L0 RK_L1
+#define RK_UP "upstream:\n  url: rediss://app:pw-one@redis.example:6390\n"
+#define RK_US "users:\n  web: {acl: \"on >x ~* +@all\"}\n"
+#define RK_BASE RK_LISTENERS RK_UP RK_US
+#define RK_BASE_POOL(mode) RK_LISTENERS RK_UP "  pool: {mode: " mode "}\n" RK_US
+
+/* config_restart_keys of two configurations loaded from yaml; the keys into out (outlen). */
+static size_t restart_keys(const char *running_yaml, const char *next_yaml, char *out, size_t outlen)
+{
+    struct config *a = load_ok(running_yaml);
+    struct config *b = load_ok(next_yaml);
+    size_t n = config_restart_keys(a, b, out, outlen);
+    config_free(a);
+    config_free(b);
+    return n;
+}
+
+/* Whether the comma-separated lists a and b hold the same keys, each once (order aside). */
+static bool same_key_set(const char *a, const char *b)
+{
+    char x[512], y[512];
+    const char *keys[32];
+    size_t n = 0;
+    snprintf(x, sizeof x, "%s", a);
+    for (char *save = NULL, *k = strtok_r(x, ",", &save); k; k = strtok_r(NULL, ",", &save)) {
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(keys[i], k) == 0)
+                return false; /* a key twice */
+        if (n == ARRAY_SIZE(keys))
+            return false;
+        keys[n++] = k;
+    }
+    size_t m = 0;
+    snprintf(y, sizeof y, "%s", b);
+    for (char *save = NULL, *k = strtok_r(y, ",", &save); k; k = strtok_r(NULL, ",", &save), m++) {
+        size_t i = 0;
+        while (i < n && (keys[i] == NULL || strcmp(keys[i], k) != 0))
+            i++;
+        if (i == n)
+            return false;
+        keys[i] = NULL;
+    }
+    return m == n;
+}
+
+struct restart_case {
+    const char *name;
+    const char *running, *next;
+    size_t count;
+    const char *keys; /* comma-separated, in any order */
+};
+
+static void run_restart_cases(const struct restart_case *cases, size_t n)
+{
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        char out[512];
+        memset(out, 'x', sizeof out);
+        size_t got = restart_keys(cases[i].running, cases[i].next, out, sizeof out);
+        if (got != cases[i].count || memchr(out, '\0', sizeof out) == NULL ||
+            !same_key_set(out, cases[i].keys)) {
+            print_error("case '%s': got %zu '%.*s', want %zu '%s'\n", cases[i].name, got, 200,
+                        out, cases[i].count, cases[i].keys);
+            bad++;
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
+static void test_restart_keys_listeners(void **state)
+{
+    (void)state;
+    static const struct restart_case cases[] = {
+        {"same file", RK_BASE, RK_BASE, 0, ""},
+        {"bind of listener 0", RK_BASE,
+         "listeners:\n  - bind: 127.0.0.1:6479\n" RK_L1 RK_UP RK_US, 1, "listeners[0].bind"},
+        {"bind of listener 1", RK_BASE,
+         "listeners:\n" RK_L0 "  - bind: 0.0.0.0:6381\n    tls: {cert_file: a.crt, key_file: a.key}\n"
+         RK_UP RK_US, 1, "listeners[1].bind"},
+        {"IPv6 bind", RK_BASE,
+         "listeners:\n  - bind: \"[::1]:6379\"\n" RK_L1 RK_UP RK_US, 1, "listeners[0].bind"},
+        {"TLS turned on", RK_BASE,
+         "listeners:\n  - bind: 127.0.0.1:6379\n    tls: {cert_file: b.crt, key_file: b.key}\n"
+         RK_L1 RK_UP RK_US, 1, "listeners[0].tls"},
+        {"TLS turned off", "listeners:\n  - bind: 127.0.0.1:6379\n    tls: {cert_file: b.crt, key_file: b.key}\n"
+         RK_L1 RK_UP RK_US, RK_BASE, 1, "listeners[0].tls"},
+        {"listener added", RK_BASE, "listeners:\n" RK_L0 RK_L1 "  - bind: 127.0.0.1:7000\n" RK_UP RK_US,
+         1, "listeners[2]"},
+        {"listener removed", RK_BASE, "listeners:\n" RK_L0 RK_UP RK_US, 1, "listeners[1]"},
+        {"first listener removed: the second moves up", RK_BASE, "listeners:\n" RK_L1 RK_UP RK_US, 2,
+         "listeners[0].bind,listeners[1]"},
+        {"two listeners added", "listeners:\n" RK_L0 RK_UP RK_US,
+         "listeners:\n" RK_L0 RK_L1 "  - bind: 127.0.0.1:7000\n" RK_UP RK_US, 2, "listeners[1],listeners[2]"},
+        {"swapped", RK_BASE, "listeners:\n" RK_L1 RK_L0 RK_UP RK_US, 2,
+         "listeners[0].bind,listeners[1].bind"},
+        {"bind changed and one added", RK_BASE,
+         "listeners:\n  - bind: 127.0.0.1:6479\n" RK_L1 "  - bind: 127.0.0.1:7000\n" RK_UP RK_US, 2,
+         "listeners[0].bind,listeners[2]"},
+        /* The same address written another way is the same bind. */
+        {"localhost for 127.0.0.1", RK_BASE,
+         "listeners:\n  - bind: localhost:6379\n" RK_L1 RK_UP RK_US, 0, ""},
+        {"IPv6 written two ways", "listeners:\n  - bind: \"[::1]:6379\"\n" RK_L1 RK_UP RK_US,
+         "listeners:\n  - bind: \"[0::1]:6379\"\n" RK_L1 RK_UP RK_US, 0, ""},
+        /* What a reload applies: certificates, keys, client CAs, allow_from, user_from_cert. */
+        {"certificate paths", RK_BASE,
+         "listeners:\n" RK_L0
+         "  - bind: 0.0.0.0:6380\n    tls: {cert_file: new.crt, key_file: new.key, client_ca_file: ca.pem}\n"
+         RK_UP RK_US, 0, ""},
+        {"client CA and user_from_cert",
+         "listeners:\n" RK_L0 "  - bind: 0.0.0.0:6380\n    tls: {cert_file: a.crt, key_file: a.key, "
+         "client_ca_file: ca.pem}\n" RK_UP RK_US,
+         "listeners:\n" RK_L0 "  - bind: 0.0.0.0:6380\n    tls: {cert_file: a.crt, key_file: a.key, "
+         "client_ca_file: ca2.pem, user_from_cert: cn}\n" RK_UP RK_US, 0, ""},
+        {"allow_from", RK_BASE,
+         "listeners:\n  - bind: 127.0.0.1:6379\n    allow_from: [127.0.0.0/8]\n"
+         "  - bind: 0.0.0.0:6380\n    tls: {cert_file: a.crt, key_file: a.key}\n    allow_from: [10.0.0.0/8]\n"
+         RK_UP RK_US, 0, ""},
+    };
+    run_restart_cases(cases, ARRAY_SIZE(cases));
+}
+
+static void test_restart_keys_upstream_admin(void **state)
+{
+    (void)state;
+#define RK_URL(url) RK_LISTENERS "upstream:\n  url: " url "\n" RK_US
+#define RK_ADMIN(admin) RK_BASE admin
+    static const struct restart_case cases[] = {
+        /* The URL's host and port need a restart, its credential does not. */
+        {"host name in other case", RK_BASE, RK_URL("rediss://app:pw-one@REDIS.example:6390"), 0, ""},
+        {"URL password", RK_BASE, RK_URL("rediss://app:pw-two@redis.example:6390"), 0, ""},
+        {"URL user name", RK_BASE, RK_URL("rediss://other:pw-one@redis.example:6390"), 0, ""},
+        {"URL credential dropped", RK_BASE, RK_URL("rediss://redis.example:6390/0"), 0, ""},
+        {"URL host", RK_BASE, RK_URL("rediss://app:pw-one@redis2.example:6390"), 1, "upstream.url"},
+        {"URL port", RK_BASE, RK_URL("rediss://app:pw-one@redis.example:6391"), 1, "upstream.url"},
+        {"URL host and password", RK_BASE, RK_URL("rediss://app:pw-two@10.0.0.1:6390"), 1, "upstream.url"},
+        {"URL IPv6 host", RK_BASE, RK_URL("\"rediss://app:pw-one@[2001:db8::1]:6390\""), 1, "upstream.url"},
+        {"default port written out", RK_URL("rediss://h"), RK_URL("rediss://h:6379/"), 0, ""},
+        {"password moved to password_file", RK_URL("rediss://:pw@h"),
+         RK_LISTENERS "upstream:\n  url: rediss://h\n  password_file: rk-pw.txt\n" RK_US, 0, ""},
+        {"the rest of upstream", RK_BASE,
+         RK_LISTENERS "upstream:\n  url: rediss://app@redis.example:6390\n  password_file: rk-pw.txt\n"
+         "  ca_file: up-ca.pem\n  server_name: other.example\n  connect_timeout: 2s\n"
+         "  credentials:\n    ro: {username: u, password: p}\n"
+         "  pool: {size: 8, min_idle: 1, idle_timeout: 1m, max_lifetime: 0, keepalive: 5s, acquire_timeout: 1s}\n"
+         RK_US, 0, ""},
+        {"pool mode", RK_BASE, RK_BASE_POOL("multiplex"), 1, "upstream.pool.mode"},
+        {"pool mode back", RK_BASE_POOL("multiplex"), RK_BASE_POOL("session"), 1, "upstream.pool.mode"},
+        {"pool mode written as its default", RK_BASE, RK_BASE_POOL("session"), 0, ""},
+        /* admin */
+        {"admin turned on", RK_BASE, RK_ADMIN("admin: {}\n"), 1, "admin"},
+        {"admin turned on elsewhere", RK_BASE, RK_ADMIN("admin: {bind: 127.0.0.1:9200, probe_interval: 1s}\n"),
+         1, "admin"},
+        {"admin turned off", RK_ADMIN("admin:\n"), RK_BASE, 1, "admin"},
+        {"admin default bind written out", RK_ADMIN("admin:\n"), RK_ADMIN("admin: {bind: 127.0.0.1:9121}\n"), 0,
+         ""},
+        {"admin.bind", RK_ADMIN("admin: {}\n"), RK_ADMIN("admin: {bind: 127.0.0.1:9200}\n"), 1, "admin.bind"},
+        {"admin.probe_interval", RK_ADMIN("admin: {}\n"), RK_ADMIN("admin: {probe_interval: 1s}\n"), 1,
+         "admin.probe_interval"},
+        {"admin.probe_interval default written out", RK_ADMIN("admin: {}\n"),
+         RK_ADMIN("admin: {probe_interval: 5s}\n"), 0, ""},
+        {"admin.bind and probe_interval", RK_ADMIN("admin: {}\n"),
+         RK_ADMIN("admin: {bind: \"[::1]:9121\", probe_interval: 250ms}\n"), 2, "admin.bind,admin.probe_interval"},
+        {"admin.allow_from", RK_ADMIN("admin: {}\n"), RK_ADMIN("admin: {allow_from: [127.0.0.1]}\n"), 0, ""},
+        /* Everything at once. */
+        {"every restart key",
+         RK_ADMIN("admin: {}\n"),
+         "listeners:\n  - bind: 127.0.0.1:6479\n"
+         "upstream:\n  url: rediss://app:pw-one@other.example:6390\n  pool: {mode: multiplex}\n" RK_US
+         "admin: {bind: 127.0.0.1:9200, probe_interval: 1s}\n",
+         6, "listeners[0].bind,listeners[1],upstream.url,upstream.pool.mode,admin.bind,admin.probe_interval"},
+    };
+#undef RK_URL
+#undef RK_ADMIN
+    /* rk-pw.txt is read by the password_file cases. */
+    char path[512];
+    write_text(path, sizeof path, "rk-pw.txt", "pw\n");
+    run_restart_cases(cases, ARRAY_SIZE(cases));
+}
+
+/* Everything but the restart keys is applied by a reload: no restart. */
+static void test_restart_keys_reloadable(void **state)
+{
+    (void)state;
+    char path[512];
+    write_text(path, sizeof path, "rk-acl.txt", "on >y ~* +@read\n");
+    write_text(path, sizeof path, "rk-pw.txt", "pw\n");
+    static const struct restart_case cases[] = {
+        {"users", RK_BASE,
+         RK_LISTENERS RK_UP "  credentials: {ro: {password_file: rk-pw.txt}}\n"
+         "users:\n  web: {acl: \"on >z ~web:* +@read\", expires: 2030-01-01T00:00:00Z, allow_from: [10.0.0.0/8],"
+         " rate_limit: {commands_per_second: 5}, anomaly: {min_rate: 50, disabled: yes}}\n"
+         "  ops: {acl_file: rk-acl.txt, upstream_credential: ro}\n",
+         0, ""},
+        {"limits", RK_BASE,
+         RK_BASE "limits:\n  max_clients: 5\n  max_request_bytes: 1mb\n  login_timeout: 1s\n"
+                 "  rate_limit: {commands_per_second: 10}\n  login_lockout: {failures: 3}\n",
+         0, ""},
+        {"log, guard and anomaly", RK_BASE,
+         RK_BASE "log: {level: debug, keys: yes}\nguard: {never_by_category: [flushall]}\n"
+                 "anomaly: {enabled: no, half_life: 5m, min_rate: 1}\n",
+         0, ""},
+        {"watch turned on", RK_BASE, RK_BASE "watch: yes\n", 0, ""},
+        {"watch turned off", RK_BASE "watch: true\n", RK_BASE, 0, ""},
+    };
+    run_restart_cases(cases, ARRAY_SIZE(cases));
+}
+
+/* The list is cut to fit any buffer, stays NUL-terminated and the count does not change. */
+static void test_restart_keys_truncated(void **state)
+{
+    (void)state;
+    struct config *a = load_ok(RK_BASE "admin: {}\n");
+    struct config *b = load_ok("listeners:\n  - bind: 127.0.0.1:6479\n"
+                               "upstream:\n  url: rediss://app:pw-one@other.example:6390\n"
+                               "  pool: {mode: multiplex}\n" RK_US
+                               "admin: {bind: 127.0.0.1:9200, probe_interval: 1s}\n");
+    char full[512];
+    size_t n = config_restart_keys(a, b, full, sizeof full);
+    assert_int_equal(n, 6);
+    size_t len = strlen(full);
+    assert_true(len > 40);
+    assert_true(same_key_set(full, "listeners[0].bind,listeners[1],upstream.url,upstream.pool.mode,"
+                                   "admin.bind,admin.probe_interval"));
+
+    /* No buffer: only the count. */
+    assert_int_equal(config_restart_keys(a, b, NULL, 0), 6);
+    char one = 'x';
+    assert_int_equal(config_restart_keys(a, b, &one, 0), 6);
+    assert_int_equal(one, 'x');
+
+    /* Every size: an exactly sized heap buffer, so ASan sees a write past its end. */
+    for (size_t size = 1; size <= len + 2; size++) {
+        char *out = malloc(size);
+        assert_non_null(out);
+        memset(out, 'x', size);
+        assert_int_equal(config_restart_keys(a, b, out, size), 6);
+        size_t got = strnlen(out, size);
+        if (got == size)
+            fail_msg("size %zu: not NUL-terminated", size);
+        if (strncmp(out, full, got) != 0)
+            fail_msg("size %zu: '%s' is not a prefix of '%s'", size, out, full);
+        if (size > len)
+            assert_string_equal(out, full);
+        free(out);
+    }
+    /* Nothing to restart: the buffer is emptied. */
+    char out[8];
+    memset(out, 'x', sizeof out);
+    assert_int_equal(config_restart_keys(a, a, out, sizeof out), 0);
+    assert_string_equal(out, "");
+    config_free(a);
+    config_free(b);
+}
+
+static void test_watch_key(void **state)
+{
+    (void)state;
+    struct config *c = load_ok(RK_BASE);
+    assert_false(c->watch);
+    config_free(c);
+    static const struct {
+        const char *text;
+        bool want;
+    } values[] = {{"yes", true}, {"true", true}, {"YES", true}, {"no", false}, {"false", false}, {"False", false}};
+    for (size_t i = 0; i < ARRAY_SIZE(values); i++) {
+        char yaml[1024];
+        snprintf(yaml, sizeof yaml, RK_BASE "watch: %s\n", values[i].text);
+        c = load_ok(yaml);
+        assert_int_equal(c->watch, values[i].want);
+        config_free(c);
+    }
+#define L "listeners:\n  - bind: 127.0.0.1:6379\n" /* lines 1-2 */
+#define UP "upstream:\n  url: rediss://h\n"       /* 2 lines */
+#define US "users:\n  web:\n    acl: \"on\"\n"   /* 3 lines */
+    static const struct err_case cases[] = {
+        {"watch not a bool", L UP US "watch: maybe\n", "8:8: watch: expected yes, no, true or false"},
+        {"watch twice", L UP US "watch: yes\nwatch: no\n", "9:1: duplicate key 'watch'"},
+        {"watch in a section", L UP "  watch: yes\n" US, "5:3: unknown key 'watch' in upstream"},
+    };
+#undef L
+#undef UP
+#undef US
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+static bool has_file(const struct config *c, const char *file)
+{
+    for (size_t i = 0; i < c->file_count; i++)
+        if (strcmp(c->files[i], file) == 0)
+            return true;
+    return false;
+}
+
+static void assert_files(const struct config *c, const char *const *want, size_t n)
+{
+    bool ok = c->file_count == n;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = strcmp(c->files[i], want[i]) == 0;
+    if (!ok) {
+        for (size_t i = 0; i < c->file_count; i++)
+            print_error("  got [%zu] %s\n", i, c->files[i]);
+        for (size_t i = 0; i < n; i++)
+            print_error("  want [%zu] %s\n", i, want[i]);
+        fail_msg("config.files differs");
+    }
+}
+
+/* config.files: every file the configuration names, resolved, in the order of the file. */
+static void test_config_files(void **state)
+{
+    (void)state;
+    char path[512], t[512];
+    /* Without a named file the list is empty. */
+    struct config *c = load_ok("listeners:\n" RK_L0 "upstream: {url: \"rediss://:pw@h\"}\n" RK_US);
+    assert_int_equal(c->file_count, 0);
+    config_free(c);
+
+    snprintf(t, sizeof t, "%s/sub", tmpdir);
+    assert_true(mkdir(t, 0700) == 0 || errno == EEXIST);
+    write_text(path, sizeof path, "up-pw.txt", "pw\n");
+    write_text(path, sizeof path, "cred-b.txt", "pw-b\n");
+    write_text(path, sizeof path, "sub/acl.txt", "on >x ~* +@all\n");
+    c = load_ok("listeners:\n"
+                "  - bind: 0.0.0.0:6380\n"
+                "    tls: {cert_file: srv.crt, key_file: /etc/respguard/srv.key, client_ca_file: sub/ca.pem}\n"
+                "  - bind: 127.0.0.1:6379\n"
+                "  - bind: 0.0.0.0:6381\n"
+                "    tls: {key_file: two.key, cert_file: \"@TMP@/two.crt\"}\n"
+                "upstream:\n"
+                "  url: rediss://default@h\n"
+                "  password_file: up-pw.txt\n"
+                "  ca_file: ../up-ca.pem\n"
+                "  credentials:\n"
+                "    a: {password: inline}\n"
+                "    b: {username: u, password_file: \"@TMP@/cred-b.txt\"}\n"
+                "users:\n"
+                "  web: {acl_file: ./sub/acl.txt}\n"
+                "  ops: {acl: \"on >y ~* +@all\"}\n"
+                "watch: yes\n");
+    assert_true(c->watch);
+    char w[9][300];
+    snprintf(w[0], sizeof w[0], "%s/srv.crt", tmpdir);
+    snprintf(w[1], sizeof w[1], "/etc/respguard/srv.key");
+    snprintf(w[2], sizeof w[2], "%s/sub/ca.pem", tmpdir);
+    snprintf(w[3], sizeof w[3], "%s/two.key", tmpdir);
+    snprintf(w[4], sizeof w[4], "%s/two.crt", tmpdir);
+    snprintf(w[5], sizeof w[5], "%s/up-pw.txt", tmpdir);
+    snprintf(w[6], sizeof w[6], "%s/../up-ca.pem", tmpdir);
+    snprintf(w[7], sizeof w[7], "%s/cred-b.txt", tmpdir);
+    snprintf(w[8], sizeof w[8], "%s/./sub/acl.txt", tmpdir);
+    const char *want[9];
+    for (size_t i = 0; i < 9; i++)
+        want[i] = w[i];
+    assert_files(c, want, 9);
+    /* The snapshot's own fields hold the same resolved names. */
+    assert_string_equal(c->listeners[0].tls.cert_file, w[0]);
+    assert_string_equal(c->listeners[2].tls.cert_file, w[4]);
+    assert_string_equal(c->upstream.ca_file, w[6]);
+    /* The configuration file itself is config.path, not on the list. */
+    assert_false(has_file(c, c->path));
+    config_free(c);
+
+    /* A configuration named by a relative path: its files are relative to the same directory. */
+    char cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    write_text(path, sizeof path, "sub/rel.yaml",
+               "listeners:\n  - bind: 0.0.0.0:6380\n    tls: {cert_file: c.crt, key_file: /abs/k.key}\n"
+               "upstream: {url: \"rediss://default@h\", password_file: ../up-pw.txt}\n"
+               "users: {web: {acl_file: acl.txt}}\n");
+    assert_int_equal(chdir(tmpdir), 0);
+    char err[512];
+    c = NULL;
+    int rc = config_load("sub/rel.yaml", &c, err, sizeof err);
+    if (rc == 0) {
+        static const char *const rel[] = {"sub/c.crt", "/abs/k.key", "sub/../up-pw.txt", "sub/acl.txt"};
+        if (c->file_count != ARRAY_SIZE(rel))
+            rc = -1;
+        for (size_t i = 0; rc == 0 && i < ARRAY_SIZE(rel); i++)
+            if (strcmp(c->files[i], rel[i]) != 0)
+                rc = -1;
+        for (size_t i = 0; rc != 0 && i < c->file_count; i++)
+            print_error("  got [%zu] %s\n", i, c->files[i]);
+    } else {
+        print_error("%s\n", err);
+    }
+    config_free(c);
+    /* And in the working directory itself. */
+    int rc2 = -1;
+    c = NULL;
+    if (chdir("sub") == 0 && config_load("rel.yaml", &c, err, sizeof err) == 0) {
+        rc2 = c->file_count == 4 && strcmp(c->files[0], "c.crt") == 0 && strcmp(c->files[1], "/abs/k.key") == 0 &&
+                      strcmp(c->files[2], "../up-pw.txt") == 0 && strcmp(c->files[3], "acl.txt") == 0
+                  ? 0
+                  : -1;
+        for (size_t i = 0; rc2 != 0 && i < c->file_count; i++)
+            print_error("  got [%zu] %s\n", i, c->files[i]);
+    }
+    config_free(c);
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rc, 0);
+    assert_int_equal(rc2, 0);
+}
+
+/* ---------------------------------------------------------------------------------------- */
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -1873,6 +2284,12 @@ int main(void)
         cmocka_unit_test(test_cidr_match),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_restart_keys_listeners),
+        cmocka_unit_test(test_restart_keys_upstream_admin),
+        cmocka_unit_test(test_restart_keys_reloadable),
+        cmocka_unit_test(test_restart_keys_truncated),
+        cmocka_unit_test(test_watch_key),
+        cmocka_unit_test(test_config_files),
     };
     return cmocka_run_group_tests_name("config", tests, setup, teardown);
 }

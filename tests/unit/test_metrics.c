@@ -920,6 +920,183 @@ static void test_pool_metrics(void **state)
     metrics_free(m);
 }
 
+/* metrics_add_users (a reload adds users): the counts of the users there were are kept under
+ * their own names, new users start at zero and count, n = 0 changes nothing. */
+static void test_add_users(void **state)
+{
+    (void)state;
+    const char *names[] = {"alice", "bob"};
+    struct metrics *m = make(2, names, 2);
+    struct metrics_shard *a = metrics_shard(m, 0), *b = metrics_shard(m, 1);
+    for (int i = 0; i < 3; i++)
+        metrics_count_command(a, 0, MCAT_READ, MV_ALLOWED);
+    metrics_count_command(b, 0, MCAT_READ, MV_ALLOWED);
+    metrics_count_command(b, 1, MCAT_WRITE, MV_DENIED);
+    metrics_count_command(a, 1, MCAT_KEYSPACE, MV_RATE_LIMITED);
+    metrics_count_command(b, 1, MCAT_KEYSPACE, MV_RATE_LIMITED);
+    metrics_count_anomaly(a, ANOMALY_RATE_SPIKE, 0);
+    metrics_count_anomaly(a, ANOMALY_AUTH_FAILURE_BURST, -1);
+    metrics_count_anomaly(b, ANOMALY_AUTH_FAILURE_BURST, -1);
+    metrics_count_anomaly(b, ANOMALY_CONNECTION_SURGE, 1);
+    metrics_count_anomaly(a, ANOMALY_CONNECTION_SURGE, -1);
+    for (int i = 0; i < 3; i++)
+        metrics_count_anomaly(b, ANOMALY_DENIAL_BURST, 1);
+    metrics_inc(a, MC_CONN_ACCEPTED);
+
+    /* n = 0: nothing changes, byte for byte. */
+    char *before = render(m, NULL, 0);
+    assert_int_equal(metrics_add_users(m, 0, NULL), 0);
+    assert_int_equal(a->user_count, 2);
+    char *out = render(m, NULL, 0);
+    assert_string_equal(out, before);
+    free(out);
+    free(before);
+
+    /* The names are copied. */
+    char carol[] = "carol", dave[] = "dave";
+    assert_int_equal(metrics_add_users(m, 2, (const char *const[]){carol, dave}), 0);
+    strcpy(carol, "xxxxx");
+    strcpy(dave, "yyyy");
+    assert_ptr_equal(metrics_shard(m, 0), a); /* the shards stay, their arrays grow */
+    assert_ptr_equal(metrics_shard(m, 1), b);
+    assert_null(metrics_shard(m, 2));
+    assert_int_equal(a->user_count, 4);
+    assert_int_equal(b->user_count, 4);
+
+    out = render(m, NULL, 0);
+    check_exposition(out);
+    EXPECT_LINE(out, "respguard_client_connections_accepted_total 1");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"alice\",category=\"read\",verdict=\"allowed\"} 4");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"bob\",category=\"write\",verdict=\"denied\"} 1");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"bob\",category=\"keyspace\",verdict=\"rate_limited\"} 2");
+    assert_int_equal(count_prefix(out, "respguard_commands_total{"), 3);
+    EXPECT_LINE(out, "respguard_rate_limited_commands_total{user=\"alice\"} 0");
+    EXPECT_LINE(out, "respguard_rate_limited_commands_total{user=\"bob\"} 2");
+    EXPECT_LINE(out, "respguard_rate_limited_commands_total{user=\"carol\"} 0");
+    EXPECT_LINE(out, "respguard_rate_limited_commands_total{user=\"dave\"} 0");
+    assert_int_equal(count_prefix(out, "respguard_rate_limited_commands_total{"), 4);
+    assert_null(strstr(out, "xxxxx"));
+    /* Every anomaly series, each with its count of before (per type, per user, per source). */
+    const char *all[] = {"", "alice", "bob", "carol", "dave"};
+    assert_int_equal(count_prefix(out, "respguard_anomalies_total{"), METRICS_ANOMALY_TYPES * 5);
+    for (int t = 0; t < METRICS_ANOMALY_TYPES; t++)
+        for (int u = 0; u < 5; u++) {
+            unsigned want = 0;
+            if (t == ANOMALY_RATE_SPIKE && u == 1)
+                want = 1;
+            if (t == ANOMALY_AUTH_FAILURE_BURST && u == 0)
+                want = 2;
+            if (t == ANOMALY_CONNECTION_SURGE && (u == 0 || u == 2))
+                want = 1;
+            if (t == ANOMALY_DENIAL_BURST && u == 2)
+                want = 3;
+            char line[160];
+            snprintf(line, sizeof line, "respguard_anomalies_total{type=\"%s\",user=\"%s\"} %u",
+                     anomaly_type_name((enum anomaly_type)t), all[u], want);
+            EXPECT_LINE(out, line);
+        }
+    free(out);
+
+    /* New users count, on every shard; the old ones go on counting. */
+    metrics_count_command(a, 2, MCAT_WRITE, MV_ALLOWED);
+    metrics_count_command(b, 2, MCAT_WRITE, MV_ALLOWED);
+    metrics_count_command(b, 3, MCAT_ADMIN, MV_DENIED);
+    metrics_count_command(a, 3, MCAT_READ, MV_RATE_LIMITED);
+    metrics_count_command(a, 0, MCAT_READ, MV_ALLOWED);
+    metrics_count_anomaly(b, ANOMALY_NEW_BEHAVIOUR, 3);
+    metrics_count_anomaly(a, ANOMALY_RATE_SPIKE, 0);
+    metrics_count_anomaly(a, ANOMALY_AUTH_FAILURE_BURST, -1);
+    metrics_count_command(a, 4, MCAT_READ, MV_ALLOWED); /* out of range: ignored */
+    metrics_count_anomaly(a, ANOMALY_RATE_SPIKE, 4);
+    out = render(m, NULL, 0);
+    check_exposition(out);
+    EXPECT_LINE(out, "respguard_commands_total{user=\"alice\",category=\"read\",verdict=\"allowed\"} 5");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"carol\",category=\"write\",verdict=\"allowed\"} 2");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"dave\",category=\"admin\",verdict=\"denied\"} 1");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"dave\",category=\"read\",verdict=\"rate_limited\"} 1");
+    assert_int_equal(count_prefix(out, "respguard_commands_total{"), 6);
+    EXPECT_LINE(out, "respguard_rate_limited_commands_total{user=\"dave\"} 1");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"new_behaviour\",user=\"dave\"} 1");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"rate_spike\",user=\"alice\"} 2");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"auth_failure_burst\",user=\"\"} 3");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"denial_burst\",user=\"bob\"} 3");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"rate_spike\",user=\"carol\"} 0");
+    free(out);
+
+    /* A second growth keeps the counts of the users added by the first. */
+    assert_int_equal(metrics_add_users(m, 1, (const char *const[]){"erin"}), 0);
+    metrics_count_command(b, 4, MCAT_PUBSUB, MV_ALLOWED);
+    metrics_count_anomaly(b, ANOMALY_CONNECTION_SURGE, 4);
+    out = render(m, NULL, 0);
+    check_exposition(out);
+    EXPECT_LINE(out, "respguard_commands_total{user=\"carol\",category=\"write\",verdict=\"allowed\"} 2");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"dave\",category=\"admin\",verdict=\"denied\"} 1");
+    EXPECT_LINE(out, "respguard_commands_total{user=\"erin\",category=\"pubsub\",verdict=\"allowed\"} 1");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"new_behaviour\",user=\"dave\"} 1");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"connection_surge\",user=\"erin\"} 1");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"connection_surge\",user=\"bob\"} 1");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"connection_surge\",user=\"\"} 1");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"denial_burst\",user=\"bob\"} 3");
+    EXPECT_LINE(out, "respguard_anomalies_total{type=\"auth_failure_burst\",user=\"\"} 3");
+    assert_int_equal(count_prefix(out, "respguard_anomalies_total{"), METRICS_ANOMALY_TYPES * 6);
+    free(out);
+    metrics_free(m);
+
+    /* From no users at all (how a worker starts): the per-source counts are kept. */
+    m = make(0, NULL, 1);
+    a = metrics_shard(m, 0);
+    for (int t = 0; t < METRICS_ANOMALY_TYPES; t++)
+        for (int i = 0; i <= t; i++)
+            metrics_count_anomaly(a, t, -1);
+    assert_int_equal(metrics_add_users(m, 1, (const char *const[]){"web"}), 0);
+    metrics_count_anomaly(a, ANOMALY_DENIAL_BURST, 0);
+    metrics_count_command(a, 0, MCAT_OTHER, MV_ERROR);
+    out = render(m, NULL, 0);
+    check_exposition(out);
+    for (int t = 0; t < METRICS_ANOMALY_TYPES; t++) {
+        char line[160];
+        snprintf(line, sizeof line, "respguard_anomalies_total{type=\"%s\",user=\"\"} %d",
+                 anomaly_type_name((enum anomaly_type)t), t + 1);
+        EXPECT_LINE(out, line);
+        snprintf(line, sizeof line, "respguard_anomalies_total{type=\"%s\",user=\"web\"} %d",
+                 anomaly_type_name((enum anomaly_type)t), t == ANOMALY_DENIAL_BURST);
+        EXPECT_LINE(out, line);
+    }
+    EXPECT_LINE(out, "respguard_commands_total{user=\"web\",category=\"other\",verdict=\"error\"} 1");
+    free(out);
+    metrics_free(m);
+}
+
+/* A caller's value whose name ends in _total is a counter; anything else a gauge. */
+static void test_caller_counters(void **state)
+{
+    (void)state;
+    struct metrics *m = make(0, NULL, 1);
+    const struct metrics_gauge g[] = {
+        {"respguard_config_reloads_total", "Reloads by result.", "result", "ok", 3},
+        {"respguard_config_reloads_total", NULL, "result", "failed", 1},
+        {"respguard_config_last_reload_success", "Whether the last reload worked.", NULL, NULL, 1},
+        {"respguard_total_users", "Not a counter: _total is not its end.", NULL, NULL, 2},
+        {"respguard_subtotal", "Not a counter either.", NULL, NULL, 4},
+        {"respguard_totals", "Nor this.", NULL, NULL, 5},
+        {"respguard_restarts_total", "Unlabelled counter.", NULL, NULL, 0},
+    };
+    char *out = render(m, g, sizeof g / sizeof g[0]);
+    check_exposition(out);
+    EXPECT_LINE(out, "# TYPE respguard_config_reloads_total counter");
+    assert_int_equal(count_prefix(out, "# TYPE respguard_config_reloads_total "), 1);
+    EXPECT_LINE(out, "respguard_config_reloads_total{result=\"ok\"} 3");
+    EXPECT_LINE(out, "respguard_config_reloads_total{result=\"failed\"} 1");
+    EXPECT_LINE(out, "# TYPE respguard_config_last_reload_success gauge");
+    EXPECT_LINE(out, "# TYPE respguard_total_users gauge");
+    EXPECT_LINE(out, "# TYPE respguard_subtotal gauge");
+    EXPECT_LINE(out, "# TYPE respguard_totals gauge");
+    EXPECT_LINE(out, "# TYPE respguard_restarts_total counter");
+    EXPECT_LINE(out, "respguard_restarts_total 0");
+    free(out);
+    metrics_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -936,6 +1113,8 @@ int main(void)
         cmocka_unit_test(test_upstream_failure),
         cmocka_unit_test(test_caller_gauges),
         cmocka_unit_test(test_exposition_format),
+        cmocka_unit_test(test_add_users),
+        cmocka_unit_test(test_caller_counters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
