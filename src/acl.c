@@ -734,6 +734,31 @@ int acl_user_compile(const char *name, const char *rules, const char *const *nev
     return rc;
 }
 
+static bool same_patterns(const struct acl_pattern *a, size_t an, const struct acl_pattern *b, size_t bn)
+{
+    if (an != bn)
+        return false;
+    for (size_t i = 0; i < an; i++)
+        if (a[i].len != b[i].len || a[i].flags != b[i].flags || memcmp(a[i].ptr, b[i].ptr, a[i].len) != 0)
+            return false;
+    return true;
+}
+
+bool acl_user_same_rules(const struct acl_user *a, const struct acl_user *b)
+{
+    if (a->id_count != b->id_count || a->flags != b->flags || a->firstarg_count != b->firstarg_count ||
+        memcmp(a->effective, b->effective, words(a) * sizeof(uint64_t)) != 0 ||
+        memcmp(a->allowed, b->allowed, words(a) * sizeof(uint64_t)) != 0 ||
+        memcmp(a->special, b->special, a->id_count) != 0 ||
+        !same_patterns(a->keys, a->key_count, b->keys, b->key_count) ||
+        !same_patterns(a->channels, a->channel_count, b->channels, b->channel_count))
+        return false;
+    for (size_t i = 0; i < a->firstarg_count; i++)
+        if (a->firstargs[i].id != b->firstargs[i].id || strcmp(a->firstargs[i].arg, b->firstargs[i].arg) != 0)
+            return false;
+    return true;
+}
+
 void acl_user_deinit(struct acl_user *u)
 {
     free(u->name);

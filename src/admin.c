@@ -122,16 +122,24 @@ static enum MHD_Result serve_metrics(struct admin *a, struct MHD_Connection *c)
     size_t n = 0;
     g[n++] = (struct metrics_gauge){"respguard_ready", "1 when /readyz answers 200: config loaded, not draining, "
                                     "last upstream probe succeeded.", NULL, NULL, ready(&st) ? 1 : 0};
-    /* The certificate names live in pub: rendered under the lock (a reload may replace them). */
+    /* The certificate names are copied out under the lock (a reload may replace them), so that
+     * the worker never waits for a render. */
+    char (*names)[sizeof a->pub.upstream_cert_name] = malloc((ADMIN_MAX_CERTS + 1) * sizeof *names);
+    if (!names)
+        return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     pthread_mutex_lock(&a->lock);
-    for (size_t i = 0; i < a->pub.cert_count; i++)
+    for (size_t i = 0; i < a->pub.cert_count; i++) {
+        snprintf(names[i], sizeof names[i], "%s", a->pub.certs[i].name);
         g[n++] = (struct metrics_gauge){"respguard_cert_expiry_seconds",
                                         "Seconds until the certificate expires (negative: expired).", "cert",
-                                        a->pub.certs[i].name, (double)a->pub.certs[i].not_after - now};
+                                        names[i], (double)a->pub.certs[i].not_after - now};
+    }
+    snprintf(names[ADMIN_MAX_CERTS], sizeof names[ADMIN_MAX_CERTS], "%s", a->pub.upstream_cert_name);
+    pthread_mutex_unlock(&a->lock);
     if (st.upstream_cert_not_after)
         g[n++] = (struct metrics_gauge){"respguard_cert_expiry_seconds",
                                         "Seconds until the certificate expires (negative: expired).", "cert",
-                                        a->pub.upstream_cert_name, (double)st.upstream_cert_not_after - now};
+                                        names[ADMIN_MAX_CERTS], (double)st.upstream_cert_not_after - now};
     g[n++] = (struct metrics_gauge){"respguard_config_load_success",
                                     "1 when the configuration in use loaded without error.", NULL, NULL, 1};
     g[n++] = (struct metrics_gauge){"respguard_config_load_timestamp_seconds",
@@ -155,7 +163,7 @@ static enum MHD_Result serve_metrics(struct admin *a, struct MHD_Connection *c)
     char *text = NULL;
     size_t len = 0;
     int rc = metrics_render(a->metrics, g, n, &text, &len);
-    pthread_mutex_unlock(&a->lock);
+    free(names);
     if (rc != 0)
         return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     return respond(c, MHD_HTTP_OK, text, len, MHD_RESPMEM_MUST_FREE, "text/plain; version=0.0.4; charset=utf-8");

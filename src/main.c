@@ -71,6 +71,7 @@ struct runtime {
     struct worker w;
     struct snapshot *boot;         /* the snapshot respguard started with: what keys that need a
                                       restart are compared against (a reference) */
+    struct snapshot *admin_snap;   /* whose admin.allow_from is in force (a reference) */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t second_timer;       /* once a second: anomalies, the end of rate-limit episodes */
     bool second_timer_started;
@@ -315,13 +316,18 @@ static int admin_config(struct runtime *rt, int (*apply)(struct runtime *rt, con
             n++;
         }
         char upstream[300];
-        snprintf(upstream, sizeof upstream, "upstream %s:%u", snap->upstream_verify_name,
+        snprintf(upstream, sizeof upstream, "upstream %s:%u", worker_verify_name(&rt->w),
                  (unsigned)rt->w.upstream_port);
-        struct admin_config_info info = {.allow_from = &rt->boot->cfg->admin.allow_from, .certs = certs,
+        /* allow_from goes with the bind it was checked against (a non-loopback bind needs one):
+         * a file whose admin bind differs from the running one leaves both as they are. */
+        const struct config_admin *boot = &rt->boot->cfg->admin;
+        if (cfg->admin.enabled && config_same_address(&cfg->admin.listen, &boot->listen)) {
+            snapshot_unref(rt->admin_snap);
+            rt->admin_snap = snapshot_ref(rt->w.snap);
+        }
+        struct admin_config_info info = {.allow_from = &rt->admin_snap->cfg->admin.allow_from, .certs = certs,
                                          .cert_count = n, .upstream_name = upstream,
                                          .loaded_at = snap->loaded_at, .load_seconds = snap->load_seconds};
-        if (cfg->admin.enabled)
-            info.allow_from = &cfg->admin.allow_from;
         rc = apply(rt, &info);
     }
     free(certs);
@@ -510,6 +516,7 @@ static int cmd_run(const char *path)
         return 1;
     }
     rt.boot = snapshot_ref(snap);
+    rt.admin_snap = snapshot_ref(snap);
     char err[256];
     int status = 0;
     if (worker_init(&rt.w, &loop, snap, err, sizeof err) != 0) {
@@ -572,6 +579,7 @@ static int cmd_run(const char *path)
         log_event(LOG_INFO, "shutdown", LOG_STR("phase", "end"), LOG_END);
     }
     worker_free(&rt.w);
+    snapshot_unref(rt.admin_snap);
     snapshot_unref(rt.boot);
     return status;
 }

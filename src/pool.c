@@ -226,6 +226,7 @@ static void send_own(struct upconn *c, enum route_kind kind, const char *bytes, 
 
 static void send_login(struct upconn *c)
 {
+    RG_INVARIANT(!c->pool->retired); /* its login index means nothing any more */
     const struct snapshot_login *l = &c->pool->w->snap->logins[c->pool->login];
     send_own(c, ROUTE_LOGIN, l->cmd, l->len);
 }
@@ -968,6 +969,8 @@ static void on_tick(uv_timer_t *t)
         maintain(c, now);
         c = next;
     }
+    if (p->retired && !p->conns)
+        uv_timer_stop(&p->tick); /* nothing left to look after, and nothing will be opened */
     refill(p, true);
 }
 
@@ -998,7 +1001,23 @@ int pool_start(struct pool *p, struct worker *w, size_t login, const char *name)
 /* Every connection stops taking clients: idle ones close now, the others once free. */
 static void retire_all(struct pool *p, const char *why)
 {
-    tlsconn_resume_forget(p->resume); /* made under what is being replaced */
+    /* A fresh resumption slot: the old one holds sessions made under what is being replaced,
+     * and connections still in their handshake keep filling it (their SSL points at it), so it
+     * is kept aside until the pool is freed rather than emptied. */
+    struct tlsconn_resume **old = realloc(p->old_resume, (p->old_resume_count + 1) * sizeof *old);
+    struct tlsconn_resume *fresh = old ? tlsconn_resume_new() : NULL;
+    if (old)
+        p->old_resume = old;
+    if (fresh) {
+        p->old_resume[p->old_resume_count++] = p->resume;
+        p->resume = fresh;
+    } else { /* out of memory: no resumption from now on is the safe side */
+        tlsconn_resume_forget(p->resume);
+        if (old) {
+            p->old_resume[p->old_resume_count++] = p->resume;
+            p->resume = NULL;
+        }
+    }
     if (p->current)
         p->current = NULL;
     struct upconn *c = p->conns;
@@ -1057,6 +1076,11 @@ void pool_free(struct pool *p)
 {
     tlsconn_resume_free(p->resume);
     p->resume = NULL;
+    for (size_t i = 0; i < p->old_resume_count; i++)
+        tlsconn_resume_free(p->old_resume[i]);
+    free(p->old_resume);
+    p->old_resume = NULL;
+    p->old_resume_count = 0;
     free(p->name);
     p->name = NULL;
 }

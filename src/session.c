@@ -118,6 +118,7 @@ struct session {
     /* The configuration it runs under (a reference): its user points into it. A reload moves
      * every session to the new snapshot (worker_reload_sessions). */
     struct snapshot *snap;
+    const char *reload_close;        /* during a reload: why it is closed once all have moved */
     bool cert_login;                 /* its listener names users by client certificate CN */
     uint64_t id;
     char peer[64];
@@ -2114,8 +2115,10 @@ void session_close(struct session *s, const char *reason)
     unref(s);
 }
 
-/* Why a session of user u (NULL: gone from the configuration) may not go on, or NULL. */
-static const char *no_longer_allowed(struct session *s, const struct snapshot *next, const struct acl_user *u)
+/* Why a session of user u of next (NULL: gone from the configuration) may not go on, or NULL.
+ * cur is the user it runs as now (in s->snap). */
+static const char *no_longer_allowed(struct session *s, const struct snapshot *next, const struct acl_user *cur,
+                                     const struct acl_user *u)
 {
     if (!u)
         return "user removed";
@@ -2124,49 +2127,72 @@ static const char *no_longer_allowed(struct session *s, const struct snapshot *n
     const struct config_user *uc = worker_user_config(next, u);
     if (uc->allow_from.count && !config_cidr_match(&uc->allow_from, (struct sockaddr *)&s->peer_addr))
         return "source no longer allowed";
+    if (cur == s->user && owns_conn(s) &&
+        (s->up_cred != pool_of(s, u) || s->up_cred->retired || s->pc.conn->pool->retired))
+        /* Its own connection speaks a credential the user no longer maps to: going on would keep
+         * upstream rights the operator took away. */
+        return "upstream credential changed";
+    if (cur == s->user && !acl_user_same_rules(cur, u) && (replyq_subscribed(&s->q) || s->monitor != MON_NONE))
+        /* As Redis disconnects the subscribers of a user whose channel rules change: what a
+         * subscription or MONITOR streams was allowed under the old rules. */
+        return "rules changed under a subscription";
     return NULL;
 }
 
-/* Reload: s runs under the worker's snapshot from now on, as Redis applies ACL changes to its
+/* Reload, first step: s takes the worker's snapshot, as Redis applies ACL changes to its
  * clients: the user's new rules from its next command, its password irrelevant (the session is
- * logged in), its session closed if the user is gone or turned off. True when it was closed. */
-static bool follow_snapshot(struct session *s)
+ * logged in). A session that may not go on keeps its snapshot and gets why; it is closed in the
+ * second step, once every session has moved (a close can hand a connection to a waiting session,
+ * which must already run under the new snapshot). */
+static const char *follow_snapshot(struct session *s)
 {
     struct snapshot *next = s->w->snap;
     if (s->snap == next || s->state == SESSION_CLOSING)
-        return false; /* a closing session keeps what it runs under until it is freed */
+        return NULL; /* a closing session keeps what it runs under until it is freed */
     const struct acl_user *u = s->user ? snapshot_find_user(next, s->user->name, strlen(s->user->name)) : NULL;
     const struct acl_user *pu =
         s->pending_user ? snapshot_find_user(next, s->pending_user->name, strlen(s->pending_user->name)) : NULL;
-    const char *why = s->user ? no_longer_allowed(s, next, u) : NULL;
+    const char *why = s->user ? no_longer_allowed(s, next, s->user, u) : NULL;
     if (!why && s->pending_user)
-        why = no_longer_allowed(s, next, pu);
+        why = no_longer_allowed(s, next, s->pending_user, pu);
     if (why) {
-        log_event(LOG_INFO, "session_closed", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
-                  LOG_STR("user", s->user ? s->user->name : s->pending_user->name), LOG_STR("reason", why),
-                  LOG_STR("by", "reload"), LOG_END);
-        session_close(s, why);
-        return true;
+        pool_cancel(&s->pc); /* nothing may be handed to it before it is closed */
+        return why;
     }
+    if (s->user && s->in_multi && !acl_user_same_rules(s->user, u))
+        s->multi_dirty = true; /* queued under the old rules: EXEC aborts (Redis re-checks them) */
     snapshot_unref(s->snap);
     s->snap = snapshot_ref(next);
     s->pending_user = pu;
     s->user = u;
     if (u) {
         s->pool = pool_of(s, u);
-        if (s->state == SESSION_ACTIVE)
-            start_expiry(s); /* the expiry may have changed */
+        if (s->state == SESSION_ACTIVE && !s->peer_closed)
+            start_expiry(s); /* the expiry may have changed (the timer is not a close deadline) */
     }
-    return false;
+    return NULL;
 }
 
 size_t worker_reload_sessions(struct worker *w)
 {
+    size_t closing = 0;
+    for (struct session *s = w->sessions; s; s = s->next) {
+        s->reload_close = follow_snapshot(s);
+        closing += s->reload_close != NULL;
+    }
     size_t closed = 0;
     struct session *s = w->sessions;
-    while (s) {
+    while (s && closed < closing) {
         struct session *next = s->next; /* a closed session stays listed until it is freed */
-        closed += follow_snapshot(s);
+        const char *why = s->reload_close;
+        if (why) {
+            s->reload_close = NULL;
+            log_event(LOG_INFO, "session_closed", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
+                      LOG_STR("user", s->user ? s->user->name : s->pending_user->name), LOG_STR("reason", why),
+                      LOG_STR("by", "reload"), LOG_END);
+            session_close(s, why);
+            closed++;
+        }
         s = next;
     }
     return closed;

@@ -4,6 +4,7 @@
  */
 #include "respguard/snapshot.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,12 @@ static int compile_users(struct snapshot *s, char *err, size_t errlen)
                                   &s->users[i], why, sizeof why, &off);
         s->user_count = i + 1;
         if (rc != 0) {
+            /* A bare word that is not a rule is most likely a password written without its '>':
+             * this message goes to the log (a reload's), so it is not echoed. */
+            const char *tok = u->acl + off;
+            if (rc == -EINVAL && off < strlen(u->acl) && isalnum((unsigned char)tok[0]))
+                snprintf(why, sizeof why, "Error in ACL SETUSER modifier '%c***' (%zu bytes, not shown in full: "
+                         "a password needs '>' before it): Syntax error", tok[0], strcspn(tok, " \t"));
             snprintf(err, errlen, "%s:%d:%d: users.%s.acl: %s", u->file ? u->file : cfg->path, u->acl_line,
                      u->acl_column + (int)off, u->name, rc == -EINVAL ? why : strerror(-rc));
             return rc;
@@ -250,7 +257,6 @@ bool snapshot_same_upstream_login(const struct snapshot *a, size_t ia, const str
 {
     const struct snapshot_login *la = &a->logins[ia], *lb = &b->logins[ib];
     return la->len == lb->len && memcmp(la->cmd, lb->cmd, la->len) == 0 &&
-           strcmp(a->upstream_verify_name, b->upstream_verify_name) == 0 &&
            a->upstream_ca_len == b->upstream_ca_len &&
            (a->upstream_ca_len == 0 || memcmp(a->upstream_ca, b->upstream_ca, a->upstream_ca_len) == 0) &&
            (a->upstream_ca != NULL) == (b->upstream_ca != NULL);

@@ -104,7 +104,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     else
         ((struct sockaddr_in6 *)&addr)->sin6_port = port;
     u->state = UPSTREAM_CONNECTING;
-    int rc = transport_connect(&u->t, (struct sockaddr *)&addr, u->w->snap->upstream_tls, u->w->snap->upstream_verify_name,
+    int rc = transport_connect(&u->t, (struct sockaddr *)&addr, u->w->snap->upstream_tls, worker_verify_name(u->w),
                                u->resume);
     if (rc < 0)
         fail(u, "connect", uv_strerror(rc));

@@ -130,15 +130,22 @@ int watch_set(struct watch *wt, const struct config *cfg)
     wt->dirs = NULL;
     if (!cfg || !cfg->watch)
         return 0;
+    /* What cannot be watched (a name too long, no memory, a directory that is not there) is
+     * logged and left out; the rest is watched. */
     struct watch_dir *list = NULL;
-    int rc = add_file(&list, cfg->path);
-    for (size_t i = 0; rc == 0 && i < cfg->file_count; i++)
-        rc = add_file(&list, cfg->files[i]);
-    /* Start each directory's watch; one that cannot be watched is logged and left out. */
+    int rc = 0;
+    for (size_t i = 0; i <= cfg->file_count; i++) {
+        const char *file = i == 0 ? cfg->path : cfg->files[i - 1];
+        int err = add_file(&list, file);
+        if (err < 0) {
+            log_event(LOG_WARN, "watch", LOG_STR("file", file), LOG_STR("reason", uv_strerror(err)), LOG_END);
+            rc = rc ? rc : err;
+        }
+    }
     struct watch_dir **link = &list;
     while (*link) {
         struct watch_dir *d = *link;
-        int err = rc == 0 ? uv_fs_event_init(wt->loop, &d->h) : rc;
+        int err = uv_fs_event_init(wt->loop, &d->h);
         if (err == 0) {
             d->h.data = d;
             d->owner = wt;
@@ -152,6 +159,8 @@ int watch_set(struct watch *wt, const struct config *cfg)
                 continue;
             }
         } else {
+            log_event(LOG_WARN, "watch", LOG_STR("dir", d->path), LOG_STR("reason", uv_strerror(err)), LOG_END);
+            rc = rc ? rc : err;
             *link = d->next;
             dir_free(d);
             continue;

@@ -18,6 +18,7 @@
 #include "respguard/anomaly.h"
 #include "respguard/config.h"
 #include "respguard/crypto.h"
+#include "respguard/invariant.h"
 #include "respguard/listener.h"
 #include "respguard/log.h"
 #include "respguard/metrics.h"
@@ -35,9 +36,17 @@ const struct config_user *worker_user_config(const struct snapshot *snap, const 
     return &snap->cfg->users[snapshot_user_index(snap, u)];
 }
 
+const char *worker_verify_name(const struct worker *w)
+{
+    const char *sni = w->snap->cfg->upstream.server_name;
+    return sni ? sni : w->upstream_host;
+}
+
 struct pool *worker_user_pool(const struct worker *w, const struct acl_user *u)
 {
-    return w->pools[w->login_pool[w->snap->user_login[snapshot_user_index(w->snap, u)]]];
+    size_t i = snapshot_user_index(w->snap, u);
+    RG_INVARIANT(i < w->snap->user_count); /* a user of the current snapshot */
+    return w->pools[w->login_pool[w->snap->user_login[i]]];
 }
 
 void worker_rate_limit_tick(struct worker *w, uint64_t now_ms)
@@ -224,19 +233,32 @@ static void on_turn(uv_prepare_t *h)
         uv_idle_stop(&w->spin);
 }
 
-/* A pool for login i of the current snapshot, appended to w->pools. A pool that cannot start is
- * kept retired (its users get no connection; the error is logged). */
-static int add_pool(struct worker *w, size_t login)
+/* Room for n more pools: the array grown and the structures allocated (w->spare), so that
+ * adding them cannot fail halfway through a reload. */
+static int reserve_pools(struct worker *w, size_t n)
 {
-    struct pool *p = calloc(1, sizeof *p);
-    struct pool **pools = realloc(w->pools, (w->pool_count + 1) * sizeof *pools);
-    if (!p || !pools) {
-        free(p);
-        if (pools)
-            w->pools = pools;
+    struct pool **pools = realloc(w->pools, (w->pool_count + n + 1) * sizeof *pools);
+    if (!pools)
         return -ENOMEM;
-    }
     w->pools = pools;
+    while (w->spare_count < n) {
+        struct pool *p = calloc(1, sizeof *p);
+        struct pool **spare = p ? realloc(w->spare, (w->spare_count + 1) * sizeof *spare) : NULL;
+        if (!spare) {
+            free(p);
+            return -ENOMEM;
+        }
+        w->spare = spare;
+        w->spare[w->spare_count++] = p;
+    }
+    return 0;
+}
+
+/* A pool for login i of the current snapshot, appended to w->pools from the reserved ones. One
+ * that cannot start is kept, retired: its users get no connection (the error is logged). */
+static size_t add_pool(struct worker *w, size_t login)
+{
+    struct pool *p = w->spare[--w->spare_count];
     const char *name = snapshot_login_name(w->snap, login);
     int rc = pool_start(p, w, login, name);
     if (rc < 0) {
@@ -245,22 +267,23 @@ static int add_pool(struct worker *w, size_t login)
         p->retired = true;
     }
     w->pools[w->pool_count] = p;
-    w->login_pool[login] = w->pool_count++;
-    return rc < 0 ? -1 : 0;
+    return w->pool_count++;
 }
 
 int worker_start(struct worker *w)
 {
     w->login_pool = calloc(w->snap->login_count, sizeof *w->login_pool);
-    if (!w->login_pool)
+    if (!w->login_pool || reserve_pools(w, w->snap->login_count) != 0)
         return -1;
     uv_prepare_init(w->loop, &w->turn);
     uv_idle_init(w->loop, &w->spin);
     w->turn.data = w->spin.data = w;
     w->turn_open = true;
     uv_prepare_start(&w->turn, on_turn);
-    for (size_t i = 0; i < w->snap->login_count; i++)
-        if (add_pool(w, i) != 0)
+    for (size_t i = 0; i < w->snap->login_count; i++) /* the URL's pool is pools[0], always */
+        w->login_pool[i] = add_pool(w, i);
+    for (size_t i = 0; i < w->pool_count; i++)
+        if (w->pools[i]->retired)
             return -1;
     return 0;
 }
@@ -269,12 +292,25 @@ int worker_start(struct worker *w)
 /* Reload                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
-static size_t pool_named(const struct worker *w, const char *name)
+/* The pool of login i of next: the URL's is pools[0]; a named credential's is the live pool of
+ * that name (never pools[0], whatever the name), or SIZE_MAX for a name not seen before. */
+static size_t pool_of_login(const struct worker *w, const struct snapshot *next, size_t i)
 {
-    for (size_t i = 0; i < w->pool_count; i++)
-        if (!w->pools[i]->retired && strcmp(w->pools[i]->name, name) == 0)
-            return i;
+    if (i == 0)
+        return 0;
+    const char *name = snapshot_login_name(next, i);
+    for (size_t j = 1; j < w->pool_count; j++)
+        if (!w->pools[j]->retired && strcmp(w->pools[j]->name, name) == 0)
+            return j;
     return SIZE_MAX;
+}
+
+/* Does a connection made for login a of old speak and verify as login b of next would? The
+ * verify name is the same when server_name is (the upstream host cannot change while running). */
+static bool same_upstream(const struct snapshot *old, size_t a, const struct snapshot *next, size_t b)
+{
+    const char *sa = old->cfg->upstream.server_name, *sb = next->cfg->upstream.server_name;
+    return snapshot_same_upstream_login(old, a, next, b) && (sa == sb || (sa && sb && strcmp(sa, sb) == 0));
 }
 
 int worker_install(struct worker *w, struct snapshot *next, struct worker_reload_result *out, char *err,
@@ -282,10 +318,15 @@ int worker_install(struct worker *w, struct snapshot *next, struct worker_reload
 {
     memset(out, 0, sizeof *out);
     /* What can fail comes first, and changes nothing anyone sees: slots (and their counters) for
-     * new names, room for the login map. */
+     * new names, the login map, room for the pools of new credentials. */
+    size_t fresh = 0;
+    for (size_t i = 0; i < next->login_count; i++)
+        fresh += pool_of_login(w, next, i) == SIZE_MAX;
     size_t *login_pool = calloc(next->login_count, sizeof *login_pool);
-    if (!login_pool || assign_slots(w, next) != 0) {
+    bool *kept = calloc(w->pool_count, sizeof *kept);
+    if (!login_pool || !kept || reserve_pools(w, fresh) != 0 || assign_slots(w, next) != 0) {
         free(login_pool);
+        free(kept);
         snapshot_unref(next);
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -303,31 +344,29 @@ int worker_install(struct worker *w, struct snapshot *next, struct worker_reload
     /* Pools follow credential names: a kept name keeps its pool (drained if its login or the
      * upstream verification changed), a new name gets one, a removed one is retired. */
     w->snap = next;
-    bool *kept = calloc(w->pool_count ? w->pool_count : 1, sizeof *kept);
+    size_t known = w->pool_count;
     for (size_t i = 0; i < next->login_count; i++) {
-        size_t j = pool_named(w, snapshot_login_name(next, i));
-        login_pool[i] = j;
-        if (j == SIZE_MAX)
+        size_t j = pool_of_login(w, next, i);
+        if (j == SIZE_MAX || j >= known) {
+            login_pool[i] = j == SIZE_MAX ? add_pool(w, i) : j;
             continue;
-        if (kept)
-            kept[j] = true;
+        }
+        login_pool[i] = j;
+        kept[j] = true;
         struct pool *p = w->pools[j];
-        bool same = snapshot_same_upstream_login(old, p->login, next, i);
+        bool same = same_upstream(old, p->login, next, i);
         p->login = i;
         if (!same) {
             pool_drain(p);
             out->pools_drained++;
         }
     }
-    for (size_t j = 0; kept && j < w->pool_count; j++)
+    for (size_t j = 0; j < known; j++)
         if (!kept[j] && !w->pools[j]->retired)
             pool_retire(w->pools[j]);
     free(kept);
     free(w->login_pool);
     w->login_pool = login_pool;
-    for (size_t i = 0; i < next->login_count; i++)
-        if (login_pool[i] == SIZE_MAX)
-            (void)add_pool(w, i); /* logged; its users get no connection until a reload mends it */
 
     out->sessions_closed = worker_reload_sessions(w);
     for (size_t i = 0; i < w->listener_count; i++)
@@ -360,6 +399,9 @@ void worker_free(struct worker *w)
     free(w->pools);
     w->pools = NULL;
     w->pool_count = 0;
+    while (w->spare_count)
+        free(w->spare[--w->spare_count]);
+    free(w->spare);
     free(w->login_pool);
     for (size_t i = 0; i < w->listener_count && w->listeners; i++)
         listener_free(&w->listeners[i]);

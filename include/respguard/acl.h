@@ -100,6 +100,10 @@ static inline bool acl_user_is_tenant(const struct acl_user *u)
     return !(u->flags & ACL_USER_RW_ALL) || !(u->flags & ACL_USER_ALLCHANNELS);
 }
 
+/* Do a and b grant exactly the same (commands after the guard, first arguments, keys, channels)?
+ * Passwords and on/off are not compared. */
+bool acl_user_same_rules(const struct acl_user *a, const struct acl_user *b);
+
 /* Compile rules for user name. never/never_count: the guard list (lower-case names "cmd" or
  * "cmd|sub"; names the command table does not know are ignored: the config loader validates
  * them). On any error *out must still be released with acl_user_deinit. On a rule error

@@ -159,7 +159,9 @@ struct pool {
     struct upconn *current;       /* multiplex: where new shared batches go */
     struct upconn *flush_head;    /* connections with output queued this loop turn, in order */
     struct upconn *flush_tail;
-    struct tlsconn_resume *resume;/* TLS session resumption for its connections */
+    struct tlsconn_resume *resume;/* TLS session resumption for its connections; NULL: none */
+    struct tlsconn_resume **old_resume; /* slots replaced by drains, freed with the pool */
+    size_t old_resume_count;
     uint64_t read_ns;             /* uv_hrtime when the read being routed arrived (latency) */
     bool stopping;
     bool retired;                 /* its credential was removed by a reload: opens nothing */

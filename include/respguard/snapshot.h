@@ -39,9 +39,10 @@ struct snapshot {
     size_t login_count;
     size_t *user_login;
     struct tlsconn_ctx *upstream_tls;
-    const char *upstream_verify_name; /* server_name, or the URL's host */
-    /* What upstream connections are verified against: the CA file's bytes (NULL: the system
-     * store) and the verify name. Connections made under other ones are replaced on reload. */
+    const char *upstream_verify_name; /* server_name, or the URL's host (a running worker keeps
+                                         the host it started with: worker_verify_name) */
+    /* The CA file's bytes (NULL: the system store): connections verified against another CA
+     * are replaced on reload. */
     char *upstream_ca;
     size_t upstream_ca_len;
     struct tlsconn_ctx **listener_tls; /* per cfg listener; NULL for plaintext ones */
@@ -63,7 +64,8 @@ const struct acl_user *snapshot_find_user(const struct snapshot *s, const char *
 size_t snapshot_user_index(const struct snapshot *s, const struct acl_user *u);
 /* The name of upstream login i: "url" or the credential's name. */
 const char *snapshot_login_name(const struct snapshot *s, size_t i);
-/* Do a and b log in to the upstream, and verify it, the same way for login ia of a and ib of b? */
+/* Do login ia of a and login ib of b log in with the same command, and verify the upstream
+ * against the same CA? (The verify name is the caller's to compare.) */
 bool snapshot_same_upstream_login(const struct snapshot *a, size_t ia, const struct snapshot *b, size_t ib);
 
 #endif

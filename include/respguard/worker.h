@@ -68,6 +68,8 @@ struct worker {
     struct pool **pools;
     size_t pool_count;
     size_t *login_pool;
+    struct pool **spare;           /* allocated ahead for the next pools (reserve_pools) */
+    size_t spare_count;
     uv_prepare_t turn;             /* once a loop turn, before the loop waits: deferred input,
                                       then every write of the turn */
     uv_idle_t spin;                /* keeps the loop from waiting while deferred input is left */
@@ -87,6 +89,9 @@ struct worker {
 size_t worker_user_slot(const struct worker *w, const struct snapshot *snap, const struct acl_user *u);
 /* The config entry of a compiled user of snap (same index). */
 const struct config_user *worker_user_config(const struct snapshot *snap, const struct acl_user *u);
+/* The name upstream certificates must match (and the SNI): server_name, else the host respguard
+ * started with (a reload cannot move the upstream). */
+const char *worker_verify_name(const struct worker *w);
 /* The pool user u of the current snapshot logs in with. */
 struct pool *worker_user_pool(const struct worker *w, const struct acl_user *u);
 
