@@ -2173,20 +2173,47 @@ static const char *follow_snapshot(struct session *s)
     return NULL;
 }
 
-size_t worker_reload_sessions(struct worker *w)
+/* Reload, second step for a session that goes on: one waiting for a connection of a pool its
+ * user no longer maps to waits in the right one instead. A login at connect asks again at once;
+ * a command that waited is planned again (input_later). */
+static void follow_pool(struct session *s)
 {
-    size_t closing = 0;
-    for (struct session *s = w->sessions; s; s = s->next) {
-        s->reload_close = follow_snapshot(s);
-        closing += s->reload_close != NULL;
+    const struct acl_user *u = s->pending_user ? s->pending_user : s->user;
+    if (!s->pc.waiting || !u || s->pc.pool == pool_of(s, u))
+        return;
+    enum pool_use use = s->pc.use;
+    pool_cancel(&s->pc);
+    if (!s->pending_user) {
+        input_later(s);
+        return;
     }
+    s->refs++;
+    int rc = pool_acquire(pool_of(s, u), &s->pc, use);
+    if (rc == 0)
+        on_pool_acquired(&s->pc);
+    else if (rc < 0)
+        on_pool_failed(&s->pc, POOL_FAIL_STOPPED);
+    unref(s);
+}
+
+void worker_reload_sessions(struct worker *w)
+{
+    for (struct session *s = w->sessions; s; s = s->next)
+        s->reload_close = follow_snapshot(s);
+    for (struct session *s = w->sessions; s; s = s->next)
+        if (!s->reload_close && s->state != SESSION_CLOSING)
+            follow_pool(s);
+}
+
+size_t worker_close_reloaded_sessions(struct worker *w)
+{
     size_t closed = 0;
     struct session *s = w->sessions;
-    while (s && closed < closing) {
+    while (s) {
         struct session *next = s->next; /* a closed session stays listed until it is freed */
         const char *why = s->reload_close;
+        s->reload_close = NULL;
         if (why) {
-            s->reload_close = NULL;
             log_event(LOG_INFO, "session_closed", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
                       LOG_STR("user", s->user ? s->user->name : s->pending_user->name), LOG_STR("reason", why),
                       LOG_STR("by", "reload"), LOG_END);

@@ -361,14 +361,20 @@ int worker_install(struct worker *w, struct snapshot *next, struct worker_reload
             out->pools_drained++;
         }
     }
+    free(w->login_pool);
+    w->login_pool = login_pool;
+
+    /* Sessions move first (one waiting in a pool its user no longer maps to waits in the right
+     * one), then removed credentials' pools are retired (failing what still waits there, and
+     * marking their connections to close when free), and only then are the sessions that may
+     * not go on closed: the connections they give back must not be reset with a login the
+     * new snapshot no longer has. */
+    worker_reload_sessions(w);
     for (size_t j = 0; j < known; j++)
         if (!kept[j] && !w->pools[j]->retired)
             pool_retire(w->pools[j]);
     free(kept);
-    free(w->login_pool);
-    w->login_pool = login_pool;
-
-    out->sessions_closed = worker_reload_sessions(w);
+    out->sessions_closed = worker_close_reloaded_sessions(w);
     for (size_t i = 0; i < w->listener_count; i++)
         listener_reload(&w->listeners[i], next);
     snapshot_unref(old);

@@ -129,9 +129,13 @@ void worker_remove_session(struct worker *w, struct session *s);
 void worker_drain_sessions(struct worker *w);
 /* Shutdown deadline: close whatever is left. */
 void worker_close_sessions(struct worker *w);
-/* Reload (session.c): every session moves to w->snap; a logged-in session whose user is gone or
- * turned off (or whose address the user's allow_from no longer takes) is closed, as Redis
- * closes the clients of a deleted or disabled user. Returns how many were closed. */
-size_t worker_reload_sessions(struct worker *w);
+/* Reload (session.c), first: every session that may go on moves to w->snap (one waiting in a
+ * pool its user no longer maps to waits in the right one); the others (user gone or turned off,
+ * address no longer allowed, own connection under a credential the user left, a subscription
+ * whose rules changed) keep their snapshot and are marked. Then, once the removed credentials'
+ * pools are retired, worker_close_reloaded_sessions closes the marked ones, as Redis closes the
+ * clients of a deleted or disabled user, and returns how many. */
+void worker_reload_sessions(struct worker *w);
+size_t worker_close_reloaded_sessions(struct worker *w);
 
 #endif

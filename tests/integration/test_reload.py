@@ -20,8 +20,9 @@ import time
 
 import pytest
 
-from helpers import (DELETE, PASSWORDS, deep_merge, default_users, free_port,
+from helpers import (DELETE, PASSWORDS, POOL_MODE, deep_merge, default_users, free_port,
                      metric_value as val, to_yaml, unique, wait_until)
+from resp_util import ConnectionClosed, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
 
@@ -475,3 +476,385 @@ def test_upstream_credential_rotation_moves_new_commands_and_drains_the_old_logi
     assert after.call_raw("PING") == PONG
     assert "userB" in upstream_logins(admin)
     admin.close()
+
+
+# ---------------------------------------------------------------------------
+# 9. regressions: what a reload must not leave behind
+# ---------------------------------------------------------------------------
+
+ERR_UPSTREAM_FAILED = b"-ERR respguard: upstream connection failed\r\n"
+
+
+def upstream_user(admin, name, rules=("~*", "&*", "+@all")):
+    """ACL SETUSER name on the server admin speaks to; returns its (random) password."""
+    pw = "upstream-%s-%s" % (name, secrets.token_hex(8))
+    admin.execute_command("ACL", "SETUSER", name, "reset", "on", ">" + pw, *rules)
+    return pw
+
+
+def pin(c):
+    """In multiplex mode, SELECT 1 gives c an upstream connection of its own (session mode: it
+    has one anyway)."""
+    if POOL_MODE == "multiplex":
+        assert c.call_raw("SELECT", "1") == OK
+
+
+def upstream_ids(admin):
+    """The ids of the upstream's client connections, admin's own left out."""
+    me = admin.client_id()
+    return {int(e["id"]) for e in admin.client_list() if int(e["id"]) != me}
+
+
+@pytest.mark.parametrize("change", ["remapped", "removed"])
+def test_a_session_owning_a_connection_of_a_credential_its_user_left_is_closed(respguard, redis_server_factory,
+                                                                               change):
+    # web runs as userB (credB); the reload maps it to credA, and removes credB or keeps it
+    srv = redis_server_factory()
+    admin = srv.client()
+    passwords = {u: upstream_user(admin, u) for u in ("userA", "userB")}
+    users = default_users()
+    users["web"]["upstream_credential"] = "credB"
+    p = respguard(upstream_server=srv, users=users, overrides={"upstream": {"credentials": {
+        "credA": {"username": "userA", "password": passwords["userA"]},
+        "credB": {"username": "userB", "password": passwords["userB"]}}}})
+    p.secrets.extend(passwords.values())
+    held = p.login("web")
+    pin(held)  # its own upstream connection, logged in as userB
+    assert held.call_raw("STRLEN", "reload:probe") == b":0\r\n"
+    shared = p.login("web") if POOL_MODE == "multiplex" else None  # multiplex: one that shares
+    if shared:
+        assert shared.call_raw("PING") == PONG
+    assert "strlen" in upstream_logins(admin).get("userB", []), upstream_logins(admin)
+
+    over = {"users": {"web": {"upstream_credential": "credA"}}}
+    if change == "removed":
+        over["upstream"] = {"credentials": {"credB": DELETE}}
+    ev = reload_ok(p, deep_merge(p.config, over))
+    # going on would keep userB's rights, which web was just moved away from
+    assert ev.get("sessions_closed") == 1, ev
+    closed = p.wait_event("session_closed", user="web", by="reload")
+    assert closed.get("reason") == "upstream credential changed", closed
+    try:
+        held.send_cmd("RESET")  # (it once reset a connection of a retired pool: a crash)
+    except OSError:
+        pass
+    assert held.wait_closed(timeout=3)
+    assert held.buf == b"", "a reply after the reload closed the session: %r" % held.buf
+    time.sleep(0.2)
+    assert p.proc.poll() is None, "respguard exited with %s" % p.proc.returncode
+
+    fresh = p.login("web")
+    assert fresh.call_raw("TTL", "reload:probe") == b":-2\r\n"
+    assert "ttl" in upstream_logins(admin).get("userA", []), upstream_logins(admin)
+    if shared:  # not closed, and its next command runs as userA
+        assert shared.call_raw("PTTL", "reload:probe") == b":-2\r\n"
+        assert "pttl" in upstream_logins(admin).get("userA", []), upstream_logins(admin)
+        assert shared.call_raw("RESET") == b"+RESET\r\n"
+        assert shared.call_raw("AUTH", "web", PASSWORDS["web"]) == OK
+        assert shared.call_raw("PING") == PONG
+    if change == "removed":
+        wait_until(lambda: "userB" not in upstream_logins(admin), 5, what="every userB connection closed")
+    admin.close()
+
+
+def test_multiplex_pinned_sessions_close_and_shared_ones_move_to_the_new_credential(respguard,
+                                                                                     redis_server_factory):
+    srv = redis_server_factory()
+    admin = srv.client()
+    # a read-only upstream user: its NOPERM for SET can only come from the upstream (web has +@all)
+    ro_pw = upstream_user(admin, "ro", ("~*", "&*", "+@read", "+ping", "+hello", "+client|setname", "+auth",
+                                        "+select", "+reset", "+echo"))
+    p = respguard(upstream_server=srv, overrides={"upstream": {
+        "pool": {"mode": "multiplex"}, "credentials": {"ro": {"username": "ro", "password": ro_pw}}}})
+    p.secrets.append(ro_pw)
+    k, queued = unique(), unique()
+    shared = p.login("web")
+    assert shared.call_raw("SET", k, "1") == OK
+    resp3 = p.login("web")
+    assert resp3.call_raw("HELLO", "3")[:1] == b"%"  # RESP3 pins
+    multi = p.login("web")
+    assert multi.call_raw("MULTI") == OK  # a transaction pins
+    assert multi.call_raw("SET", queued, "v") == b"+QUEUED\r\n"
+
+    ev = reload_ok(p, deep_merge(p.config, {"users": {"web": {"upstream_credential": "ro"}}}))
+    assert ev.get("sessions_closed") == 2, ev
+    closed = p.events("session_closed", user="web", by="reload")
+    assert [e.get("reason") for e in closed] == ["upstream credential changed"] * 2, closed
+    for c in (resp3, multi):
+        assert c.wait_closed(timeout=3)
+    assert shared.call_raw("SET", k, "2").startswith(b"-NOPERM"), "SET ran as the old upstream user"
+    assert shared.call_raw("STRLEN", k) == b":1\r\n"
+    assert "strlen" in upstream_logins(admin).get("ro", []), upstream_logins(admin)
+    assert admin.get(k) == b"1"
+    assert admin.exists(queued) == 0
+    admin.close()
+
+
+def test_a_changed_upstream_host_needs_a_restart_and_new_connections_verify_the_running_one(
+        respguard, redis_server_factory):
+    srv = redis_server_factory()
+    admin = srv.client()
+    # a second password of the URL's user: changing it too makes the reload replace every
+    # connection, so that the check below is about connections made after it
+    new_pw = "upstream-new-" + secrets.token_hex(8)
+    admin.execute_command("ACL", "SETUSER", "default", ">" + new_pw)
+    p = respguard(upstream_server=srv)  # no server_name: the URL's host is what is verified
+    p.secrets.append(new_pw)
+    before = p.login("web")
+    assert before.call_raw("PING") == PONG
+    old_ids = upstream_ids(admin)
+
+    url = "rediss://default:%s@other.example:%d" % (new_pw, srv.tls_port)  # other.example: no address
+    ev = reload_ok(p, deep_merge(p.config, {"upstream": {"url": url}}))
+    assert ev.get("pools_drained") == 1, ev
+    warn = p.wait_event("reload_restart_required")
+    assert "upstream.url" in [k.strip() for k in warn.get("keys", "").split(",")], warn
+    fresh = p.login("web")  # to localhost still, its certificate verified for localhost
+    assert fresh.call_raw("STRLEN", "reload:probe") == b":0\r\n"
+    now = [e for e in admin.client_list() if e["cmd"] == "strlen"]
+    assert now and all(int(e["id"]) not in old_ids for e in now), (now, old_ids)
+    assert not p.events("upstream_error"), p.events("upstream_error")
+    admin.close()
+
+
+def admin_answer(port, source):
+    """What the admin listener on port answers a GET /healthz from source: the first bytes, or
+    the error of a refused connection."""
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        return s.recv(100)
+    except OSError as e:
+        return repr(e).encode()
+    finally:
+        s.close()
+
+
+def test_admin_allow_from_stays_with_the_running_bind(respguard):
+    port = free_port()
+    p = respguard(admin=True, overrides={"admin": {"bind": "0.0.0.0:%d" % port,
+                                                   "allow_from": ["127.0.0.1/32"]}})
+    assert admin_answer(port, "127.0.0.1").startswith(b"HTTP/1.1 200")
+    assert not admin_answer(port, "127.0.0.5").startswith(b"HTTP"), "127.0.0.5 is not allowed"
+
+    # the new file would be fine (a loopback bind needs no allow_from), but its bind needs a
+    # restart: the running 0.0.0.0 one keeps the allow_from it was checked against
+    reload_ok(p, deep_merge(p.config, {"admin": {"bind": "127.0.0.1:%d" % port, "allow_from": DELETE}}))
+    warn = p.wait_event("reload_restart_required")
+    assert [k.strip() for k in warn.get("keys", "").split(",")] == ["admin.bind"], warn
+    answer = admin_answer(port, "127.0.0.5")
+    assert not answer.startswith(b"HTTP"), "the admin port answers 127.0.0.5 after the reload: %r" % answer
+    assert admin_answer(port, "127.0.0.1").startswith(b"HTTP/1.1 200")
+
+
+def test_a_credential_named_url_is_not_the_urls_login(respguard, redis_server_factory):
+    srv = redis_server_factory()
+    admin = srv.client()
+    pw = upstream_user(admin, "userB")
+    users = default_users()
+    users["web"]["upstream_credential"] = "url"  # a credential called "url"; ops uses the URL's login
+    p = respguard(upstream_server=srv, users=users, overrides={"upstream": {"credentials": {
+        "url": {"username": "userB", "password": pw}}}})
+    p.secrets.append(pw)
+
+    def run_as(user, cmd):
+        """The upstream user a fresh session of user runs cmd (a key-reading probe) as."""
+        c = p.login(user)
+        want = b":-2\r\n" if cmd.endswith("TTL") else b":0\r\n"
+        assert c.call_raw(cmd, "reload:probe") == want
+        c.close()
+        return [u for u, cmds in upstream_logins(admin).items() if cmd.lower() in cmds]
+
+    assert run_as("ops", "STRLEN") == ["default"]
+    assert run_as("web", "EXISTS") == ["userB"]
+    reload_ok(p)  # the same file again
+    # (other commands than before: a connection's last command may be left from before)
+    assert run_as("ops", "TTL") == ["default"]
+    assert run_as("web", "PTTL") == ["userB"]
+    admin.close()
+
+
+def test_a_reload_that_changes_a_users_rules_aborts_its_open_transaction(respguard, direct):
+    users = default_users()
+    users["app"] = {"acl": acl("apppass")}
+    p = respguard(users=users)
+    c = p.login("app", "apppass")
+    k = unique()
+    assert c.call_raw("MULTI") == OK
+    assert c.call_raw("SET", k, "v") == b"+QUEUED\r\n"  # allowed when queued, not any more
+    ev = reload_ok(p, deep_merge(p.config, {"users": {"app": {"acl": acl("apppass", "~* &* +get +multi +exec")}}}))
+    assert ev.get("sessions_closed") == 0, ev
+    assert c.call_raw("EXEC") == b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    assert direct.exists(k) == 0
+    assert c.call_raw("GET", k) == b"$-1\r\n"  # the session goes on, under the new rules
+    assert c.call_raw("SET", k, "v") == b"-NOPERM this user has no permissions to run the 'set' command\r\n"
+
+
+def test_a_password_change_leaves_an_open_transaction_alone(respguard, direct):
+    users = default_users()
+    users["app"] = {"acl": acl("apppass")}
+    p = respguard(users=users)
+    p.secrets.append("apppass-rotated")
+    c = p.login("app", "apppass")
+    k = unique()
+    assert c.call_raw("MULTI") == OK
+    assert c.call_raw("SET", k, "v") == b"+QUEUED\r\n"
+    ev = reload_ok(p, deep_merge(p.config, {"users": {"app": {"acl": acl("apppass-rotated")}}}))
+    assert ev.get("sessions_closed") == 0, ev
+    assert c.call_raw("EXEC") == b"*1\r\n+OK\r\n"
+    assert direct.get(k) == b"v"
+
+
+def test_subscribers_of_a_user_whose_rules_change_are_closed_a_new_password_keeps_them(respguard, direct):
+    users = default_users()
+    users["narrowed"] = {"acl": acl("narrowedpass")}
+    users["rotated"] = {"acl": acl("rotatedpass")}
+    p = respguard(users=users)
+    p.secrets.append("rotatedpass-new")
+    ch = unique("news")
+    subs = {}
+    for name in ("narrowed", "rotated"):
+        subs[name] = c = p.login(name, name + "pass")
+        assert c.call_raw("SUBSCRIBE", ch) == b"*3\r\n$9\r\nsubscribe\r\n%s:1\r\n" % bulk(ch)
+
+    ev = reload_ok(p, deep_merge(p.config, {"users": {
+        "narrowed": {"acl": acl("narrowedpass", "~* &other:* +@all")},  # ch is not allowed any more
+        "rotated": {"acl": acl("rotatedpass-new")}}}))
+    assert ev.get("sessions_closed") == 1, ev
+    assert p.wait_event("session_closed", user="narrowed", by="reload")
+    assert subs["narrowed"].wait_closed(timeout=3)
+    assert subs["narrowed"].buf == b""
+    assert direct.publish(ch, "after-the-reload") == 1
+    assert subs["rotated"].read_raw() == b"*3\r\n$7\r\nmessage\r\n%s$16\r\nafter-the-reload\r\n" % bulk(ch)
+
+
+def test_a_session_closed_by_a_reload_hands_its_connection_to_a_waiting_login(respguard, certs):
+    # session mode, one connection: a login at connect (nopass default on the TLS listener) waits
+    # for the connection a session of a user the reload removes holds
+    users = default_users()
+    users["default"] = {"acl": "on nopass +@all ~* &*"}
+    users["gone"] = {"acl": acl("gonepass")}
+    p = respguard(users=users, tls_listener=True, limits={"login_timeout": "10s"},
+                  overrides={"upstream": {"pool": {"mode": "session", "size": 1, "min_idle": 1}}})
+    waiting_raw = socket.create_connection(("127.0.0.1", p.tls_port), timeout=5)  # its session first
+    time.sleep(0.3)
+    holder = p.login("gone", "gonepass")
+    assert holder.call_raw("PING") == PONG
+    ctx = ssl.create_default_context(cafile=certs.path("ca.crt"))
+    waiting = ctx.wrap_socket(waiting_raw, server_hostname="localhost")  # logs in as default: waits
+    try:
+        waiting.settimeout(0.5)
+        waiting.sendall(b"*1\r\n$4\r\nPING\r\n")
+        with pytest.raises(socket.timeout):
+            waiting.recv(100)  # no connection for it yet
+        ev = reload_ok(p, deep_merge(p.config, {"users": {"gone": DELETE}}))
+        assert ev.get("sessions_closed") == 1, ev
+        assert holder.wait_closed(timeout=3)
+        waiting.settimeout(5)
+        assert waiting.recv(100) == PONG
+        assert p.proc.poll() is None
+    finally:
+        waiting.close()
+    p.login("web").close()
+
+
+@pytest.mark.parametrize("change", ["remapped", "removed"])
+def test_a_login_waiting_in_a_pool_its_user_left_waits_in_the_new_one(respguard, redis_server_factory, certs,
+                                                                    change):
+    # session mode, one connection per credential: a login at connect (nopass default on the TLS
+    # listener) waits for credB's only connection, which holder keeps; the reload maps default
+    # to credA (and, "removed", deletes credB): the login is served by credA at once, without
+    # holder letting go, and runs as credA's upstream user
+    srv = redis_server_factory()
+    admin = srv.client()
+    pw = {u: upstream_user(admin, u) for u in ("userA", "userB")}
+    users = default_users()
+    users["default"] = {"acl": "on nopass +@all ~* &*", "upstream_credential": "credB"}
+    users["holder"] = {"acl": acl("holderpass"), "upstream_credential": "credB"}
+    p = respguard(upstream_server=srv, users=users, tls_listener=True, limits={"login_timeout": "10s"},
+                  overrides={"upstream": {"credentials": {
+                      "credA": {"username": "userA", "password": pw["userA"]},
+                      "credB": {"username": "userB", "password": pw["userB"]}},
+                      "pool": {"mode": "session", "size": 1, "min_idle": 1}}})
+    holder = p.login("holder", "holderpass")
+    assert holder.call_raw("PING") == PONG
+    ctx = ssl.create_default_context(cafile=certs.path("ca.crt"))
+    waiting = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.tls_port), timeout=5),
+                              server_hostname="localhost")
+    try:
+        waiting.settimeout(0.5)
+        key = unique("waiter")
+        waiting.sendall(b"*2\r\n$6\r\nSTRLEN\r\n$%d\r\n%s\r\n" % (len(key), key.encode()))
+        with pytest.raises(socket.timeout):
+            waiting.recv(100)  # no connection for it yet
+        over = {"users": {"default": {"upstream_credential": "credA"}}}
+        if change == "removed":
+            over["upstream"] = {"credentials": {"credB": DELETE}}
+            over["users"]["holder"] = {"upstream_credential": "credA"}
+        ev = reload_ok(p, deep_merge(p.config, over))
+        assert ev.get("sessions_closed") == (1 if change == "removed" else 0), ev
+        waiting.settimeout(3)
+        assert waiting.recv(100) == b":0\r\n"
+        assert "strlen" in upstream_logins(admin).get("userA", []), upstream_logins(admin)
+        if change == "remapped":
+            assert holder.call_raw("PING") == PONG  # untouched, still on credB
+    finally:
+        waiting.close()
+        holder.close()
+    assert p.proc.poll() is None
+
+
+def handshakes(p):
+    m = p.metrics()
+    return sum(val(m, "respguard_upstream_handshakes_total", type=t) for t in ("full", "resumed"))
+
+
+def test_tls_sessions_of_handshakes_in_flight_at_a_ca_rotation_are_not_resumed(respguard, redis_server_factory,
+                                                                                certs):
+    srv = redis_server_factory()
+    p = respguard(upstream_server=srv, admin=True, overrides={"upstream": {
+        "connect_timeout": "5s", "pool": {"size": 8, "min_idle": 1, "acquire_timeout": "10s"}}})
+    first = p.login("web")
+    pin(first)  # one full handshake: a TLS session to resume
+    wait_until(lambda: handshakes(p) >= 1, 5, what="the first upstream handshake")
+    before = handshakes(p)
+    waiting = []
+    srv.proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(3):  # each needs a connection of its own (AUTH, then SELECT pins in multiplex)
+            c = p.raw(timeout=12)
+            c.send(encode("AUTH", "web", PASSWORDS["web"]) + encode("SELECT", "1"))
+            waiting.append(c)
+        time.sleep(0.5)  # their connections wait in the TLS handshake with the stopped server
+        reload_ok(p, deep_merge(p.config, {"upstream": {"ca_file": certs.path("rogue_ca.crt")}}))
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+    # the handshakes begun under the trusted CA complete now (the premise of the test) ...
+    wait_until(lambda: handshakes(p) > before, 5, what="a handshake begun before the reload completing")
+    for c in waiting:
+        try:
+            c.read_raw()
+        except (ConnectionClosed, OSError):
+            pass
+    # ... and what they leave to resume from must not let a handshake skip the new CA
+    fresh = p.raw(timeout=12)
+    fresh.send(encode("AUTH", "web", PASSWORDS["web"]) + encode("SELECT", "1"))
+    assert fresh.read_raw() == ERR_UPSTREAM_FAILED
+
+
+def test_a_bare_word_in_a_reloaded_acl_is_not_logged(respguard):
+    p = respguard()
+    word = "hunter2secret"  # a password written without its '>'
+    p.secrets.append(word)
+    text = write_config(p, deep_merge(p.config, {"users": {"web": {"acl": "on %s ~* +@all" % word}}}))
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if word in s)
+    column = text.splitlines()[line - 1].index(word) + 1
+    ev = sighup(p)
+    assert (ev.get("level"), ev.get("result")) == ("error", "failed"), ev
+    assert ev.get("reason", "").startswith("%s:%d:%d: users.web.acl: " % (p.config_path, line, column)), ev
+    assert "h***" in ev["reason"] and word not in ev["reason"], ev
+    assert word not in p.stderr_text()
+    p.login("web").close()  # the running config stays
