@@ -2,12 +2,12 @@
 # Installs what respguard needs to build and test on Debian 12, and nothing when it is all there.
 set -euo pipefail
 pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libssl-dev libyaml-dev
-      libmicrohttpd-dev libcmocka-dev redis-server redis-tools openssl python3-pytest python3-redis
+      libmicrohttpd-dev libjansson-dev libcmocka-dev redis-server redis-tools openssl python3-pytest python3-redis
       python3-prometheus-client nodejs npm libasan8 libubsan1 libtsan2
       libsystemd-dev scdoc man-db groff-base systemd debhelper dpkg-dev fakeroot lintian python3-yaml
       mmdebstrap umoci)
 [ "${1:-}" = "--runtime-only" ] && pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libssl-dev
-      libyaml-dev libmicrohttpd-dev redis-server redis-tools openssl)
+      libyaml-dev libmicrohttpd-dev libjansson-dev redis-server redis-tools openssl)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
