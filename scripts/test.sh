@@ -67,7 +67,7 @@ if command -v clang >/dev/null &&
         echo "$fuzz is not a clang build: remove it or set FUZZ_BUILD_DIR" >&2
         exit 1
     fi
-    meson compile -C "$fuzz" fuzz_request fuzz_reply fuzz_config fuzz_acl >/dev/null
+    meson compile -C "$fuzz" fuzz_request fuzz_reply fuzz_config fuzz_acl fuzz_restjson >/dev/null
     echo "fuzz corpora, libFuzzer build:"
     env "${san_env[@]}" meson test -C "$fuzz" --no-rebuild --suite fuzz-replay --print-errorlogs
 fi

@@ -125,8 +125,9 @@ void restcodec_buf_free(struct restcodec_buf *b);
 
 #define RESTCODEC_BASE64 1u /* Upstash-Encoding: base64 */
 
-/* Limits for the reply reader: replies nested deeper than this are refused (-1). */
-#define RESTCODEC_MAX_REPLY_DEPTH 4096
+/* Replies nested deeper than this are refused (-1): the JSON would be deeper than what common
+ * parsers take (jansson stops at 2048 levels, Python's json near 1000). */
+#define RESTCODEC_MAX_REPLY_DEPTH 1024
 
 /* Values: simple and bulk strings are JSON strings, integers numbers, nil bulk strings and nil
  * arrays null, arrays arrays. An error nested inside an array (not the reply itself) is the

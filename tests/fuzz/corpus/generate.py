@@ -19,6 +19,10 @@ from these inputs. Input formats (see each tests/fuzz/fuzz_<target>.c):
   acl:     the ACL rules, then for each argument a NUL byte and the argument (the first is the
            command name); rules without a NUL are judged against a fixed set of commands.
   config:  a YAML configuration file.
+  restjson: byte 0 chooses the mode (bits 0-1: 0 a "POST /" JSON body, 1 a /pipeline body,
+           2 the path form as path NUL query [NUL body], 3 a reply frame for the encoders),
+           bit 2 booleans as text (decoding) or base64 (encoding), bit 3 small limits; then
+           the input.
 """
 import os
 import shutil
@@ -259,6 +263,62 @@ users:
 """,
 }
 
+# Byte 0 of restjson: the mode, and its flags.
+CMD, PIPE, PATH, ENC = 0, 1, 2, 3
+BOOLS = B64 = 4
+SMALL = 8
+
+RESTJSON = {
+    "cmd_set_ex": (CMD, b'["SET","k","v","EX",100]'),
+    "cmd_numbers": (CMD, b'["ZADD","z",1.5,"a",-0,"b",1e+21,"c",12345678901234567890123,"d",1E-7,"e",-12.50]'),
+    "cmd_escapes": (CMD, b'["SET","a\\"b\\\\c\\/\\n","x\\u0000y","\xc3\xa9","\\ud83d\\ude00"]'),
+    "cmd_whitespace": (CMD, b' \r\n\t[ "get" ,\n"" ] \n'),
+    "cmd_bools_refused": (CMD, b'["SET","k",true]'),
+    "cmd_bools_as_text": (CMD | BOOLS, b'["SET","k",true,false]'),
+    "cmd_null": (CMD, b'["SET","k",null]'),
+    "cmd_object": (CMD, b'["SET","k",{"a":[1,2]}]'),
+    "cmd_nested": (CMD, b'["SET","k",["v",1]]'),
+    "cmd_empty": (CMD, b'[]'),
+    "cmd_not_array": (CMD, b'{"cmd":["GET","k"]}'),
+    "cmd_malformed": (CMD, b'["SET","k" "v"'),
+    "cmd_bad_utf8": (CMD, b'["SET","k","\xff\xfe"]'),
+    "cmd_lone_surrogate": (CMD, b'["SET","k","\\ud800"]'),
+    "cmd_huge_number": (CMD, b'["SET","k",1e999]'),
+    "cmd_deep": (CMD, b'[' * 5000 + b']' * 5000),
+    "cmd_small_limits": (CMD | SMALL, b'["SET","k","0123456789","NX"]'),
+    "pipe_three": (PIPE, b'[["SET","k","v","EX",100],["GET","k"],["INCR","n"]]'),
+    "pipe_strings_like_numbers": (PIPE, b'[["SET","12","-3 [4] \\"5\\"",6],["INCRBY","n",-7]]'),
+    "pipe_empty": (PIPE, b'[]'),
+    "pipe_not_commands": (PIPE, b'[["GET","k"],"GET"]'),
+    "pipe_too_deep": (PIPE | SMALL, b'[[[["GET"]]]]'),
+    "pipe_small_limits": (PIPE | SMALL, b'[["PING"],["PING"],["PING"],["PING"]]'),
+    "path_set": (PATH, b'/set/k/v'),
+    "path_pct": (PATH, b'/set/a%2Fb%20c/x+y%E2%82%ac%00'),
+    "path_empty_segments": (PATH, b'/get//x/'),
+    "path_bad_pct": (PATH, b'/get/%4'),
+    "path_query": (PATH, b'/set/k/v\0EX=100&_token=secret&NX&+a+=b+c&&name=&%5Ftoken=x'),
+    "path_body": (PATH, b'/set/k\0EX=100\0{"a":1}\0\xff\r\n'),
+    "path_root": (PATH, b'/'),
+    "path_small_limits": (PATH | SMALL, b'/set/k/v\0EX=1\0body'),
+    "enc_ok": (ENC, b'+OK\r\n'),
+    "enc_ok_b64": (ENC | B64, b'+OK\r\n'),
+    "enc_bulk_binary_b64": (ENC | B64, b'$5\r\n\x00\xff\xfe\r\n\r\n'),
+    "enc_bulk_invalid_utf8": (ENC, b'$6\r\na\xff\xc3(\xe2\x82\r\n'),
+    "enc_nil": (ENC, b'$-1\r\n'),
+    "enc_integer": (ENC, b':-9223372036854775808\r\n'),
+    "enc_error": (ENC, b'-ERR unknown command \'x\'\r\n'),
+    "enc_array_nested": (ENC | B64, b'*3\r\n*2\r\n+OK\r\n*0\r\n*1\r\n*1\r\n:7\r\n$1\r\nz\r\n'),
+    "enc_exec": (ENC, b'*3\r\n+OK\r\n-WRONGTYPE Operation\r\n$1\r\nv\r\n'),
+    "enc_exec_nil": (ENC, b'*-1\r\n'),
+    "enc_execabort": (ENC, b'-EXECABORT Transaction discarded because of previous errors.\r\n'),
+    "enc_deep": (ENC, b'*1\r\n' * 100 + b':1\r\n'),
+    "enc_deepest": (ENC, b'*1\r\n' * 1024 + b':1\r\n'),
+    "enc_too_deep": (ENC, b'*1\r\n' * 1025 + b':1\r\n'),
+    "enc_truncated": (ENC, b'*2\r\n$5\r\nhel'),
+    "enc_two_frames": (ENC, b'+OK\r\n+OK\r\n'),
+    "enc_resp3": (ENC, b'%1\r\n+a\r\n_\r\n'),
+}
+
 
 def write(target, name, data):
     d = os.path.join(HERE, target)
@@ -268,7 +328,7 @@ def write(target, name, data):
 
 
 def main():
-    for target in ("request", "reply", "acl", "config"):
+    for target in ("request", "reply", "acl", "config", "restjson"):
         shutil.rmtree(os.path.join(HERE, target), ignore_errors=True)
     for name, (b0, b1, body) in REQUEST.items():
         write("request", name, bytes([b0, b1]) + body)
@@ -278,6 +338,8 @@ def main():
         write("acl", name, data)
     for name, text in CONFIG.items():
         write("config", name, text)
+    for name, (b0, body) in RESTJSON.items():
+        write("restjson", name, bytes([b0]) + body)
 
 
 if __name__ == "__main__":
