@@ -60,7 +60,7 @@ void restcodec_decoder_reset(struct restcodec_decoder *d)
     struct restcodec_chunk **link = &d->chunks;
     while (*link != NULL) {
         struct restcodec_chunk *c = *link;
-        if (kept + c->cap > ARENA_RETAIN && kept > 0) {
+        if (kept + c->cap > ARENA_RETAIN) {
             *link = c->next;
             free(c);
             continue;

@@ -18,9 +18,12 @@
  *
  * Upstash facts this follows (checked against @upstash/redis 1.39.0's dist/nodejs.js and
  * https://upstash.com/docs/redis/features/restapi):
- *  - the SDK POSTs JSON.stringify(command): strings, numbers as JavaScript prints them (100,
- *    1.5, 1e+21; NaN and Infinity become null), booleans as true/false; objects are stringified
- *    by the SDK before they get here;
+ *  - the SDK POSTs JSON.stringify(command) to "/" (one command) or to "/pipeline" and
+ *    "/multi-exec" (arrays of commands), always with Upstash-Encoding: base64 unless told
+ *    otherwise; by default it auto-pipelines, so even single commands arrive as /pipeline;
+ *  - arguments are strings, numbers as JavaScript prints them (100, 1.5, 1e+21; NaN and
+ *    Infinity become null) and booleans as JSON true/false (redis.set("flag", true) sends
+ *    ["set","flag",true]: see bools_as_text); objects are stringified by the SDK;
  *  - a failed single command is HTTP 400 {"error": "..."}; /pipeline and /multi-exec answer
  *    200 with an array of {"result": ...} / {"error": "..."} (the SDK reads res.ok first, then
  *    each entry's error);
