@@ -226,7 +226,7 @@ static void send_own(struct upconn *c, enum route_kind kind, const char *bytes, 
 
 static void send_login(struct upconn *c)
 {
-    RG_INVARIANT(!c->pool->retired); /* its login index means nothing any more */
+    RG_INVARIANT(!c->pool->retired && c->pool->login < c->pool->w->snap->login_count);
     const struct snapshot_login *l = &c->pool->w->snap->logins[c->pool->login];
     send_own(c, ROUTE_LOGIN, l->cmd, l->len);
 }
@@ -809,6 +809,7 @@ static void start_reset(struct upconn *c)
     c->nonce[32] = '\0';
     char echo[64];
     int n = snprintf(echo, sizeof echo, "*2\r\n$4\r\nECHO\r\n$32\r\n%s\r\n", c->nonce);
+    RG_INVARIANT(!p->retired && p->login < p->w->snap->login_count);
     const struct snapshot_login *l = &p->w->snap->logins[p->login];
     c->seen[0] = c->seen[1] = SEEN_OTHER;
     set_state(c, UPCONN_RESETTING);

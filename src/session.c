@@ -558,6 +558,7 @@ static void forward_command(struct session *s, const char *frame, const struct r
  * client once the upstream accepted it. */
 static void upstream_login(struct session *s, struct pool *cred, const char *reply, size_t reply_len)
 {
+    RG_INVARIANT(!cred->retired && cred->login < s->snap->login_count);
     const struct snapshot_login *l = &s->snap->logins[cred->login];
     s->up_cred = cred;
     if (s->pc.conn && cred != s->pc.conn->pool)
@@ -2155,6 +2156,11 @@ static const char *follow_snapshot(struct session *s)
     const char *why = s->user ? no_longer_allowed(s, next, s->user, u) : NULL;
     if (!why && s->pending_user)
         why = no_longer_allowed(s, next, s->pending_user, pu);
+    if (!why && owns_conn(s) &&
+        (!worker_pool_current(s->w, s->up_cred) || !worker_pool_current(s->w, s->pc.conn->pool)))
+        /* Logged in or not (a RESET, a failed AUTH), it holds a connection of a credential the
+         * configuration no longer has: its login cannot be sent again (RESET), nor may it go on. */
+        why = "upstream credential removed";
     if (why) {
         pool_cancel(&s->pc); /* nothing may be handed to it before it is closed */
         return why;
@@ -2215,7 +2221,8 @@ size_t worker_close_reloaded_sessions(struct worker *w)
         s->reload_close = NULL;
         if (why) {
             log_event(LOG_INFO, "session_closed", LOG_INT("session", s->id), LOG_STR("peer", s->peer),
-                      LOG_STR("user", s->user ? s->user->name : s->pending_user->name), LOG_STR("reason", why),
+                      LOG_STR("user", s->user ? s->user->name : s->pending_user ? s->pending_user->name : NULL),
+                      LOG_STR("reason", why),
                       LOG_STR("by", "reload"), LOG_END);
             session_close(s, why);
             closed++;

@@ -42,6 +42,14 @@ const char *worker_verify_name(const struct worker *w)
     return sni ? sni : w->upstream_host;
 }
 
+bool worker_pool_current(const struct worker *w, const struct pool *p)
+{
+    for (size_t i = 0; i < w->snap->login_count; i++)
+        if (w->pools[w->login_pool[i]] == p)
+            return true;
+    return false;
+}
+
 struct pool *worker_user_pool(const struct worker *w, const struct acl_user *u)
 {
     size_t i = snapshot_user_index(w->snap, u);

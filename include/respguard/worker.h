@@ -92,6 +92,9 @@ const struct config_user *worker_user_config(const struct snapshot *snap, const 
 /* The name upstream certificates must match (and the SNI): server_name, else the host respguard
  * started with (a reload cannot move the upstream). */
 const char *worker_verify_name(const struct worker *w);
+/* Is p the pool of a credential of the current snapshot? (A removed credential's is not, also
+ * before it is retired.) */
+bool worker_pool_current(const struct worker *w, const struct pool *p);
 /* The pool user u of the current snapshot logs in with. */
 struct pool *worker_user_pool(const struct worker *w, const struct acl_user *u);
 

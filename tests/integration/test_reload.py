@@ -807,6 +807,36 @@ def test_a_login_waiting_in_a_pool_its_user_left_waits_in_the_new_one(respguard,
     assert p.proc.poll() is None
 
 
+def test_an_unauthenticated_session_holding_a_removed_credentials_connection_is_closed(
+        respguard, redis_server_factory):
+    # session mode keeps the held connection through RESET and a failed AUTH: the session is not
+    # logged in, but its connection speaks credRO, which the reload removes; it must be closed
+    # (its RESET would send a login the new configuration no longer has)
+    srv = redis_server_factory()
+    admin = srv.client()
+    pw = {u: upstream_user(admin, u) for u in ("userA", "ro")}
+    users = default_users()
+    users["web"]["upstream_credential"] = "credRO"
+    p = respguard(upstream_server=srv, users=users, overrides={"upstream": {"credentials": {
+        "credA": {"username": "userA", "password": pw["userA"]},
+        "credRO": {"username": "ro", "password": pw["ro"]}}}})
+    c = p.login("web")
+    assert c.call_raw("RESET") == b"+RESET\r\n"
+    assert c.call_raw("AUTH", "web", "wrong-password") == WRONGPASS
+    ev = reload_ok(p, deep_merge(p.config, {"upstream": {"credentials": {"credRO": DELETE}},
+                                            "users": {"web": {"upstream_credential": "credA"}}}))
+    if POOL_MODE == "session":
+        assert ev.get("sessions_closed") == 1, ev
+        assert c.wait_closed(timeout=3)
+    else:  # after RESET a multiplex session holds no connection of its own: it goes on
+        assert ev.get("sessions_closed") == 0, ev
+        assert c.call_raw("RESET") == b"+RESET\r\n"
+    assert p.proc.poll() is None
+    w = p.login("web")
+    assert w.call_raw("PING") == PONG
+    w.close()
+
+
 def handshakes(p):
     m = p.metrics()
     return sum(val(m, "respguard_upstream_handshakes_total", type=t) for t in ("full", "resumed"))
