@@ -297,7 +297,7 @@ static int get_scalar(struct loader *ld, const yaml_node_t *n, const char *path,
 /* Read a whole file. regular: only a regular file (secrets: no FIFO or device can block or
  * stream forever). Returns 0, -EINVAL (not a regular file), -EFBIG or -errno. The buffer is
  * NUL-terminated; *len excludes the NUL. */
-static int read_file(const char *path, bool regular, size_t max, char **out, size_t *len)
+int config_read_file(const char *path, bool regular, size_t max, char **out, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | (regular ? O_NONBLOCK : 0));
     if (fd < 0)
@@ -440,7 +440,7 @@ static int get_secret_file(struct loader *ld, const yaml_node_t *n, const char *
     if (rc < 0)
         return rc;
     show(nb, sizeof nb, file, strlen(file));
-    rc = read_file(file, true, SECRET_FILE_MAX, &buf, &len);
+    rc = config_read_file(file, true, SECRET_FILE_MAX, &buf, &len);
     sfree(file);
     if (rc == -ENOMEM)
         return oom(ld, n);
@@ -2087,7 +2087,7 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
         return fail_at(&ld, 1, 1, -ENOMEM, "out of memory");
     }
 
-    rc = read_file(path, false, CONFIG_FILE_MAX, &text, &len);
+    rc = config_read_file(path, false, CONFIG_FILE_MAX, &text, &len);
     if (rc < 0) {
         fail_at(&ld, 1, 1, rc, "cannot read the configuration file: %s",
                 errstr(rc, eb, sizeof eb));

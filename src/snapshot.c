@@ -114,30 +114,9 @@ static int read_ca(struct snapshot *s, char *err, size_t errlen)
     const char *path = s->cfg->upstream.ca_file;
     if (!path)
         return 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "upstream TLS: cannot read %s: %s", path, strerror(errno));
-        return -EINVAL;
-    }
-    size_t cap = 0;
-    int rc = 0;
-    for (;;) {
-        if (s->upstream_ca_len == cap) {
-            char *p = cap >= CA_FILE_MAX ? NULL : realloc(s->upstream_ca, cap ? cap * 2 : 8192);
-            if (!p) {
-                rc = cap >= CA_FILE_MAX ? -EFBIG : -ENOMEM;
-                snprintf(err, errlen, "upstream TLS: %s: %s", path, strerror(-rc));
-                break;
-            }
-            s->upstream_ca = p;
-            cap = cap ? cap * 2 : 8192;
-        }
-        size_t got = fread(s->upstream_ca + s->upstream_ca_len, 1, cap - s->upstream_ca_len, f);
-        s->upstream_ca_len += got;
-        if (got == 0)
-            break;
-    }
-    fclose(f);
+    int rc = config_read_file(path, true, CA_FILE_MAX, &s->upstream_ca, &s->upstream_ca_len);
+    if (rc < 0)
+        snprintf(err, errlen, "upstream TLS: cannot read %s: %s", path, strerror(-rc));
     return rc;
 }
 

@@ -192,6 +192,10 @@ void config_free(struct config *c);
  * always terminated when outlen > 0) and returns how many there are. */
 size_t config_restart_keys(const struct config *running, const struct config *next, char *out, size_t outlen);
 
+/* Read the whole file at path (regular: refuse anything but a regular file) into a malloc'd,
+ * NUL-terminated buffer; more than max bytes is -EFBIG. 0, or a negative errno. */
+int config_read_file(const char *path, bool regular, size_t max, char **out, size_t *len);
+
 /* Do two binds name the same address and port ("localhost:6379" and "127.0.0.1:6379" do)? */
 bool config_same_address(const struct config_listener *a, const struct config_listener *b);
 
