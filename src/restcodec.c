@@ -309,9 +309,9 @@ static json_t *parse(struct restcodec_decoder *d, const char *body, size_t len,
     return root;
 }
 
-enum restcodec_status restcodec_decode_command(struct restcodec_decoder *d, const char *body,
-                                               size_t len, const struct restcodec_limits *lim,
-                                               const char **err)
+/* One command (an array of arguments) or, many, a non-empty array of them. */
+static enum restcodec_status decode_body(struct restcodec_decoder *d, const char *body, size_t len,
+                                         const struct restcodec_limits *lim, bool many, const char **err)
 {
     struct limits l = limits_of(lim);
     restcodec_decoder_reset(d);
@@ -319,29 +319,7 @@ enum restcodec_status restcodec_decode_command(struct restcodec_decoder *d, cons
     if (root == NULL)
         return RESTCODEC_BAD_REQUEST;
     struct walk w = {.d = d, .l = &l, .body = body, .len = len};
-    struct restcodec_cmd *cmd = arena_alloc(d, sizeof *cmd);
-    const char *e = cmd == NULL ? ERR_NOMEM : decode_cmd(&w, root, cmd);
-    json_decref(root);
-    if (e != NULL) {
-        restcodec_decoder_reset(d);
-        return fail(err, e);
-    }
-    d->cmds = cmd;
-    d->ncmds = 1;
-    return RESTCODEC_OK;
-}
-
-enum restcodec_status restcodec_decode_commands(struct restcodec_decoder *d, const char *body,
-                                                size_t len, const struct restcodec_limits *lim,
-                                                const char **err)
-{
-    struct limits l = limits_of(lim);
-    restcodec_decoder_reset(d);
-    json_t *root = parse(d, body, len, &l, err);
-    if (root == NULL)
-        return RESTCODEC_BAD_REQUEST;
-    struct walk w = {.d = d, .l = &l, .body = body, .len = len};
-    size_t n = json_array_size(root);
+    size_t n = many ? json_array_size(root) : 1;
     const char *e = NULL;
     struct restcodec_cmd *cmds = NULL;
     if (n == 0)
@@ -351,7 +329,7 @@ enum restcodec_status restcodec_decode_commands(struct restcodec_decoder *d, con
     else if ((cmds = arena_alloc(d, n * sizeof *cmds)) == NULL)
         e = ERR_NOMEM;
     for (size_t i = 0; e == NULL && i < n; i++) {
-        json_t *c = json_array_get(root, i);
+        json_t *c = many ? json_array_get(root, i) : root;
         e = json_is_array(c) ? decode_cmd(&w, c, &cmds[i])
                              : "ERR each command must be a JSON array of strings and numbers";
     }
@@ -363,6 +341,20 @@ enum restcodec_status restcodec_decode_commands(struct restcodec_decoder *d, con
     d->cmds = cmds;
     d->ncmds = n;
     return RESTCODEC_OK;
+}
+
+enum restcodec_status restcodec_decode_command(struct restcodec_decoder *d, const char *body,
+                                               size_t len, const struct restcodec_limits *lim,
+                                               const char **err)
+{
+    return decode_body(d, body, len, lim, false, err);
+}
+
+enum restcodec_status restcodec_decode_commands(struct restcodec_decoder *d, const char *body,
+                                                size_t len, const struct restcodec_limits *lim,
+                                                const char **err)
+{
+    return decode_body(d, body, len, lim, true, err);
 }
 
 static int hexval(char c)
