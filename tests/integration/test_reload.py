@@ -492,6 +492,13 @@ def upstream_user(admin, name, rules=("~*", "&*", "+@all")):
     return pw
 
 
+def credentials(admin, **creds):
+    """upstream.credentials for creds (name=upstream user), each user made on the upstream with a
+    fresh password: (the credentials section, {upstream user: password})."""
+    pw = {user: upstream_user(admin, user) for user in creds.values()}
+    return ({name: {"username": user, "password": pw[user]} for name, user in creds.items()}, pw)
+
+
 def pin(c):
     """In multiplex mode, SELECT 1 gives c an upstream connection of its own (session mode: it
     has one anyway)."""
@@ -511,12 +518,10 @@ def test_a_session_owning_a_connection_of_a_credential_its_user_left_is_closed(r
     # web runs as userB (credB); the reload maps it to credA, and removes credB or keeps it
     srv = redis_server_factory()
     admin = srv.client()
-    passwords = {u: upstream_user(admin, u) for u in ("userA", "userB")}
+    creds, passwords = credentials(admin, credA="userA", credB="userB")
     users = default_users()
     users["web"]["upstream_credential"] = "credB"
-    p = respguard(upstream_server=srv, users=users, overrides={"upstream": {"credentials": {
-        "credA": {"username": "userA", "password": passwords["userA"]},
-        "credB": {"username": "userB", "password": passwords["userB"]}}}})
+    p = respguard(upstream_server=srv, users=users, overrides={"upstream": {"credentials": creds}})
     p.secrets.extend(passwords.values())
     held = p.login("web")
     pin(held)  # its own upstream connection, logged in as userB
@@ -770,15 +775,13 @@ def test_a_login_waiting_in_a_pool_its_user_left_waits_in_the_new_one(respguard,
     # holder letting go, and runs as credA's upstream user
     srv = redis_server_factory()
     admin = srv.client()
-    pw = {u: upstream_user(admin, u) for u in ("userA", "userB")}
+    creds, _ = credentials(admin, credA="userA", credB="userB")
     users = default_users()
     users["default"] = {"acl": "on nopass +@all ~* &*", "upstream_credential": "credB"}
     users["holder"] = {"acl": acl("holderpass"), "upstream_credential": "credB"}
     p = respguard(upstream_server=srv, users=users, tls_listener=True, limits={"login_timeout": "10s"},
-                  overrides={"upstream": {"credentials": {
-                      "credA": {"username": "userA", "password": pw["userA"]},
-                      "credB": {"username": "userB", "password": pw["userB"]}},
-                      "pool": {"mode": "session", "size": 1, "min_idle": 1}}})
+                  overrides={"upstream": {"credentials": creds,
+                                          "pool": {"mode": "session", "size": 1, "min_idle": 1}}})
     holder = p.login("holder", "holderpass")
     assert holder.call_raw("PING") == PONG
     ctx = ssl.create_default_context(cafile=certs.path("ca.crt"))
@@ -814,12 +817,10 @@ def test_an_unauthenticated_session_holding_a_removed_credentials_connection_is_
     # (its RESET would send a login the new configuration no longer has)
     srv = redis_server_factory()
     admin = srv.client()
-    pw = {u: upstream_user(admin, u) for u in ("userA", "ro")}
+    creds, _ = credentials(admin, credA="userA", credRO="ro")
     users = default_users()
     users["web"]["upstream_credential"] = "credRO"
-    p = respguard(upstream_server=srv, users=users, overrides={"upstream": {"credentials": {
-        "credA": {"username": "userA", "password": pw["userA"]},
-        "credRO": {"username": "ro", "password": pw["ro"]}}}})
+    p = respguard(upstream_server=srv, users=users, overrides={"upstream": {"credentials": creds}})
     c = p.login("web")
     assert c.call_raw("RESET") == b"+RESET\r\n"
     assert c.call_raw("AUTH", "web", "wrong-password") == WRONGPASS
