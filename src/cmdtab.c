@@ -616,3 +616,20 @@ bool cmdtab_server_wide(const struct cmdtab_cmd *cmd)
         return false;
     return !name_in(cmd->name, server_pure, sizeof server_pure / sizeof *server_pure);
 }
+
+bool cmdtab_may_block(const struct cmdtab_cmd *cmd, size_t argc, const struct resp_arg *argv)
+{
+    switch ((enum cmdtab_role)cmd->role) {
+    case CMDTAB_ROLE_BLOCKING: return true;
+    case CMDTAB_ROLE_BLOCK_OPTION:
+        /* XREAD/XREADGROUP block only with BLOCK before STREAMS. */
+        for (size_t i = 1; i < argc; i++) {
+            if (argv[i].len == 7 && strncasecmp(argv[i].ptr, "streams", 7) == 0)
+                return false;
+            if (argv[i].len == 5 && strncasecmp(argv[i].ptr, "block", 5) == 0)
+                return true;
+        }
+        return false;
+    default: return (cmd->flags & CMDTAB_BLOCKING) != 0;
+    }
+}

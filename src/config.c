@@ -73,6 +73,7 @@ struct loader {
     const yaml_node_t *anomaly_key; /* the top-level anomaly key, NULL when absent */
     const yaml_node_t **user_anomaly_key; /* per user: its anomaly key, NULL when absent */
     uint32_t *user_anomaly_set;     /* per user: bit i = user_anomaly_fields[i] was given */
+    const yaml_node_t **rest_bind;  /* per rest listener: its bind value, checked last */
 };
 
 /* Overwrite and free a string that may hold a secret. Used for every string of the snapshot:
@@ -802,6 +803,37 @@ static bool same_admin_bind(const struct config *a, const struct config *b)
 static bool same_probe_interval(const struct config *a, const struct config *b)
 {
     return !a->admin.enabled || !b->admin.enabled || a->admin.probe_interval_ms == b->admin.probe_interval_ms;
+}
+
+static bool same_string(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* What rest[i] keeps until a restart (rest.c hands it to the HTTP library at start): the
+ * address, TLS and its files, the connection cap and the idle timeout. Empty when the same. */
+static const char *rest_restart_key(const struct config_rest *a, const struct config_rest *b)
+{
+    if (!config_same_address(&a->listen, &b->listen))
+        return "bind";
+    if (a->listen.tls_enabled != b->listen.tls_enabled || !same_string(a->listen.tls.cert_file, b->listen.tls.cert_file) ||
+        !same_string(a->listen.tls.key_file, b->listen.tls.key_file))
+        return "tls";
+    if (a->max_connections != b->max_connections)
+        return "max_connections";
+    if (a->idle_timeout_ms != b->idle_timeout_ms)
+        return "idle_timeout";
+    return "";
+}
+
+static bool same_rest(const struct config *a, const struct config *b)
+{
+    if (a->rest_count != b->rest_count)
+        return false;
+    for (size_t i = 0; i < a->rest_count; i++)
+        if (*rest_restart_key(&a->rest[i], &b->rest[i]))
+            return false;
+    return true;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1860,8 +1892,135 @@ static int load_admin(struct loader *ld, const yaml_node_t *v, void *obj, const 
     return 0;
 }
 
+/* rest: Upstash-compatible REST listeners. Like RESP listeners: plaintext only on loopback. */
+static int load_rest_tls(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_rest *r = obj;
+    int rc = load_tls(ld, v, &r->listen, path);
+    if (rc == 0 && r->listen.tls.client_ca_file)
+        return fail(ld, v, "%s: client certificates are not supported on rest listeners (the token is the "
+                    "credential): remove client_ca_file", path);
+    return rc;
+}
+
+static int load_origins(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config_rest *r = obj;
+    if (v->type != YAML_SEQUENCE_NODE)
+        return type_error(ld, v, path, "a list of origins");
+    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    r->cors_origins = calloc(n, sizeof *r->cors_origins);
+    if (!r->cors_origins)
+        return oom(ld, v);
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_t *item = node_at(ld, v->data.sequence.items.start[i]);
+        char ipath[PATH_LEN], *s;
+        make_path(ipath, "%s[%zu]", path, i);
+        int rc = get_scalar(ld, item, ipath, &s);
+        if (rc < 0)
+            return rc;
+        r->cors_origins[r->cors_count++] = s;
+        size_t len = strlen(s);
+        bool ok = strcmp(s, "*") == 0 || ((strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0) &&
+                                          s[len - 1] != '/' && !strpbrk(s, " \t\r\n,\"'"));
+        if (!ok)
+            return fail(ld, item, "%s: expected an origin like https://app.example.com (scheme and host, no "
+                        "path) or \"*\"", ipath);
+    }
+    return 0;
+}
+
+enum { CO_ORIGINS, CO_N };
+static const struct field cors_fields[CO_N] = {
+    [CO_ORIGINS] = {.name = "allowed_origins", .type = T_CUSTOM, .load = load_origins, .flags = REQUIRED},
+};
+
+static int load_cors(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct found f[CO_N];
+    return load_fields(ld, v, path, cors_fields, CO_N, obj, f);
+}
+
+enum { RS_BIND, RS_TLS, RS_ALLOW, RS_CORS, RS_MAX_BYTES, RS_MAX_CONN, RS_REQ_TIMEOUT, RS_IDLE_TIMEOUT, RS_N };
+static const struct field rest_fields[RS_N] = {
+    [RS_BIND] = {.name = "bind", .type = T_STRING, .off = offsetof(struct config_rest, listen.bind),
+                 .flags = REQUIRED},
+    [RS_TLS] = {.name = "tls", .type = T_CUSTOM, .load = load_rest_tls},
+    [RS_ALLOW] = {.name = "allow_from", .type = T_CIDRS, .off = offsetof(struct config_rest, listen.allow_from)},
+    [RS_CORS] = {.name = "cors", .type = T_CUSTOM, .load = load_cors},
+    [RS_MAX_BYTES] = {.name = "max_request_bytes", .type = T_SIZE, .min = 1024, .max = 1ull << 30,
+                      .off = offsetof(struct config_rest, max_request_bytes)},
+    [RS_MAX_CONN] = {.name = "max_connections", .type = T_COUNT, .min = 1, .max = 1000000,
+                     .off = offsetof(struct config_rest, max_connections)},
+    [RS_REQ_TIMEOUT] = {.name = "request_timeout", .type = T_DURATION, .min = 100, .max = 3600000,
+                        .off = offsetof(struct config_rest, request_timeout_ms)},
+    [RS_IDLE_TIMEOUT] = {.name = "idle_timeout", .type = T_DURATION, .min = 1000, .max = 86400000,
+                         .off = offsetof(struct config_rest, idle_timeout_ms)},
+};
+
+static int load_rest(struct loader *ld, const yaml_node_t *v, void *obj, const char *path)
+{
+    struct config *c = obj;
+    char nb[SHOW_LEN];
+    if (v->type != YAML_SEQUENCE_NODE)
+        return type_error(ld, v, path, "a list");
+    size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (n == 0)
+        return 0;
+    c->rest = calloc(n, sizeof *c->rest);
+    ld->rest_bind = calloc(n, sizeof *ld->rest_bind);
+    if (!c->rest || !ld->rest_bind)
+        return oom(ld, v);
+    c->rest_count = n;
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_t *item = node_at(ld, v->data.sequence.items.start[i]);
+        struct config_rest *r = &c->rest[i];
+        r->max_request_bytes = 1u << 20;
+        r->max_connections = 1000;
+        r->request_timeout_ms = 10000;
+        r->idle_timeout_ms = 60000;
+        struct found f[RS_N];
+        char rpath[PATH_LEN], bpath[PATH_LEN];
+        make_path(rpath, "%s[%zu]", path, i);
+        make_path(bpath, "%s.bind", rpath);
+        int rc = load_fields(ld, item, rpath, rest_fields, RS_N, r, f);
+        if (rc == 0)
+            rc = parse_bind(ld, f[RS_BIND].value, bpath, &r->listen);
+        if (rc < 0)
+            return rc;
+        if (!r->listen.tls_enabled && !is_loopback(&r->listen.addr))
+            return fail(ld, f[RS_BIND].value, "plaintext rest listener on non-loopback address %s is refused: add "
+                        "tls or bind to 127.0.0.1", show(nb, sizeof nb, r->listen.bind, strlen(r->listen.bind)));
+        ld->rest_bind[i] = f[RS_BIND].value;
+    }
+    return 0;
+}
+
+/* After every section is loaded (the file may name rest before listeners or admin): no two
+ * sockets on one address. */
+static int check_rest_binds(struct loader *ld, const struct config *c)
+{
+    char nb[SHOW_LEN];
+    for (size_t i = 0; i < c->rest_count; i++) {
+        const struct config_listener *l = &c->rest[i].listen;
+        const yaml_node_t *at = ld->rest_bind[i];
+        const char *shown = show(nb, sizeof nb, l->bind, strlen(l->bind));
+        for (size_t j = 0; j < c->listener_count; j++)
+            if (config_same_address(&c->listeners[j], l))
+                return fail(ld, at, "rest[%zu].bind: %s is already used by listeners[%zu]", i, shown, j);
+        for (size_t j = 0; j < i; j++)
+            if (config_same_address(&c->rest[j].listen, l))
+                return fail(ld, at, "rest[%zu].bind: %s is already used by rest[%zu]", i, shown, j);
+        if (c->admin.enabled && config_same_address(&c->admin.listen, l))
+            return fail(ld, at, "rest[%zu].bind: %s is already used by admin.bind", i, shown);
+    }
+    return 0;
+}
+
 enum { TOP_LISTENERS, TOP_UPSTREAM, TOP_USERS, TOP_GUARD, TOP_LIMITS, TOP_LOG, TOP_ANOMALY,
-       TOP_ADMIN, TOP_WATCH, TOP_N };
+       TOP_ADMIN, TOP_REST, TOP_WATCH, TOP_N };
 static const struct field top_fields[TOP_N] = {
     [TOP_LISTENERS] = {.name = "listeners", .type = T_CUSTOM, .flags = REQUIRED | RESTART,
                        .load = load_listeners, .same = same_listeners},
@@ -1874,6 +2033,7 @@ static const struct field top_fields[TOP_N] = {
     [TOP_ANOMALY] = {.name = "anomaly", .type = T_CUSTOM, .load = load_anomaly},
     [TOP_ADMIN] = {.name = "admin", .type = T_CUSTOM, .flags = RESTART, .load = load_admin,
                    .same = same_admin_enabled},
+    [TOP_REST] = {.name = "rest", .type = T_CUSTOM, .flags = RESTART, .load = load_rest, .same = same_rest},
     [TOP_WATCH] = {.name = "watch", .type = T_BOOL, .off = offsetof(struct config, watch)},
 };
 
@@ -1957,7 +2117,8 @@ static int finish(struct loader *ld, struct config *c)
     for (size_t i = 0; i < c->user_count; i++)
         if (!c->users[i].has_rate_limit)
             c->users[i].rate_limit = c->limits.rate_limit;
-    return finish_anomaly(ld, c);
+    int rc = check_rest_binds(ld, c);
+    return rc < 0 ? rc : finish_anomaly(ld, c);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -2110,6 +2271,7 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     free(ld.user_cred);
     free(ld.user_anomaly_key);
     free(ld.user_anomaly_set);
+    free(ld.rest_bind);
     if (rc < 0) {
         config_free(c);
         return rc;
@@ -2170,6 +2332,19 @@ void config_free(struct config *c)
     sfree(c->admin.listen.bind);
     sfree(c->admin.listen.host);
     free_cidrs(&c->admin.allow_from);
+    for (size_t i = 0; c->rest && i < c->rest_count; i++) {
+        struct config_rest *r = &c->rest[i];
+        sfree(r->listen.bind);
+        sfree(r->listen.host);
+        sfree(r->listen.tls.cert_file);
+        sfree(r->listen.tls.key_file);
+        sfree(r->listen.tls.client_ca_file);
+        free_cidrs(&r->listen.allow_from);
+        for (size_t j = 0; j < r->cors_count; j++)
+            sfree(r->cors_origins[j]);
+        free(r->cors_origins);
+    }
+    free(c->rest);
     for (size_t i = 0; c->files && i < c->file_count; i++)
         free(c->files[i]);
     free(c->files);
@@ -2228,6 +2403,22 @@ size_t config_restart_keys(const struct config *running, const struct config *ne
                         snprintf(key, sizeof key, "listeners[%zu].tls", l);
                     else
                         continue;
+                    append_key(out, outlen, &off, n++, "", key);
+                }
+                continue;
+            }
+            if (f == &top_fields[TOP_REST]) {
+                size_t most = running->rest_count > next->rest_count ? running->rest_count : next->rest_count;
+                for (size_t r = 0; r < most; r++) {
+                    char key[48];
+                    if (r >= running->rest_count || r >= next->rest_count) {
+                        snprintf(key, sizeof key, "rest[%zu]", r);
+                    } else {
+                        const char *what = rest_restart_key(&running->rest[r], &next->rest[r]);
+                        if (!*what)
+                            continue;
+                        snprintf(key, sizeof key, "rest[%zu].%s", r, what);
+                    }
                     append_key(out, outlen, &off, n++, "", key);
                 }
                 continue;

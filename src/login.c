@@ -34,6 +34,8 @@ static const char *result_name(enum login_result r)
     return "?";
 }
 
+static const char *proto(const struct login_source *src) { return src->protocol ? src->protocol : "resp"; }
+
 static enum metrics_counter result_counter(enum login_result r)
 {
     switch (r) {
@@ -74,6 +76,30 @@ enum login_result login_check(const struct login_source *src, const struct resp_
     return login_check_user(src, u);
 }
 
+enum login_result login_check_token(const struct login_source *src, const char *token, size_t len,
+                                    const struct acl_user **out)
+{
+    const struct snapshot *snap = src->w->snap;
+    uint8_t h[CRYPTO_SHA256_LEN];
+    crypto_sha256(token, len, h);
+    const struct acl_user *found = NULL;
+    for (size_t i = 0; i < snap->user_count; i++) {
+        const struct acl_user *u = &snap->users[i];
+        bool match = false;
+        for (size_t j = 0; j < u->hash_count; j++)
+            match |= crypto_equal(h, u->hashes[j], CRYPTO_SHA256_LEN);
+        if (match && !u->nopass && !found)
+            found = u;
+    }
+    crypto_wipe(h, sizeof h);
+    *out = found;
+    if (!found)
+        return LOGIN_UNKNOWN_USER;
+    if (!found->enabled)
+        return LOGIN_BAD_PASSWORD;
+    return login_check_user(src, found);
+}
+
 bool login_locked_out(const struct login_source *src, const struct resp_arg *user, char *reply, size_t cap)
 {
     struct worker *w = src->w;
@@ -101,14 +127,16 @@ void login_record_failure(const struct login_source *src, const struct resp_arg 
         /* A certificate is not guessed: it counts towards neither a lockout nor an auth failure
          * burst. */
         log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", user->ptr, user->len),
-                  LOG_STR("peer", src->peer), LOG_STR("reason", result_name(r)), LOG_STR("method", method),
+                  LOG_STR("peer", src->peer), LOG_STR("protocol", proto(src)), LOG_STR("reason", result_name(r)),
+                  LOG_STR("method", method),
                   LOG_INT("session", src->session), LOG_END);
         return;
     }
     if (w->anomaly)
         anomaly_record_auth_failure(w->anomaly, src->addr, now);
     log_event(LOG_WARN, "login", LOG_STR("result", "fail"), LOG_BYTES("user", user->ptr, user->len),
-              LOG_STR("peer", src->peer), LOG_STR("reason", result_name(r)), LOG_INT("session", src->session),
+              LOG_STR("peer", src->peer), LOG_STR("protocol", proto(src)), LOG_STR("reason", result_name(r)),
+              LOG_INT("session", src->session),
               LOG_END);
     if (!w->lockout || !lockout_record_failure(w->lockout, src->addr, user->ptr, user->len, now))
         return;
@@ -123,7 +151,7 @@ void login_record_success(const struct login_source *src, const struct acl_user 
 {
     struct worker *w = src->w;
     log_event(LOG_INFO, "login", LOG_STR("result", "ok"), LOG_STR("user", u->name), LOG_STR("peer", src->peer),
-              LOG_INT("session", src->session), LOG_END);
+              LOG_STR("protocol", proto(src)), LOG_INT("session", src->session), LOG_END);
     metrics_inc(w->metrics, MC_LOGIN_OK);
     if (w->anomaly)
         anomaly_record_connection(w->anomaly, (int)worker_user_slot(w, w->snap, u), src->addr, uv_now(w->loop));

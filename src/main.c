@@ -33,6 +33,7 @@
 #include "respguard/metrics.h"
 #include "respguard/notify.h"
 #include "respguard/probe.h"
+#include "respguard/rest.h"
 #include "respguard/ratelimit.h"
 #include "respguard/resp.h"
 #include "respguard/session.h"
@@ -79,6 +80,8 @@ struct runtime {
     struct probe probe;            /* the upstream readiness probe (with admin) */
     bool probe_started;
     struct watch watch;            /* watch: yes */
+    struct rest_server *rest;      /* the rest: listeners (rest.h) */
+    size_t rest_count;
 };
 
 /* Build the snapshot at path, printing the first error. */
@@ -401,8 +404,10 @@ static void on_all_drained(struct worker *w)
 static void on_shutdown_timeout(uv_timer_t *t)
 {
     struct worker *w = t->data;
+    struct runtime *rt = (struct runtime *)((char *)w - offsetof(struct runtime, w));
     log_event(LOG_WARN, "shutdown", LOG_STR("phase", "timeout"), LOG_INT("sessions", (long long)w->session_count),
               LOG_END);
+    rest_close(rt->rest, rt->rest_count);
     worker_close_sessions(w);
 }
 
@@ -425,10 +430,9 @@ static void begin_shutdown(struct runtime *rt, const char *signame)
     uv_timer_init(w->loop, &w->shutdown_timer);
     w->shutdown_timer.data = w;
     uv_timer_start(&w->shutdown_timer, on_shutdown_timeout, w->snap->cfg->limits.shutdown_timeout_ms, 0);
-    if (w->session_count == 0)
-        on_all_drained(w);
-    else
-        worker_drain_sessions(w);
+    rest_drain(rt->rest, rt->rest_count);
+    worker_drain_sessions(w);
+    worker_check_drained(w);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -540,6 +544,11 @@ static int cmd_run(const char *path)
         log_event(LOG_INFO, "listening", LOG_STR("bind", rt.w.listeners[i].bound),
                   LOG_BOOL("tls", snap->cfg->listeners[i].tls_enabled), LOG_END);
     }
+    if (status == 0 && rest_start(&rt.w, &rt.rest, &rt.rest_count, err, sizeof err) != 0) {
+        log_event(LOG_ERROR, "listen_error", LOG_STR("reason", err), LOG_END);
+        fprintf(stderr, "respguard: %s\n", err);
+        status = 1;
+    }
     if (status == 0)
         start_second_timer(&rt);
     if (status == 0 && start_admin(&rt) != 0)
@@ -564,6 +573,7 @@ static int cmd_run(const char *path)
     } else {
         for (size_t i = 0; rt.w.listeners && i < rt.w.listener_count; i++)
             listener_stop(&rt.w.listeners[i], NULL);
+        rest_close(rt.rest, rt.rest_count);
         close_signals(&rt);
         worker_stop_pools(&rt.w);
         worker_close_turn(&rt.w);
@@ -578,6 +588,7 @@ static int cmd_run(const char *path)
     } else if (status == 0) {
         log_event(LOG_INFO, "shutdown", LOG_STR("phase", "end"), LOG_END);
     }
+    rest_free(rt.rest, rt.rest_count);
     worker_free(&rt.w);
     snapshot_unref(rt.admin_snap);
     snapshot_unref(rt.boot);

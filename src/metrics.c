@@ -669,6 +669,14 @@ static const struct counter_family resets_family = {
     "failed: closed instead.",
     "result", MC_POOL_RESET_OK, reset_results, NVALUES(reset_results)};
 
+static const char *const rest_statuses[] = {"200", "204", "400", "401", "403", "405",
+                                            "413", "429", "500", "503", "other"};
+_Static_assert(NVALUES(rest_statuses) == MC_REST_STATUS_OTHER - MC_REST_STATUS_200 + 1, "rest statuses");
+
+static const struct counter_family rest_requests_family = {
+    "respguard_rest_requests_total", "REST requests answered, by HTTP status.", "status", MC_REST_STATUS_200,
+    rest_statuses, NVALUES(rest_statuses)};
+
 static const char *const pool_state_names[MPS_COUNT] = {
     [MPS_CONNECTING] = "connecting", [MPS_IDLE] = "idle", [MPS_BUSY] = "busy", [MPS_PINNED] = "pinned",
     [MPS_RESETTING] = "resetting"};
@@ -819,6 +827,14 @@ int metrics_render(struct metrics *m, const struct metrics_gauge *gauges, size_t
            "Times a client got no pooled upstream connection within acquire_timeout.",
            sum_counter(m, MC_POOL_ACQUIRE_TIMEOUTS));
     labelled(&o, m, &resets_family);
+    single(&o, "respguard_rest_connections", "gauge", "HTTP connections of the REST listeners open now.",
+           open_now(m, MC_REST_CONN_ACCEPTED, MC_REST_CONN_CLOSED));
+    single(&o, "respguard_rest_connections_accepted_total", "counter", "HTTP connections the REST listeners accepted.",
+           sum_counter(m, MC_REST_CONN_ACCEPTED));
+    labelled(&o, m, &rest_requests_family);
+    single(&o, "respguard_rest_commands_total", "counter",
+           "Commands received over REST, whatever their verdict (also counted in respguard_commands_total).",
+           sum_counter(m, MC_REST_COMMANDS));
     anomalies(&o, m);
     for (int h = 0; h < MH_COUNT; h++)
         histogram(&o, m, (enum metrics_histogram)h);

@@ -482,6 +482,41 @@ enum restcodec_status restcodec_decode_path(struct restcodec_decoder *d, const c
     return RESTCODEC_OK;
 }
 
+long restcodec_query_param(const char *query, size_t len, const char *name, char *dst, size_t cap)
+{
+    size_t nlen = strlen(name);
+    for (size_t start = 0; query && start < len;) {
+        size_t end = start;
+        while (end < len && query[end] != '&')
+            end++;
+        size_t eq = start;
+        while (eq < end && query[eq] != '=')
+            eq++;
+        if (eq - start == nlen && memcmp(query + start, name, nlen) == 0) {
+            size_t k = 0;
+            for (size_t i = eq + 1; i < end; i++) {
+                char ch = query[i];
+                if (ch == '%') {
+                    int hi = i + 2 < end ? hexval(query[i + 1]) : -1;
+                    int lo = i + 2 < end ? hexval(query[i + 2]) : -1;
+                    if (hi < 0 || lo < 0)
+                        return -2;
+                    ch = (char)(hi << 4 | lo);
+                    i += 2;
+                } else if (ch == '+') {
+                    ch = ' ';
+                }
+                if (k == cap)
+                    return -2;
+                dst[k++] = ch;
+            }
+            return (long)k;
+        }
+        start = end + 1;
+    }
+    return -1;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Encoding                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
@@ -818,6 +853,11 @@ static long long put_entry(struct restcodec_buf *b, const char *p, size_t len, s
     if (end < 0 || !PUTS(b, "}"))
         return -1;
     return end;
+}
+
+int restcodec_buf_append_raw(struct restcodec_buf *b, const char *s, size_t n)
+{
+    return put(b, s, n) ? 0 : -1;
 }
 
 int restcodec_encode_entry(struct restcodec_buf *out, const char *reply, size_t len,

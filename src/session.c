@@ -35,6 +35,7 @@
 #include "respguard/log.h"
 #include "respguard/login.h"
 #include "respguard/metrics.h"
+#include "respguard/policy.h"
 #include "respguard/pool.h"
 #include "respguard/ratelimit.h"
 #include "respguard/replyq.h"
@@ -1010,11 +1011,18 @@ static void login_at_connect(struct session *s, const struct acl_user *u)
 /* ACL                                                                                       */
 /* ---------------------------------------------------------------------------------------- */
 
+/* The session's user, as the policy (counts, audit, anomaly detector, rate limit) sees it. */
+static struct policy_actor actor_of(const struct session *s)
+{
+    return (struct policy_actor){.w = s->w, .snap = s->snap, .user = s->user, .peer = s->peer,
+                                 .addr = (const struct sockaddr *)&s->peer_addr, .id = s->id, .protocol = "resp"};
+}
+
 /* Every command of a logged-in user is counted once, under its category and verdict. */
 static void count_command(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_verdict v)
 {
-    metrics_count_command(s->w->metrics, user_slot(s), cmd ? metrics_category_of(cmd->categories) : MCAT_UNKNOWN,
-                          v);
+    struct policy_actor a = actor_of(s);
+    policy_count(&a, cmd, v);
 }
 
 /* AUTH, HELLO, QUIT, RESET: answered by respguard, counted before they may change the user. */
@@ -1025,30 +1033,8 @@ static void count_connection_command(struct session *s, enum metrics_verdict v)
 
 static void count_refusal(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_counter reason)
 {
-    count_command(s, cmd, MV_DENIED);
-    metrics_inc(s->w->metrics, reason);
-}
-
-static enum metrics_counter refusal_counter(enum acl_result r)
-{
-    switch (r) {
-    case ACL_DENIED_KEY: return MC_REFUSED_KEY;
-    case ACL_DENIED_CHANNEL: return MC_REFUSED_CHANNEL;
-    case ACL_DENIED_SORT_BY:
-    case ACL_DENIED_SORT_GET: return MC_REFUSED_SORT;
-    default: return MC_REFUSED_COMMAND;
-    }
-}
-
-static const char *refusal_kind(enum acl_result r)
-{
-    switch (r) {
-    case ACL_DENIED_KEY: return "key";
-    case ACL_DENIED_CHANNEL: return "channel";
-    case ACL_DENIED_SORT_BY:
-    case ACL_DENIED_SORT_GET: return "key";
-    default: return "command";
-    }
+    struct policy_actor a = actor_of(s);
+    policy_count_refusal(&a, cmd, reason);
 }
 
 /* The verdict for the session's user, with no effect (the plan needs it before anything may
@@ -1086,46 +1072,17 @@ static int judge(struct session *s, const struct resp_request *req, const struct
  * for a refusal, written to the audit log. */
 static bool acl_allows(struct session *s, const struct resp_request *req, int rc, const struct acl_verdict *v)
 {
-    /* What the user does, allowed or not, feeds its baselines: a read-only client trying DEL
-     * is the change in behaviour even when it is refused. */
-    if (s->w->anomaly && v->cmd) {
-        int idx = (int)user_slot(s);
-        uint64_t now = uv_now(s->w->loop);
-        anomaly_record_command(s->w->anomaly, idx, v->cmd->categories, now);
-        if (rc != 0 && v->result >= ACL_DENIED_COMMAND)
-            anomaly_record_denial(s->w->anomaly, idx, (struct sockaddr *)&s->peer_addr, now);
-    }
-    if (rc == 0)
-        return true; /* counted by the caller, which may still refuse it */
-    if (v->result >= ACL_DENIED_COMMAND)
-        count_refusal(s, v->cmd, refusal_counter(v->result));
-    else
-        count_command(s, v->cmd, MV_ERROR);
-
+    struct policy_actor a = actor_of(s);
     char line[ACL_ERROR_MAX + 3];
-    line[0] = '-';
-    size_t n = acl_verdict_error(v, req->argc, req->argv, line + 1, ACL_ERROR_MAX);
-    if (n > ACL_ERROR_MAX - 1)
-        n = ACL_ERROR_MAX - 1;
-    memcpy(line + 1 + n, "\r\n", 2);
-    if (v->result >= ACL_DENIED_COMMAND) {
-        /* The audit line: who, what, why, and where (argument position; 0: the command). Key
-         * names only with log.keys: they may be personal data. */
-        const char *cmd = v->cmd ? v->cmd->name : "?";
-        bool with_key = s->snap->cfg->log_keys && v->pos > 0 && v->pos < req->argc;
-        const struct resp_arg *arg = with_key ? &req->argv[v->pos] : NULL;
-        log_event(LOG_WARN, "refused", LOG_STR("user", s->user->name), LOG_STR("peer", s->peer),
-                  LOG_STR("command", cmd), LOG_STR("reason", refusal_kind(v->result)),
-                  LOG_STR("rule", acl_reason_name(v->reason)), LOG_INT("position", (long long)v->pos),
-                  LOG_INT("session", s->id), with_key ? LOG_T_BYTES : LOG_T_END, "argument",
-                  arg ? arg->ptr : NULL, arg ? arg->len : (size_t)0, LOG_END);
-    }
+    size_t n = policy_verdict(&a, req->argc, req->argv, rc, v, line, sizeof line);
+    if (n == 0)
+        return true; /* counted by the caller, which may still refuse it */
     if (s->in_multi && v->cmd && v->cmd->role == CMDTAB_ROLE_EXEC) {
         /* A refused EXEC ends the transaction (Redis: EXECABORT ... because of: <error>): the
          * upstream discards it and its reply is replaced by the error. */
         static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
         send_upstream(s, discard, sizeof discard - 1, 1, 1);
-        expect_upstream(s, REPLYQ_REPLACE, 0, 1, TAG_TX_END, line, n + 3);
+        expect_upstream(s, REPLYQ_REPLACE, 0, 1, TAG_TX_END, line, n);
         s->in_multi = s->multi_dirty = false;
         return false;
     }
@@ -1133,7 +1090,7 @@ static bool acl_allows(struct session *s, const struct resp_request *req, int rc
      * transaction: its EXEC will be answered EXECABORT. */
     if (s->in_multi)
         s->multi_dirty = true;
-    reply_local(s, line, n + 3, 0);
+    reply_local(s, line, n, 0);
     return false;
 }
 
@@ -1166,13 +1123,8 @@ static void forward_with_match(struct session *s, const struct resp_request *req
 /* Rate limit                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-/* The user's rate limit, or NULL when it has none. */
-static const struct config_rate_limit *rate_limit_of(struct session *s)
-{
-    const struct config_rate_limit *rl = &worker_user_config(s->snap, s->user)->rate_limit;
-    return rl->enabled ? rl : NULL;
-}
-
+/* The error of a command refused because its transaction's MULTI was rate limited (no token is
+ * taken: the transaction as a whole was refused). */
 static void reply_rate_limited(struct session *s, const struct cmdtab_cmd *cmd)
 {
     count_command(s, cmd, MV_RATE_LIMITED);
@@ -1182,40 +1134,25 @@ static void reply_rate_limited(struct session *s, const struct cmdtab_cmd *cmd)
     reply_error(s, line);
 }
 
-/* The user's command rate limit (token bucket, shared by all its sessions in this worker). True:
- * the command was refused and answered in its place. Every command takes a token except QUIT,
- * and EXEC or DISCARD ending a transaction (its MULTI took one). A refusal inside MULTI dooms the
- * transaction, like any error at queue time; a refused MULTI starts a transaction that was
- * never opened (see refused_transaction), so that the commands meant to run atomically do not
- * run one by one. The log gets one line when a user starts being limited;
- * worker_rate_limit_tick logs the end once a second has passed without a refusal. */
+/* The user's command rate limit (policy_rate_limited). True: the command was refused and
+ * answered in its place. Every command takes a token except QUIT, and EXEC or DISCARD ending a
+ * transaction (its MULTI took one). A refusal inside MULTI dooms the transaction, like any error
+ * at queue time; a refused MULTI starts a transaction that was never opened (see
+ * refused_transaction), so that the commands meant to run atomically do not run one by one. */
 static bool rate_limited(struct session *s, const struct command *c)
 {
-    const struct config_rate_limit *rl = rate_limit_of(s);
-    if (!rl || (s->in_multi && (c->role == CMDTAB_ROLE_EXEC || c->role == CMDTAB_ROLE_DISCARD)))
+    if (s->in_multi && (c->role == CMDTAB_ROLE_EXEC || c->role == CMDTAB_ROLE_DISCARD))
         return false;
-    struct worker_user_rate *r = &s->w->rates[user_slot(s)];
-    uint64_t now = uv_now(s->w->loop);
-    if (token_bucket_take(&r->bucket, rl->rate, rl->burst, now))
+    struct policy_actor a = actor_of(s);
+    char line[ACL_ERROR_MAX];
+    size_t n;
+    if (!policy_rate_limited(&a, counted_cmd(c), line, sizeof line, &n))
         return false;
-    if (!r->limiting) {
-        log_event(LOG_WARN, "rate_limit", LOG_STR("phase", "begin"), LOG_STR("user", s->user->name),
-                  LOG_STR("peer", s->peer), LOG_NUM("commands_per_second", rl->rate), LOG_NUM("burst", rl->burst),
-                  LOG_END);
-        r->limiting = true;
-        r->refused = 0;
-    }
-    r->refused++;
-    r->last_refused_ms = now;
-    const struct cmdtab_cmd *cmd = counted_cmd(c);
-    /* What the user tries is still its behaviour: the detector sees the attempted rate. */
-    if (s->w->anomaly && cmd)
-        anomaly_record_command(s->w->anomaly, (int)user_slot(s), cmd->categories, now);
     if (s->in_multi)
         s->multi_dirty = true;
     else if (c->role == CMDTAB_ROLE_MULTI)
         s->tx_refused = TX_RATE_LIMIT;
-    reply_rate_limited(s, cmd);
+    reply_local(s, line, n, 0);
     return true;
 }
 
@@ -1256,26 +1193,10 @@ static void refused_transaction(struct session *s, const struct command *c)
 /* The plan: which connection a command needs                                               */
 /* ---------------------------------------------------------------------------------------- */
 
-/* XREAD/XREADGROUP block only with BLOCK before STREAMS. */
-static bool has_block_option(const struct resp_request *req)
-{
-    for (size_t i = 1; i < req->argc; i++) {
-        if (arg_is(&req->argv[i], "streams"))
-            return false;
-        if (arg_is(&req->argv[i], "block"))
-            return true;
-    }
-    return false;
-}
-
 /* Can the command block (outside MULTI)? */
 static bool blocks(const struct resp_request *req, const struct cmdtab_cmd *cmd)
 {
-    switch ((enum cmdtab_role)cmd->role) {
-    case CMDTAB_ROLE_BLOCKING: return true;
-    case CMDTAB_ROLE_BLOCK_OPTION: return has_block_option(req);
-    default: return (cmd->flags & CMDTAB_BLOCKING) != 0;
-    }
+    return cmdtab_may_block(cmd, req->argc, req->argv);
 }
 
 /* Multiplex mode: the commands that need a connection of their own (connection state, or a
@@ -1306,7 +1227,7 @@ static bool mux_needs(const struct resp_request *req, const struct cmdtab_cmd *c
             *use = POOL_USE_PIN;
         return true;
     case CMDTAB_ROLE_BLOCK_OPTION:
-        if (has_block_option(req))
+        if (blocks(req, cmd))
             *use = POOL_USE_PIN;
         return true;
     default:
@@ -2020,6 +1941,12 @@ void worker_add_session(struct worker *w, struct session *s)
     w->session_count++;
 }
 
+void worker_check_drained(struct worker *w)
+{
+    if (w->shutting_down && w->session_count == 0 && w->rest_running == 0 && w->on_drained)
+        w->on_drained(w);
+}
+
 void worker_remove_session(struct worker *w, struct session *s)
 {
     if (s->prev)
@@ -2029,8 +1956,7 @@ void worker_remove_session(struct worker *w, struct session *s)
     if (s->next)
         s->next->prev = s->prev;
     w->session_count--;
-    if (w->shutting_down && w->session_count == 0 && w->on_drained)
-        w->on_drained(w);
+    worker_check_drained(w);
 }
 
 void session_trim_idle(struct worker *w, uint64_t now_ms)

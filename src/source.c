@@ -85,3 +85,22 @@ uint64_t source_key_hash(const struct source_key *k, uint64_t seed)
     h = mix64(h ^ a);
     return mix64(h ^ b);
 }
+
+void source_format_addr(const struct sockaddr *sa, char *buf, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+    }
+    if (sa->sa_family == AF_INET6)
+        snprintf(buf, cap, "[%s]:%d", ip, port);
+    else
+        snprintf(buf, cap, "%s:%d", ip, port);
+}

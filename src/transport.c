@@ -14,6 +14,7 @@
 
 #include "respguard/invariant.h"
 #include "respguard/metrics.h"
+#include "respguard/source.h"
 #include "respguard/tlsconn.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -473,21 +474,7 @@ void transport_peer_name(struct transport *t, char *buf, size_t cap)
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     int len = sizeof ss;
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (uv_tcp_getpeername(&t->tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-            uv_ip4_name(a, ip, sizeof ip);
-            port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-            uv_ip6_name(a, ip, sizeof ip);
-            port = ntohs(a->sin6_port);
-        }
-    }
-    if (ss.ss_family == AF_INET6)
-        snprintf(buf, cap, "[%s]:%d", ip, port);
-    else
-        snprintf(buf, cap, "%s:%d", ip, port);
+    if (uv_tcp_getpeername(&t->tcp, (struct sockaddr *)&ss, &len) != 0)
+        ss.ss_family = AF_UNSPEC;
+    source_format_addr((const struct sockaddr *)&ss, buf, cap);
 }

@@ -180,6 +180,10 @@ const struct cmdtab_cmd *cmdtab_lookup_sub(const struct cmdtab_cmd *container, c
 /* Arity check as Redis does it (argc includes the command name). */
 bool cmdtab_arity_ok(const struct cmdtab_cmd *cmd, size_t argc);
 
+/* Can this command (cmd is the entry that runs, argv as sent) block the connection outside
+ * MULTI? The BLPOP family, WAIT, XREAD/XREADGROUP with BLOCK before STREAMS. */
+bool cmdtab_may_block(const struct cmdtab_cmd *cmd, size_t argc, const struct resp_arg *argv);
+
 /* One key found in a command: its argument position and the flags of the spec that found it
  * (or, from an extractor, the flags Redis's getkeys_proc gives: possibly 0). */
 struct cmdtab_key {

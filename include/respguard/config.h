@@ -110,6 +110,18 @@ struct config_admin {
     uint64_t probe_interval_ms;         /* readiness probe of the upstream, default 5000 */
 };
 
+/* A REST listener (rest: list): Upstash's REST API over HTTP(S) (rest.h). */
+struct config_rest {
+    struct config_listener listen;   /* bind, tls (cert_file and key_file only), allow_from */
+    char **cors_origins;             /* cors.allowed_origins: exact origins, or "*" */
+    size_t cors_count;
+    uint64_t max_request_bytes;      /* default 1 MiB: a larger body is refused with 413 */
+    uint64_t max_connections;        /* default 1000: HTTP connections open at once */
+    uint64_t request_timeout_ms;     /* default 10s: a request must arrive whole within this of
+                                        its first line (a slow client is cut) */
+    uint64_t idle_timeout_ms;        /* default 60s: an idle keep-alive connection is closed */
+};
+
 struct config_user {
     char *name;
     char *acl;               /* the ACL string as written after ${VAR} expansion (secret!) */
@@ -165,6 +177,8 @@ struct config {
     struct anomaly_config anomaly;
     bool anomaly_enabled;          /* anomaly.enabled, default true */
     struct config_admin admin;
+    struct config_rest *rest;      /* the rest: listeners (none unless the key is given) */
+    size_t rest_count;
     bool watch;                    /* watch: reload when the file or a file it names changes */
     /* Every file the configuration names (resolved paths: cert_file, acl_file, *_file, ...),
      * in the order they appear; the configuration file itself is config.path. */
@@ -188,7 +202,8 @@ void config_free(struct config *c);
 /* The keys a reload cannot apply (the key table marks them) whose value differs between the
  * running config and the next one: listeners[i].bind, listeners[i].tls, listeners[i] (added or
  * removed), upstream.url (its host or port only), upstream.pool.mode, admin (on or off),
- * admin.bind, admin.probe_interval. Writes their names, comma-separated, into out (cut to fit,
+ * admin.bind, admin.probe_interval, rest[i] (added or removed), rest[i].bind, rest[i].tls (on,
+ * off or other files), rest[i].max_connections, rest[i].idle_timeout. Writes their names, comma-separated, into out (cut to fit,
  * always terminated when outlen > 0) and returns how many there are. */
 size_t config_restart_keys(const struct config *running, const struct config *next, char *out, size_t outlen);
 

@@ -27,6 +27,7 @@ struct login_source {
     const struct sockaddr *addr; /* its address: allow_from, the lockout, per-source anomalies */
     const char *peer;            /* the same as text, for the log */
     uint64_t session;            /* the session id, for the log */
+    const char *protocol;        /* "rest" for the REST listener; NULL: "resp" */
 };
 
 enum login_result {
@@ -47,6 +48,13 @@ enum login_result login_check(const struct login_source *src, const struct resp_
 /* A known user without a password (certificate, nopass default): on, not expired, from an
  * allowed address. No record. */
 enum login_result login_check_user(const struct login_source *src, const struct acl_user *u);
+
+/* A REST token: the user one of whose passwords it is (users with nopass never match: a token
+ * must be a secret). *out is that user, or NULL (LOGIN_UNKNOWN_USER); LOGIN_BAD_PASSWORD when
+ * the user is off, else login_check_user's answer. No record. The token is hashed once and
+ * compared with every password of every user, so the time does not tell which one matched. */
+enum login_result login_check_token(const struct login_source *src, const char *token, size_t len,
+                                    const struct acl_user **out);
 
 /* The login lockout: true when logins of this name from this address are refused now; then the
  * attempt is recorded (metrics, anomaly detector) and reply holds the error line to send, with

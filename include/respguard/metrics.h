@@ -86,6 +86,25 @@ enum metrics_counter {
      * them, reset (RESET and respguard's login) before reuse; failed: closed instead */
     MC_POOL_RESET_OK,
     MC_POOL_RESET_FAILED,
+    /* respguard_rest_connections_accepted_total; with MC_REST_CONN_CLOSED the gauge
+     * respguard_rest_connections: HTTP connections of the REST listeners */
+    MC_REST_CONN_ACCEPTED,
+    MC_REST_CONN_CLOSED,
+    /* respguard_rest_commands_total: commands that arrived over REST (any verdict; they are in
+     * respguard_commands_total too) */
+    MC_REST_COMMANDS,
+    /* respguard_rest_requests_total{status=...}: REST requests answered, by HTTP status */
+    MC_REST_STATUS_200,
+    MC_REST_STATUS_204,
+    MC_REST_STATUS_400,
+    MC_REST_STATUS_401,
+    MC_REST_STATUS_403,
+    MC_REST_STATUS_405,
+    MC_REST_STATUS_413,
+    MC_REST_STATUS_429,
+    MC_REST_STATUS_500,
+    MC_REST_STATUS_503,
+    MC_REST_STATUS_OTHER,
     MC_COUNT
 };
 

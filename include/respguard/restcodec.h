@@ -113,6 +113,11 @@ enum restcodec_status restcodec_decode_path(struct restcodec_decoder *d, const c
                                             const char *body, size_t body_len,
                                             const struct restcodec_limits *lim, const char **err);
 
+/* The value of query parameter `name` (the first one so named) percent-decoded ('+' is a space)
+ * into dst[0..cap): its length, -1 when there is no such parameter, -2 when its encoding is
+ * malformed or it does not fit. For ?_token=. */
+long restcodec_query_param(const char *query, size_t len, const char *name, char *dst, size_t cap);
+
 /* ---------------------------------------------------------------------------------------- */
 /* Encoding                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
@@ -125,6 +130,8 @@ struct restcodec_buf {
 };
 
 void restcodec_buf_free(struct restcodec_buf *b);
+/* Append n bytes as they are (the HTTP layer's brackets and commas, raw RESP2 bodies). 0 or -1. */
+int restcodec_buf_append_raw(struct restcodec_buf *b, const char *s, size_t n);
 
 #define RESTCODEC_BASE64 1u /* Upstash-Encoding: base64 */
 

@@ -54,6 +54,9 @@ bool source_key_equal(const struct source_key *a, const struct source_key *b);
 void source_key_text(const struct source_key *k, char *out, size_t len);
 
 /* A 64-bit hash of k under seed; keys that are equal hash equal for the same seed. */
+/* "ip:port" ("[ip]:port" for IPv6) of sa into buf; "?:0" when it is neither. */
+void source_format_addr(const struct sockaddr *sa, char *buf, size_t cap);
+
 uint64_t source_key_hash(const struct source_key *k, uint64_t seed);
 
 #endif

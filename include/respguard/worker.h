@@ -80,6 +80,8 @@ struct worker {
     struct session *sessions;      /* intrusive list of live sessions */
     size_t session_count;
     uint64_t next_session_id;
+    size_t rest_running;           /* REST listeners not stopped yet (rest.c): shutdown ends
+                                      once they and the sessions are gone */
     bool shutting_down;
     uv_timer_t shutdown_timer;
     void (*on_drained)(struct worker *w); /* called once no session is left while shutting down */
@@ -128,6 +130,8 @@ void worker_free(struct worker *w);
 /* Session registry (implemented in session.c, which knows the session's links). */
 void worker_add_session(struct worker *w, struct session *s);
 void worker_remove_session(struct worker *w, struct session *s);
+/* Shutdown: once no session is left and every REST listener has stopped, call on_drained. */
+void worker_check_drained(struct worker *w);
 /* Shutdown: every session stops reading and closes once its replies are out. */
 void worker_drain_sessions(struct worker *w);
 /* Shutdown deadline: close whatever is left. */
