@@ -18,8 +18,8 @@ bad=$( { grep -l '#include <openssl/' src/*.c include/respguard/*.h | grep -v -e
                      -e 'include/respguard/upstream.h' -e 'include/respguard/worker.h' \
                      -e 'include/respguard/session.h' -e 'include/respguard/listener.h' \
                      -e 'include/respguard/probe.h' -e 'src/pool.c' -e 'include/respguard/pool.h' \
-                     -e 'src/watch.c' -e 'include/respguard/watch.h' || true
-         grep -l '#include <microhttpd' src/*.c include/respguard/*.h | grep -v 'src/admin.c' || true
+                     -e 'src/watch.c' -e 'include/respguard/watch.h' -e 'src/rest.c' || true
+         grep -l '#include <microhttpd' src/*.c include/respguard/*.h | grep -v -e 'src/admin.c' -e 'src/rest.c' || true
          grep -l '#include <systemd/' src/*.c include/respguard/*.h | grep -v 'src/notify.c' || true
          grep -l '#include <jansson' src/*.c include/respguard/*.h | grep -v 'src/restcodec.c' || true; } )
 if [ -n "$bad" ]; then

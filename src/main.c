@@ -471,6 +471,7 @@ static void reload(struct runtime *rt, const char *trigger)
         return;
     }
     const struct config *cfg = rt->w.snap->cfg;
+    rest_reload(rt->rest, rt->rest_count, rt->w.snap);
     log_set_level((enum log_level)cfg->log_level);
     if (restart)
         log_event(LOG_WARN, "reload_restart_required", LOG_STR("keys", keys),

@@ -100,7 +100,7 @@ struct rest_conn {
      * keep-alive connection logs one login and hashes nothing twice. */
     uint8_t token_hash[CRYPTO_SHA256_LEN];
     const struct acl_user *token_user;
-    const struct snapshot *token_snap;
+    struct snapshot *token_snap;  /* a reference: token_user points into it */
 
     /* Judging and forwarding. */
     struct restcodec_decoder dec;
@@ -130,7 +130,11 @@ struct rest_conn {
 
 struct rest_server {
     struct worker *w;
-    size_t index;             /* rest[index] of the configuration */
+    /* Its settings: rest[index] of snap (a reference). A reload moves it to the new snapshot
+     * when that has an entry with the same bind and TLS (rest_reload); otherwise it keeps these
+     * until a restart. Users and rules always come from the worker's current snapshot. */
+    struct snapshot *snap;
+    size_t index;
     struct MHD_Daemon *d;
     uv_poll_t poll;           /* MHD's epoll descriptor */
     uv_timer_t timer;         /* MHD's own timeouts */
@@ -157,7 +161,7 @@ static void run_daemon(struct rest_server *srv);
 
 static const struct config_rest *cfg_of(const struct rest_server *srv)
 {
-    return &srv->w->snap->cfg->rest[srv->index];
+    return &srv->snap->cfg->rest[srv->index];
 }
 
 static uint64_t now_ms(const struct rest_server *srv) { return uv_now(srv->w->loop); }
@@ -737,10 +741,13 @@ static const struct acl_user *authenticate(struct rest_conn *rc)
         return NULL;
     }
     if (!known) {
-        login_record_success(&src, u);
+        /* A new login on this connection (or the same token after a reload): logged once. */
+        if (!rc->token_user || strcmp(rc->token_user->name, u->name) != 0)
+            login_record_success(&src, u);
         memcpy(rc->token_hash, h, sizeof h);
         rc->token_user = u;
-        rc->token_snap = w->snap;
+        snapshot_unref(rc->token_snap);
+        rc->token_snap = snapshot_ref(w->snap);
     }
     crypto_wipe(h, sizeof h);
     return u;
@@ -752,7 +759,7 @@ static struct restcodec_limits limits_of(const struct rest_conn *rc)
     return (struct restcodec_limits){.max_depth = RESTCODEC_DEFAULT_DEPTH,
                                      .max_args = cfg->limits.max_args,
                                      .max_commands = 10000,
-                                     .max_bytes = cfg->rest[rc->srv->index].max_request_bytes,
+                                     .max_bytes = cfg_of(rc->srv)->max_request_bytes,
                                      .bools_as_text = true};
 }
 
@@ -1077,6 +1084,7 @@ static void conn_free(struct rest_conn *rc)
     free(rc->scratch_channels);
     free(rc->scratch_args);
     snapshot_unref(rc->snap);
+    snapshot_unref(rc->token_snap);
     crypto_wipe(rc->token_hash, sizeof rc->token_hash);
     free(rc);
 }
@@ -1224,8 +1232,9 @@ static int read_pem(const char *path, char **out)
 static int start_one(struct rest_server *srv, struct worker *w, size_t index, char *err, size_t errlen)
 {
     srv->w = w;
+    srv->snap = snapshot_ref(w->snap);
     srv->index = index;
-    const struct config_rest *cr = &w->snap->cfg->rest[index];
+    const struct config_rest *cr = cfg_of(srv);
     snprintf(srv->bound, sizeof srv->bound, "%s", cr->listen.bind);
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
     if (cr->listen.addr.ss_family == AF_INET6)
@@ -1366,6 +1375,23 @@ void rest_close(struct rest_server *servers, size_t count)
     }
 }
 
+void rest_reload(struct rest_server *servers, size_t count, struct snapshot *next)
+{
+    for (size_t i = 0; i < count; i++) {
+        struct rest_server *srv = &servers[i];
+        const struct config_rest *cur = cfg_of(srv);
+        for (size_t j = 0; j < next->cfg->rest_count; j++) {
+            const struct config_rest *c = &next->cfg->rest[j];
+            if (config_same_address(&c->listen, &cur->listen) && c->listen.tls_enabled == cur->listen.tls_enabled) {
+                snapshot_unref(srv->snap);
+                srv->snap = snapshot_ref(next);
+                srv->index = j;
+                break;
+            }
+        }
+    }
+}
+
 size_t rest_busy(const struct rest_server *servers, size_t count)
 {
     size_t n = 0;
@@ -1381,6 +1407,7 @@ void rest_free(struct rest_server *servers, size_t count)
             MHD_stop_daemon(servers[i].d);
             servers[i].d = NULL;
         }
+        snapshot_unref(servers[i].snap);
     }
     free(servers);
 }

@@ -23,12 +23,16 @@
 
 struct worker;
 struct rest_server;
+struct snapshot;
 
 /* Start every rest listener of the worker's snapshot (w->snap->cfg->rest). 0, or -1 with the
  * reason in err (then rest_free what was started). *out: an array of count servers (NULL when
  * there are none). */
 int rest_start(struct worker *w, struct rest_server **out, size_t *count, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+/* Reload: each listener takes the settings of next's entry with its bind (allow_from, cors,
+ * max_request_bytes, request_timeout); one whose bind is gone keeps its own until a restart. */
+void rest_reload(struct rest_server *servers, size_t count, struct snapshot *next);
 /* Shutdown: accept nothing more; requests in progress finish (new requests on open keep-alive
  * connections get 503), then the daemons stop and their handles close. */
 void rest_drain(struct rest_server *servers, size_t count);
