@@ -805,19 +805,14 @@ static bool same_probe_interval(const struct config *a, const struct config *b)
     return !a->admin.enabled || !b->admin.enabled || a->admin.probe_interval_ms == b->admin.probe_interval_ms;
 }
 
-static bool same_string(const char *a, const char *b)
-{
-    return (!a && !b) || (a && b && strcmp(a, b) == 0);
-}
-
 /* What rest[i] keeps until a restart (rest.c hands it to the HTTP library at start): the
- * address, TLS and its files, the connection cap and the idle timeout. Empty when the same. */
+ * address, TLS on or off, the connection cap and the idle timeout (a new certificate or key is
+ * rotated in by rest.c). Empty when the same. */
 static const char *rest_restart_key(const struct config_rest *a, const struct config_rest *b)
 {
     if (!config_same_address(&a->listen, &b->listen))
         return "bind";
-    if (a->listen.tls_enabled != b->listen.tls_enabled || !same_string(a->listen.tls.cert_file, b->listen.tls.cert_file) ||
-        !same_string(a->listen.tls.key_file, b->listen.tls.key_file))
+    if (a->listen.tls_enabled != b->listen.tls_enabled)
         return "tls";
     if (a->max_connections != b->max_connections)
         return "max_connections";
@@ -1922,9 +1917,10 @@ static int load_origins(struct loader *ld, const yaml_node_t *v, void *obj, cons
         if (rc < 0)
             return rc;
         r->cors_origins[r->cors_count++] = s;
-        size_t len = strlen(s);
-        bool ok = strcmp(s, "*") == 0 || ((strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0) &&
-                                          s[len - 1] != '/' && !strpbrk(s, " \t\r\n,\"'"));
+        /* An origin is a scheme and a host (and a port): what browsers send in Origin, which
+         * rest.c compares byte for byte. */
+        const char *host = strncmp(s, "http://", 7) == 0 ? s + 7 : strncmp(s, "https://", 8) == 0 ? s + 8 : NULL;
+        bool ok = strcmp(s, "*") == 0 || (host && *host && *host != ':' && !strpbrk(host, "/?#@* \t\r\n,\"'"));
         if (!ok)
             return fail(ld, item, "%s: expected an origin like https://app.example.com (scheme and host, no "
                         "path) or \"*\"", ipath);

@@ -71,6 +71,7 @@ struct rest_server;
 
 struct rest_conn {
     struct rest_server *srv;
+    struct rest_daemon *dm;       /* the daemon that accepted it */
     struct rest_conn *prev, *next;
     struct MHD_Connection *mc;
     int fd;
@@ -128,6 +129,20 @@ struct rest_conn {
     const char *allow;        /* 405: the Allow header */
 };
 
+/* One libmicrohttpd daemon of a listener. A listener has one that accepts; a reload that
+ * rotates its TLS certificate starts another on the same socket and the old one retires: it
+ * accepts nothing more, serves its connections to their end, then stops. */
+struct rest_daemon {
+    struct rest_server *srv;
+    struct rest_daemon *next;  /* the listener's retiring daemons */
+    struct MHD_Daemon *d;
+    uv_poll_t poll;            /* MHD's epoll descriptor */
+    uv_timer_t timer;          /* MHD's own timeouts */
+    int handles;               /* open handles; freed in the last close callback */
+    size_t conns;              /* its HTTP connections open */
+    uint8_t pem_hash[CRYPTO_SHA256_LEN]; /* the certificate and key it serves */
+};
+
 struct rest_server {
     struct worker *w;
     /* Its settings: rest[index] of snap (a reference). A reload moves it to the new snapshot
@@ -135,16 +150,15 @@ struct rest_server {
      * until a restart. Users and rules always come from the worker's current snapshot. */
     struct snapshot *snap;
     size_t index;
-    struct MHD_Daemon *d;
-    uv_poll_t poll;           /* MHD's epoll descriptor */
-    uv_timer_t timer;         /* MHD's own timeouts */
-    uv_timer_t sweep;         /* request_timeout */
-    int open_handles;
-    bool handles_init;
+    struct rest_daemon *cur;      /* the daemon that accepts */
+    struct rest_daemon *retiring; /* daemons of rotated certificates, serving their last */
+    uv_timer_t sweep;             /* request_timeout, retiring daemons, the drain */
+    bool sweep_open;
     bool draining;
     bool stopped;
+    bool started;                 /* counted in the worker's rest_running */
     struct rest_conn *conns;
-    size_t waiting;           /* connections in PHASE_WAIT */
+    size_t waiting;               /* connections in PHASE_WAIT */
     char bound[64];
 };
 
@@ -153,7 +167,7 @@ static const char err_failed[] = "-ERR respguard: upstream connection failed\r\n
 static const char err_no_conn[] = "-ERR respguard: no upstream connection available\r\n";
 static const char body_unauthorized[] = "{\"error\":\"Unauthorized\"}";
 
-static void run_daemon(struct rest_server *srv);
+static void run_daemon(struct rest_daemon *dm);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small helpers                                                                            */
@@ -579,7 +593,7 @@ static void finish_wait(struct rest_conn *rc)
     rc->phase = PHASE_DONE;
     srv->waiting--;
     MHD_resume_connection(rc->mc);
-    run_daemon(srv);
+    run_daemon(rc->dm);
 }
 
 /* The upstream slots still unanswered get err. */
@@ -1024,7 +1038,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const cha
  * the path, and "%2F" must stay inside one argument). */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *mc)
 {
-    struct rest_server *srv = cls;
+    struct rest_server *srv = ((struct rest_daemon *)cls)->srv;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     struct rest_conn *rc = ci ? ci->socket_context : NULL;
     if (!rc)
@@ -1092,12 +1106,15 @@ static void conn_free(struct rest_conn *rc)
 static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-    struct rest_server *srv = cls;
+    struct rest_daemon *dm = cls;
+    struct rest_server *srv = dm->srv;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         struct rest_conn *rc = calloc(1, sizeof *rc);
         if (!rc)
             return; /* on_uri finds no context and the request is refused */
         rc->srv = srv;
+        rc->dm = dm;
+        dm->conns++;
         rc->mc = mc;
         rc->id = ++srv->w->next_session_id;
         restcodec_decoder_init(&rc->dec);
@@ -1128,6 +1145,7 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
     if (rc->next)
         rc->next->prev = rc->prev;
     *socket_context = NULL;
+    dm->conns--;
     metrics_inc(srv->w->metrics, MC_REST_CONN_CLOSED);
     conn_free(rc);
 }
@@ -1136,7 +1154,7 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
 {
     (void)len;
-    struct rest_server *srv = cls;
+    struct rest_server *srv = ((struct rest_daemon *)cls)->srv;
     if (config_cidr_match(&cfg_of(srv)->listen.allow_from, addr))
         return MHD_YES;
     metrics_inc(srv->w->metrics, MC_CONN_REFUSED_SOURCE);
@@ -1146,7 +1164,7 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
 /* MHD's own messages, as log lines (they name no request data but the peer at most). */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
-    struct rest_server *srv = cls;
+    struct rest_server *srv = ((struct rest_daemon *)cls)->srv;
     char msg[256];
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
@@ -1168,20 +1186,18 @@ static size_t keep_escaped(void *cls, struct MHD_Connection *c, char *s)
 /* ---------------------------------------------------------------------------------------- */
 
 static void on_timer(uv_timer_t *t);
-static void on_handle_closed(uv_handle_t *h);
-static void stop_server(struct rest_server *srv);
 
 /* Let MHD do what is due, then wait for its descriptor or its next timeout. */
-static void run_daemon(struct rest_server *srv)
+static void run_daemon(struct rest_daemon *dm)
 {
-    if (!srv->d || srv->stopped)
+    if (!dm->d)
         return;
-    MHD_run(srv->d);
+    MHD_run(dm->d);
     MHD_UNSIGNED_LONG_LONG ms = 0;
-    if (MHD_get_timeout(srv->d, &ms) == MHD_YES)
-        uv_timer_start(&srv->timer, on_timer, ms, 0);
+    if (MHD_get_timeout(dm->d, &ms) == MHD_YES)
+        uv_timer_start(&dm->timer, on_timer, ms, 0);
     else
-        uv_timer_stop(&srv->timer);
+        uv_timer_stop(&dm->timer);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -1193,17 +1209,148 @@ static void on_poll(uv_poll_t *h, int status, int events)
 
 static void on_timer(uv_timer_t *t) { run_daemon(t->data); }
 
-/* A request that has not arrived whole within request_timeout of its first line is cut: its
- * socket is shut down and MHD closes the connection. */
+static void on_daemon_closed(uv_handle_t *h)
+{
+    struct rest_daemon *dm = h->data;
+    if (--dm->handles == 0)
+        free(dm);
+}
+
+/* Stop a daemon (never from inside one of MHD's callbacks: its connections are closed, which
+ * calls back on_completed and on_connection) and free it once its handles are closed. */
+static void stop_daemon(struct rest_daemon *dm)
+{
+    if (dm->d) {
+        MHD_stop_daemon(dm->d);
+        dm->d = NULL;
+    }
+    if (dm->handles) {
+        uv_close((uv_handle_t *)&dm->poll, on_daemon_closed);
+        uv_close((uv_handle_t *)&dm->timer, on_daemon_closed);
+    } else {
+        free(dm);
+    }
+}
+
+static void pem_hash(const struct snapshot_pem *pem, uint8_t out[CRYPTO_SHA256_LEN])
+{
+    memset(out, 0, CRYPTO_SHA256_LEN);
+    if (!pem || !pem->cert)
+        return;
+    size_t n = pem->cert_len + pem->key_len;
+    char *both = malloc(n ? n : 1);
+    if (!both)
+        return;
+    memcpy(both, pem->cert, pem->cert_len);
+    memcpy(both + pem->cert_len, pem->key, pem->key_len);
+    crypto_sha256(both, n, out);
+    crypto_wipe(both, n);
+    free(both);
+}
+
+/* A daemon for the listener's settings in srv->snap; listen_fd >= 0: on that socket (a
+ * rotation), else bound anew. NULL with the reason in err. */
+static struct rest_daemon *start_daemon(struct rest_server *srv, int listen_fd, char *err, size_t errlen)
+{
+    const struct config_rest *cr = cfg_of(srv);
+    const struct snapshot_pem *pem = cr->listen.tls_enabled ? &srv->snap->rest_tls[srv->index] : NULL;
+    struct rest_daemon *dm = calloc(1, sizeof *dm);
+    if (!dm) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    dm->srv = srv;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
+    if (cr->listen.addr.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    if (pem)
+        flags |= MHD_USE_TLS;
+    unsigned idle_s = (unsigned)((cr->idle_timeout_ms + 999) / 1000);
+    struct MHD_OptionItem extra[] = {
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, pem ? pem->cert : NULL},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, pem ? pem->key : NULL},
+        {listen_fd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR, listen_fd,
+         listen_fd >= 0 ? NULL : (void *)&cr->listen.addr},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    dm->d = MHD_start_daemon(flags, cr->listen.port, on_accept, dm, on_access, dm, MHD_OPTION_CONNECTION_LIMIT,
+                             (unsigned)cr->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
+                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_NOTIFY_CONNECTION,
+                             on_connection, dm, MHD_OPTION_NOTIFY_COMPLETED, on_completed, dm,
+                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, dm, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped,
+                             dm, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, dm, MHD_OPTION_ARRAY,
+                             pem ? extra : &extra[2], MHD_OPTION_END);
+    if (!dm->d) {
+        snprintf(err, errlen, "rest[%zu]: cannot listen on %s (address in use, or a certificate or key the HTTP "
+                 "library does not take)", srv->index, cr->listen.bind);
+        free(dm);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(dm->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di) {
+        snprintf(err, errlen, "rest[%zu]: the HTTP library has no epoll descriptor", srv->index);
+        MHD_stop_daemon(dm->d);
+        free(dm);
+        return NULL;
+    }
+    uv_loop_t *loop = srv->w->loop;
+    uv_poll_init(loop, &dm->poll, di->epoll_fd);
+    uv_timer_init(loop, &dm->timer);
+    dm->poll.data = dm->timer.data = dm;
+    dm->handles = 2;
+    uv_poll_start(&dm->poll, UV_READABLE, on_poll);
+    pem_hash(pem, dm->pem_hash);
+    run_daemon(dm);
+    return dm;
+}
+
+static void on_sweep_closed(uv_handle_t *h) { (void)h; }
+
+/* The listener is done: every daemon stops, the sweep closes, and the worker may finish its
+ * drain. Not from inside MHD's callbacks. */
+static void stop_server(struct rest_server *srv)
+{
+    if (srv->stopped)
+        return;
+    srv->stopped = true;
+    while (srv->retiring) {
+        struct rest_daemon *dm = srv->retiring;
+        srv->retiring = dm->next;
+        stop_daemon(dm);
+    }
+    if (srv->cur) {
+        stop_daemon(srv->cur);
+        srv->cur = NULL;
+    }
+    if (srv->sweep_open)
+        uv_close((uv_handle_t *)&srv->sweep, on_sweep_closed);
+    if (!srv->started)
+        return;
+    log_event(LOG_INFO, "rest_stopped", LOG_STR("bind", srv->bound), LOG_END);
+    srv->w->rest_running--;
+    worker_check_drained(srv->w);
+}
+
+/* Every SWEEP_MS: a request that has not arrived whole within request_timeout of its first
+ * line is cut (its socket shut down; MHD then closes the connection); retiring daemons whose
+ * connections are gone stop; a draining listener stops once it has no connection left. */
 static void on_sweep(uv_timer_t *t)
 {
     struct rest_server *srv = t->data;
-    uint64_t now = now_ms(srv), limit = cfg_of(srv)->request_timeout_ms;
     if (srv->draining && !srv->conns) {
         stop_server(srv);
         return;
     }
-    bool cut = false;
+    for (struct rest_daemon **p = &srv->retiring; *p;) {
+        struct rest_daemon *dm = *p;
+        if (dm->conns == 0) {
+            *p = dm->next;
+            stop_daemon(dm);
+        } else {
+            p = &dm->next;
+        }
+    }
+    uint64_t now = now_ms(srv), limit = cfg_of(srv)->request_timeout_ms;
     for (struct rest_conn *rc = srv->conns; rc; rc = rc->next) {
         if (rc->phase != PHASE_HEAD || now - rc->started_ms < limit || rc->fd < 0)
             continue;
@@ -1211,22 +1358,8 @@ static void on_sweep(uv_timer_t *t)
                   LOG_INT("request_timeout_ms", (long long)limit), LOG_INT("session", rc->id), LOG_END);
         shutdown(rc->fd, SHUT_RDWR);
         rc->phase = PHASE_IDLE; /* once */
-        cut = true;
+        run_daemon(rc->dm);
     }
-    if (cut)
-        run_daemon(srv);
-}
-
-static void on_handle_closed(uv_handle_t *h)
-{
-    struct rest_server *srv = h->data;
-    srv->open_handles--;
-}
-
-static int read_pem(const char *path, char **out)
-{
-    size_t len;
-    return config_read_file(path, true, 1u << 20, out, &len);
 }
 
 static int start_one(struct rest_server *srv, struct worker *w, size_t index, char *err, size_t errlen)
@@ -1236,59 +1369,13 @@ static int start_one(struct rest_server *srv, struct worker *w, size_t index, ch
     srv->index = index;
     const struct config_rest *cr = cfg_of(srv);
     snprintf(srv->bound, sizeof srv->bound, "%s", cr->listen.bind);
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
-    if (cr->listen.addr.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    char *cert = NULL, *key = NULL;
-    if (cr->listen.tls_enabled) {
-        flags |= MHD_USE_TLS;
-        int rc = read_pem(cr->listen.tls.cert_file, &cert);
-        if (rc == 0)
-            rc = read_pem(cr->listen.tls.key_file, &key);
-        if (rc != 0) {
-            snprintf(err, errlen, "rest[%zu]: cannot read its certificate or key: %s", index, strerror(-rc));
-            free(cert);
-            free(key);
-            return -1;
-        }
-    }
-    unsigned idle_s = (unsigned)((cr->idle_timeout_ms + 999) / 1000);
-    struct MHD_OptionItem tls_opts[] = {
-        {MHD_OPTION_HTTPS_MEM_CERT, 0, cert},
-        {MHD_OPTION_HTTPS_MEM_KEY, 0, key},
-        {MHD_OPTION_END, 0, NULL},
-    };
-    srv->d = MHD_start_daemon(
-        flags, cr->listen.port, on_accept, srv, on_access, srv, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&cr->listen.addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cr->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv,
-        MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
-        MHD_OPTION_ARRAY, cr->listen.tls_enabled ? tls_opts : &tls_opts[2], MHD_OPTION_END);
-    if (key) {
-        crypto_wipe(key, strlen(key));
-        free(key);
-    }
-    free(cert);
-    if (!srv->d) {
-        snprintf(err, errlen, "rest[%zu]: cannot listen on %s (address in use, or a bad certificate or key)", index,
-                 cr->listen.bind);
+    srv->cur = start_daemon(srv, -1, err, errlen);
+    if (!srv->cur)
         return -1;
-    }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->d, MHD_DAEMON_INFO_EPOLL_FD);
-    if (!di) {
-        snprintf(err, errlen, "rest[%zu]: the HTTP library has no epoll descriptor", index);
-        return -1;
-    }
-    uv_poll_init(w->loop, &srv->poll, di->epoll_fd);
-    uv_timer_init(w->loop, &srv->timer);
     uv_timer_init(w->loop, &srv->sweep);
-    srv->poll.data = srv->timer.data = srv->sweep.data = srv;
-    srv->handles_init = true;
-    srv->open_handles = 3;
-    uv_poll_start(&srv->poll, UV_READABLE, on_poll);
+    srv->sweep.data = srv;
+    srv->sweep_open = true;
     uv_timer_start(&srv->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
-    run_daemon(srv);
     log_event(LOG_INFO, "rest_listening", LOG_STR("bind", cr->listen.bind), LOG_BOOL("tls", cr->listen.tls_enabled),
               LOG_END);
     return 0;
@@ -1311,45 +1398,84 @@ int rest_start(struct worker *w, struct rest_server **out, size_t *count, char *
     for (size_t i = 0; i < n; i++) {
         if (start_one(&s[i], w, i, err, errlen) != 0)
             return -1;
+        s[i].started = true;
         w->rest_running++;
     }
     return 0;
 }
 
-/* Stop the daemon and close its handles (never from inside one of MHD's callbacks). */
-static void stop_server(struct rest_server *srv)
+/* A new certificate or key for a TLS listener: a daemon with them starts on the same socket
+ * (a duplicate of its descriptor), then the old one stops accepting and retires. If the new one
+ * cannot start, the old one goes on and the log says why. */
+static void rotate(struct rest_server *srv)
 {
-    if (!srv->d || srv->stopped)
+    const union MHD_DaemonInfo *li = MHD_get_daemon_info(srv->cur->d, MHD_DAEMON_INFO_LISTEN_FD);
+    int fd = li ? dup(li->listen_fd) : -1;
+    char err[256];
+    struct rest_daemon *next = fd >= 0 ? start_daemon(srv, fd, err, sizeof err) : NULL;
+    if (!next) {
+        if (fd >= 0)
+            close(fd);
+        else
+            snprintf(err, sizeof err, "cannot share the listening socket: %s", strerror(errno));
+        log_event(LOG_ERROR, "rest_certificate", LOG_STR("bind", srv->bound), LOG_STR("result", "failed"),
+                  LOG_STR("reason", err), LOG_END);
         return;
-    srv->stopped = true;
-    MHD_stop_daemon(srv->d);
-    srv->d = NULL;
-    if (srv->handles_init) {
-        uv_close((uv_handle_t *)&srv->poll, on_handle_closed);
-        uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
-        uv_close((uv_handle_t *)&srv->sweep, on_handle_closed);
     }
-    log_event(LOG_INFO, "rest_stopped", LOG_STR("bind", srv->bound), LOG_END);
-    srv->w->rest_running--;
-    worker_check_drained(srv->w);
+    struct rest_daemon *old = srv->cur;
+    int old_fd = MHD_quiesce_daemon(old->d);
+    if (old_fd >= 0)
+        close(old_fd); /* the new daemon's duplicate keeps the socket */
+    old->next = srv->retiring;
+    srv->retiring = old;
+    srv->cur = next;
+    log_event(LOG_INFO, "rest_certificate", LOG_STR("bind", srv->bound), LOG_STR("result", "rotated"),
+              LOG_INT("retiring_connections", (long long)old->conns), LOG_END);
+}
+
+void rest_reload(struct rest_server *servers, size_t count, struct snapshot *next)
+{
+    for (size_t i = 0; i < count; i++) {
+        struct rest_server *srv = &servers[i];
+        if (!srv->started || srv->stopped || srv->draining)
+            continue;
+        const struct config_rest *cur = cfg_of(srv);
+        for (size_t j = 0; j < next->cfg->rest_count; j++) {
+            const struct config_rest *c = &next->cfg->rest[j];
+            if (!config_same_address(&c->listen, &cur->listen) || c->listen.tls_enabled != cur->listen.tls_enabled)
+                continue;
+            snapshot_unref(srv->snap);
+            srv->snap = snapshot_ref(next);
+            srv->index = j;
+            if (c->listen.tls_enabled) {
+                uint8_t h[CRYPTO_SHA256_LEN];
+                pem_hash(&next->rest_tls[j], h);
+                if (!crypto_equal(h, srv->cur->pem_hash, sizeof h))
+                    rotate(srv);
+            }
+            break;
+        }
+    }
 }
 
 void rest_drain(struct rest_server *servers, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         struct rest_server *srv = &servers[i];
-        if (!srv->d || srv->draining)
+        if (!srv->started || srv->stopped || srv->draining)
             continue;
         srv->draining = true;
-        int fd = MHD_quiesce_daemon(srv->d);
+        int fd = MHD_quiesce_daemon(srv->cur->d);
         if (fd >= 0)
             close(fd);
         /* Idle keep-alive connections go now; the others close after their answer
-         * (Connection: close), and the sweep stops the daemon once none is left. */
+         * (Connection: close), and the sweep stops the listener once none is left. */
         for (struct rest_conn *rc = srv->conns; rc; rc = rc->next)
             if (rc->phase == PHASE_IDLE && rc->fd >= 0)
                 shutdown(rc->fd, SHUT_RDWR);
-        run_daemon(srv);
+        run_daemon(srv->cur);
+        for (struct rest_daemon *dm = srv->retiring; dm; dm = dm->next)
+            run_daemon(dm);
     }
 }
 
@@ -1357,8 +1483,8 @@ void rest_close(struct rest_server *servers, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         struct rest_server *srv = &servers[i];
-        if (!srv->d || srv->stopped)
-            continue;
+        if (srv->stopped || !srv->w)
+            continue; /* stopped, or never set up (a start that failed before it) */
         /* MHD cannot stop with suspended connections: what still waits gets 503. */
         for (struct rest_conn *rc = srv->conns; rc; rc = rc->next) {
             if (rc->phase != PHASE_WAIT)
@@ -1370,25 +1496,11 @@ void rest_close(struct rest_server *servers, size_t count)
             srv->waiting--;
             MHD_resume_connection(rc->mc);
         }
-        MHD_run(srv->d);
+        if (srv->cur)
+            MHD_run(srv->cur->d);
+        for (struct rest_daemon *dm = srv->retiring; dm; dm = dm->next)
+            MHD_run(dm->d);
         stop_server(srv);
-    }
-}
-
-void rest_reload(struct rest_server *servers, size_t count, struct snapshot *next)
-{
-    for (size_t i = 0; i < count; i++) {
-        struct rest_server *srv = &servers[i];
-        const struct config_rest *cur = cfg_of(srv);
-        for (size_t j = 0; j < next->cfg->rest_count; j++) {
-            const struct config_rest *c = &next->cfg->rest[j];
-            if (config_same_address(&c->listen, &cur->listen) && c->listen.tls_enabled == cur->listen.tls_enabled) {
-                snapshot_unref(srv->snap);
-                srv->snap = snapshot_ref(next);
-                srv->index = j;
-                break;
-            }
-        }
     }
 }
 
@@ -1402,12 +1514,7 @@ size_t rest_busy(const struct rest_server *servers, size_t count)
 
 void rest_free(struct rest_server *servers, size_t count)
 {
-    for (size_t i = 0; i < count; i++) {
-        if (servers[i].d) {
-            MHD_stop_daemon(servers[i].d);
-            servers[i].d = NULL;
-        }
+    for (size_t i = 0; i < count; i++)
         snapshot_unref(servers[i].snap);
-    }
     free(servers);
 }

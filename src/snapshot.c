@@ -120,6 +120,37 @@ static int read_ca(struct snapshot *s, char *err, size_t errlen)
     return rc;
 }
 
+/* The rest listeners' certificates and keys: checked as a listener's are (a pair that does not
+ * match, an unreadable file), then kept as text for the HTTP library. */
+static int build_rest_tls(struct snapshot *s, char *err, size_t errlen)
+{
+    const struct config *cfg = s->cfg;
+    char why[512];
+    s->rest_tls = calloc(cfg->rest_count ? cfg->rest_count : 1, sizeof *s->rest_tls);
+    if (!s->rest_tls)
+        return -ENOMEM;
+    for (size_t i = 0; i < cfg->rest_count; i++) {
+        const struct config_listener *l = &cfg->rest[i].listen;
+        if (!l->tls_enabled)
+            continue;
+        struct tlsconn_ctx *check = tlsconn_ctx_new_server(l->tls.cert_file, l->tls.key_file, NULL, why, sizeof why);
+        if (!check) {
+            snprintf(err, errlen, "rest listener %s: %s", l->bind, why);
+            return -EINVAL;
+        }
+        tlsconn_ctx_free(check);
+        struct snapshot_pem *p = &s->rest_tls[i];
+        int rc = config_read_file(l->tls.cert_file, true, CA_FILE_MAX, &p->cert, &p->cert_len);
+        if (rc == 0)
+            rc = config_read_file(l->tls.key_file, true, CA_FILE_MAX, &p->key, &p->key_len);
+        if (rc < 0) {
+            snprintf(err, errlen, "rest listener %s: cannot read its certificate or key: %s", l->bind, strerror(-rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
 static int build_tls(struct snapshot *s, char *err, size_t errlen)
 {
     const struct config *cfg = s->cfg;
@@ -147,7 +178,7 @@ static int build_tls(struct snapshot *s, char *err, size_t errlen)
             return -EINVAL;
         }
     }
-    return 0;
+    return build_rest_tls(s, err, errlen);
 }
 
 static void snapshot_free(struct snapshot *s)
@@ -169,6 +200,14 @@ static void snapshot_free(struct snapshot *s)
         if (s->listener_tls[i])
             tlsconn_ctx_free(s->listener_tls[i]);
     free(s->listener_tls);
+    for (size_t i = 0; s->rest_tls && i < s->cfg->rest_count; i++) {
+        free(s->rest_tls[i].cert);
+        if (s->rest_tls[i].key) {
+            crypto_wipe(s->rest_tls[i].key, s->rest_tls[i].key_len);
+            free(s->rest_tls[i].key);
+        }
+    }
+    free(s->rest_tls);
     config_free(s->cfg);
     free(s);
 }

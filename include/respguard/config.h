@@ -202,8 +202,8 @@ void config_free(struct config *c);
 /* The keys a reload cannot apply (the key table marks them) whose value differs between the
  * running config and the next one: listeners[i].bind, listeners[i].tls, listeners[i] (added or
  * removed), upstream.url (its host or port only), upstream.pool.mode, admin (on or off),
- * admin.bind, admin.probe_interval, rest[i] (added or removed), rest[i].bind, rest[i].tls (on,
- * off or other files), rest[i].max_connections, rest[i].idle_timeout. Writes their names, comma-separated, into out (cut to fit,
+ * admin.bind, admin.probe_interval, rest[i] (added or removed), rest[i].bind, rest[i].tls (on
+ * or off), rest[i].max_connections, rest[i].idle_timeout. Writes their names, comma-separated, into out (cut to fit,
  * always terminated when outlen > 0) and returns how many there are. */
 size_t config_restart_keys(const struct config *running, const struct config *next, char *out, size_t outlen);
 

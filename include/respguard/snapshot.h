@@ -25,6 +25,11 @@ struct snapshot_login {
     size_t len;
 };
 
+struct snapshot_pem {
+    char *cert, *key; /* NUL-terminated; the key is a secret */
+    size_t cert_len, key_len;
+};
+
 struct snapshot {
     unsigned refs;
     struct config *cfg;
@@ -46,6 +51,9 @@ struct snapshot {
     char *upstream_ca;
     size_t upstream_ca_len;
     struct tlsconn_ctx **listener_tls; /* per cfg listener; NULL for plaintext ones */
+    /* Per cfg rest listener: its certificate and key as PEM text (checked like a listener's),
+     * for the HTTP library, which takes them from memory; NULLs for plaintext ones. */
+    struct snapshot_pem *rest_tls;
     double loaded_at;                 /* UTC epoch seconds */
     double load_seconds;              /* how long building it took */
 };

@@ -53,10 +53,10 @@ bool source_key_equal(const struct source_key *a, const struct source_key *b);
  * suffice, a shorter buffer gets a truncated text. */
 void source_key_text(const struct source_key *k, char *out, size_t len);
 
-/* A 64-bit hash of k under seed; keys that are equal hash equal for the same seed. */
-/* "ip:port" ("[ip]:port" for IPv6) of sa into buf; "?:0" when it is neither. */
+/* "ip:port" ("[ip]:port" for IPv6) of sa (not NULL) into buf; "?:0" when it is neither. */
 void source_format_addr(const struct sockaddr *sa, char *buf, size_t cap);
 
+/* A 64-bit hash of k under seed; keys that are equal hash equal for the same seed. */
 uint64_t source_key_hash(const struct source_key *k, uint64_t seed);
 
 #endif

@@ -2214,6 +2214,526 @@ static void test_config_files(void **state)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* rest: the Upstash-compatible REST listeners                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+#define L "listeners:\n  - bind: 127.0.0.1:6379\n" /* lines 1-2 */
+#define UP "upstream:\n  url: rediss://h\n"       /* 2 lines */
+#define US "users:\n  web:\n    acl: \"on\"\n"   /* 3 lines */
+
+static void assert_rest_defaults(const struct config_rest *r)
+{
+    assert_int_equal(r->max_request_bytes, 1u << 20);
+    assert_int_equal(r->max_connections, 1000);
+    assert_int_equal(r->request_timeout_ms, 10000);
+    assert_int_equal(r->idle_timeout_ms, 60000);
+    assert_int_equal(r->cors_count, 0);
+    assert_null(r->cors_origins);
+}
+
+/* No rest key (or an empty list): no REST listener. One entry with a bind only: the defaults. */
+static void test_rest_defaults(void **state)
+{
+    (void)state;
+    struct config *c = load_ok(L UP US);
+    assert_int_equal(c->rest_count, 0);
+    assert_null(c->rest);
+    config_free(c);
+    c = load_ok(L UP US "rest: []\n");
+    assert_int_equal(c->rest_count, 0);
+    assert_null(c->rest);
+    config_free(c);
+
+    c = load_ok(L UP US "rest:\n  - bind: 127.0.0.1:8080\n");
+    assert_int_equal(c->rest_count, 1);
+    const struct config_rest *r = &c->rest[0];
+    assert_string_equal(r->listen.bind, "127.0.0.1:8080");
+    assert_string_equal(r->listen.host, "127.0.0.1");
+    assert_int_equal(r->listen.port, 8080);
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&r->listen.addr;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohs(sin->sin_port), 8080);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), 0x7f000001);
+    assert_false(r->listen.tls_enabled);
+    assert_null(r->listen.tls.cert_file);
+    assert_null(r->listen.tls.key_file);
+    assert_null(r->listen.tls.client_ca_file);
+    assert_int_equal(r->listen.allow_from.count, 0);
+    assert_rest_defaults(r);
+    /* rest is not a RESP listener and does not turn admin on. */
+    assert_int_equal(c->listener_count, 1);
+    assert_false(c->admin.enabled);
+    assert_int_equal(c->file_count, 0);
+    config_free(c);
+}
+
+/* Every key; several entries; IPv6 binds; rest before the other sections. */
+static void test_rest_values(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("rest:\n"
+                               "  - bind: 0.0.0.0:8443\n"
+                               "    tls: {cert_file: rest.crt, key_file: /etc/respguard/rest.key}\n"
+                               "    allow_from: [10.0.0.0/8, \"2001:db8::/32\"]\n"
+                               "    cors:\n"
+                               "      allowed_origins: [\"https://app.example.com\", \"http://localhost:3000\", "
+                               "\"*\"]\n"
+                               "    max_request_bytes: 64kb\n"
+                               "    max_connections: 50\n"
+                               "    request_timeout: 2s\n"
+                               "    idle_timeout: 5m\n"
+                               "  - bind: \"[::1]:8080\"\n"
+                               "    cors: {allowed_origins: [\"*\"]}\n"
+                               "  - bind: \"[2001:DB8::1]:443\"\n"
+                               "    tls:\n      cert_file: v6.crt\n      key_file: v6.key\n"
+                               "    cors: {allowed_origins: []}\n"
+                               "    max_request_bytes: 1gb\n"
+                               "    max_connections: 1000000\n"
+                               "    request_timeout: 100ms\n"
+                               "    idle_timeout: 24h\n"
+                               "  - bind: localhost:9121\n" /* admin is off: its default port is free */
+                               "    max_request_bytes: 1kb\n"
+                               "    max_connections: 1\n"
+                               "    request_timeout: 1h\n"
+                               "    idle_timeout: 1s\n"
+                               L UP US);
+    assert_int_equal(c->rest_count, 4);
+    char crt[512];
+    snprintf(crt, sizeof crt, "%s/rest.crt", tmpdir);
+
+    const struct config_rest *r = &c->rest[0];
+    assert_string_equal(r->listen.bind, "0.0.0.0:8443");
+    assert_string_equal(r->listen.host, "0.0.0.0");
+    assert_int_equal(r->listen.port, 8443);
+    assert_true(r->listen.tls_enabled);
+    assert_string_equal(r->listen.tls.cert_file, crt); /* relative to the file */
+    assert_string_equal(r->listen.tls.key_file, "/etc/respguard/rest.key");
+    assert_null(r->listen.tls.client_ca_file);
+    assert_false(r->listen.tls.user_from_cert_cn);
+    assert_int_equal(r->listen.allow_from.count, 2);
+    struct sockaddr_storage a = sa("10.9.8.7");
+    assert_true(config_cidr_match(&r->listen.allow_from, (struct sockaddr *)&a));
+    a = sa("2001:db8:ffff::1");
+    assert_true(config_cidr_match(&r->listen.allow_from, (struct sockaddr *)&a));
+    a = sa("192.168.0.1");
+    assert_false(config_cidr_match(&r->listen.allow_from, (struct sockaddr *)&a));
+    assert_int_equal(r->cors_count, 3);
+    assert_string_equal(r->cors_origins[0], "https://app.example.com");
+    assert_string_equal(r->cors_origins[1], "http://localhost:3000");
+    assert_string_equal(r->cors_origins[2], "*");
+    assert_int_equal(r->max_request_bytes, 64 << 10);
+    assert_int_equal(r->max_connections, 50);
+    assert_int_equal(r->request_timeout_ms, 2000);
+    assert_int_equal(r->idle_timeout_ms, 300000);
+
+    r = &c->rest[1];
+    assert_string_equal(r->listen.bind, "[::1]:8080");
+    assert_string_equal(r->listen.host, "::1");
+    assert_false(r->listen.tls_enabled); /* plaintext on IPv6 loopback */
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&r->listen.addr;
+    assert_int_equal(s6->sin6_family, AF_INET6);
+    assert_int_equal(ntohs(s6->sin6_port), 8080);
+    assert_true(IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr));
+    assert_int_equal(r->cors_count, 1);
+    assert_string_equal(r->cors_origins[0], "*");
+    assert_int_equal(r->max_request_bytes, 1u << 20);
+    assert_int_equal(r->max_connections, 1000);
+    assert_int_equal(r->request_timeout_ms, 10000);
+    assert_int_equal(r->idle_timeout_ms, 60000);
+
+    r = &c->rest[2];
+    assert_string_equal(r->listen.host, "2001:db8::1");
+    assert_int_equal(r->listen.port, 443);
+    assert_true(r->listen.tls_enabled);
+    s6 = (const struct sockaddr_in6 *)&r->listen.addr;
+    assert_int_equal(s6->sin6_family, AF_INET6);
+    assert_int_equal(s6->sin6_addr.s6_addr[0], 0x20);
+    assert_int_equal(s6->sin6_addr.s6_addr[15], 1);
+    assert_int_equal(r->cors_count, 0); /* an empty list: no CORS */
+    assert_int_equal(r->max_request_bytes, 1ull << 30);
+    assert_int_equal(r->max_connections, 1000000);
+    assert_int_equal(r->request_timeout_ms, 100);
+    assert_int_equal(r->idle_timeout_ms, 86400000);
+
+    r = &c->rest[3];
+    assert_string_equal(r->listen.host, "127.0.0.1");
+    assert_int_equal(r->listen.port, 9121);
+    assert_int_equal(r->max_request_bytes, 1024);
+    assert_int_equal(r->max_connections, 1);
+    assert_int_equal(r->request_timeout_ms, 3600000);
+    assert_int_equal(r->idle_timeout_ms, 1000);
+
+    /* The rest of the file is unchanged by a rest section before it. */
+    assert_int_equal(c->listener_count, 1);
+    assert_int_equal(c->listeners[0].port, 6379);
+    assert_string_equal(c->upstream.host, "h");
+    assert_int_equal(c->user_count, 1);
+    config_free(c);
+
+    /* Plaintext on any loopback address, v4 or v4-mapped; the same address on another port, and
+     * another loopback address on the same port, are other sockets. */
+    c = load_ok(L UP US "admin: {}\n"
+                "rest:\n"
+                "  - bind: 127.0.0.2:6379\n"
+                "  - bind: 127.0.0.1:6380\n"
+                "  - bind: \"[::ffff:127.0.0.1]:8080\"\n"
+                "  - bind: 127.0.0.1:9122\n");
+    assert_int_equal(c->rest_count, 4);
+    assert_string_equal(c->rest[0].listen.host, "127.0.0.2");
+    assert_string_equal(c->rest[2].listen.host, "::ffff:127.0.0.1");
+    assert_false(c->rest[2].listen.tls_enabled);
+    assert_true(c->admin.enabled);
+    for (size_t i = 0; i < c->rest_count; i++)
+        assert_rest_defaults(&c->rest[i]);
+    config_free(c);
+}
+
+static void test_errors_rest(void **state)
+{
+    (void)state;
+#define R L UP US "rest:\n" /* the list's items start on line 9 */
+#define ORIGIN "expected an origin like https://app.example.com (scheme and host, no path) or \"*\""
+#define PLAIN(bind) "plaintext rest listener on non-loopback address " bind " is refused: add tls or bind to 127.0.0.1"
+    static const struct err_case cases[] = {
+        /* The list and its items. */
+        {"rest a mapping", L UP US "rest: {bind: 127.0.0.1:8080}\n", "8:7: rest: expected a list, found a mapping"},
+        {"rest a scalar", L UP US "rest: 127.0.0.1:8080\n", "8:7: rest: expected a list, found a single value"},
+        {"rest null", L UP US "rest:\n", "8:6: rest: expected a list, found a single value"},
+        {"rest twice", L UP US "rest: []\nrest: []\n", "9:1: duplicate key 'rest'"},
+        {"item a scalar", R "  - 127.0.0.1:8080\n", "9:5: rest[0]: expected a mapping, found a single value"},
+        {"item a list", R "  - [127.0.0.1:8080]\n", "9:5: rest[0]: expected a mapping, found a list"},
+        {"second item a scalar", R "  - bind: 127.0.0.1:8080\n  - x\n",
+         "10:5: rest[1]: expected a mapping, found a single value"},
+        {"unknown key", R "  - bind: 127.0.0.1:8080\n    port: 8080\n", "10:5: unknown key 'port' in rest[0]"},
+        {"unknown key token", R "  - bind: 127.0.0.1:8080\n    token: x\n", "10:5: unknown key 'token' in rest[0]"},
+        {"unknown key in the second", R "  - bind: 127.0.0.1:8080\n  - {bind: 127.0.0.1:8081, max_body: 1}\n",
+         "10:28: unknown key 'max_body' in rest[1]"},
+        {"duplicate key", R "  - bind: 127.0.0.1:8080\n    bind: 127.0.0.1:8081\n",
+         "10:5: duplicate key 'bind' in rest[0]"},
+        {"missing bind", R "  - max_connections: 5\n", "9:5: missing required key 'bind' in rest[0]"},
+        {"missing bind, empty item", R "  - {}\n", "9:5: missing required key 'bind' in rest[0]"},
+        {"bind empty", R "  - bind: \"\"\n", "9:11: rest[0].bind: empty value"},
+        {"bind null", R "  - bind: ~\n", "9:11: rest[0].bind: missing value"},
+        {"bind no port", R "  - bind: 127.0.0.1\n",
+         "9:11: rest[0].bind: expected host:port with a numeric IPv4 address, [IPv6]:port or localhost:port"},
+        {"bind host name", R "  - bind: example.com:8080\n",
+         "9:11: rest[0].bind: expected host:port with a numeric IPv4 address, [IPv6]:port or localhost:port"},
+        {"bind unbracketed v6", R "  - bind: ::1:8080\n",
+         "9:11: rest[0].bind: write an IPv6 address in brackets, like [::1]:6379"},
+        {"bind port 0", R "  - bind: 127.0.0.1:0\n", "9:11: rest[0].bind: the port must be a number from 1 to 65535"},
+        {"bind of the second", R "  - bind: 127.0.0.1:8080\n  - bind: 127.0.0.1:65536\n",
+         "10:11: rest[1].bind: the port must be a number from 1 to 65535"},
+
+        /* Plaintext only on loopback. */
+        {"plaintext 0.0.0.0", R "  - bind: 0.0.0.0:8080\n", "9:11: " PLAIN("0.0.0.0:8080")},
+        {"plaintext [::]", R "  - bind: \"[::]:8080\"\n", "9:11: " PLAIN("[::]:8080")},
+        {"plaintext public v6", R "  - bind: \"[2001:db8::1]:8080\"\n", "9:11: " PLAIN("[2001:db8::1]:8080")},
+        {"plaintext with allow_from", R "  - bind: 10.1.2.3:8080\n    allow_from: [10.0.0.0/8]\n",
+         "9:11: " PLAIN("10.1.2.3:8080")},
+        {"plaintext second", R "  - bind: 127.0.0.1:8080\n  - bind: 192.168.1.1:8080\n",
+         "10:11: " PLAIN("192.168.1.1:8080")},
+        {"plaintext v4-mapped public", R "  - bind: \"[::ffff:10.0.0.1]:8080\"\n",
+         "9:11: " PLAIN("[::ffff:10.0.0.1]:8080")},
+
+        /* tls: cert_file and key_file only. */
+        {"client_ca_file", R "  - bind: 0.0.0.0:8443\n    tls: {cert_file: a, key_file: b, client_ca_file: c}\n",
+         "10:10: rest[0].tls: client certificates are not supported on rest listeners (the token is the "
+         "credential): remove client_ca_file"},
+        {"client_ca_file block", R "  - bind: 127.0.0.1:8443\n    tls:\n      client_ca_file: c\n"
+         "      cert_file: a\n      key_file: b\n",
+         "11:7: rest[0].tls: client certificates are not supported on rest listeners (the token is the "
+         "credential): remove client_ca_file"},
+        {"user_from_cert", R "  - bind: 0.0.0.0:8443\n    tls: {cert_file: a, key_file: b, user_from_cert: cn}\n",
+         "10:38: rest[0].tls: user_from_cert needs client_ca_file (only a verified client certificate can "
+         "name a user)"},
+        {"tls missing key_file", R "  - bind: 0.0.0.0:8443\n    tls: {cert_file: a}\n",
+         "10:10: missing required key 'key_file' in rest[0].tls"},
+        {"tls not a mapping", R "  - bind: 0.0.0.0:8443\n    tls: yes\n",
+         "10:10: rest[0].tls: expected a mapping, found a single value"},
+        {"tls unknown key", R "  - bind: 0.0.0.0:8443\n    tls: {cert_file: a, key_file: b, ciphers: x}\n",
+         "10:38: unknown key 'ciphers' in rest[0].tls"},
+        {"tls empty cert name", R "  - bind: 0.0.0.0:8443\n    tls: {cert_file: '', key_file: b}\n",
+         "10:22: rest[0].tls.cert_file: empty file name"},
+
+        /* allow_from */
+        {"allow_from empty", R "  - bind: 127.0.0.1:8080\n    allow_from: []\n",
+         "10:17: rest[0].allow_from: empty list (remove the key to allow every address)"},
+        {"allow_from bad", R "  - bind: 127.0.0.1:8080\n    allow_from: [10.0.0.0/8, 10.0.0.300]\n",
+         "10:30: rest[0].allow_from[1]: invalid address or CIDR range '10.0.0.300'"},
+
+        /* cors */
+        {"cors without allowed_origins", R "  - bind: 127.0.0.1:8080\n    cors: {}\n",
+         "10:11: missing required key 'allowed_origins' in rest[0].cors"},
+        {"cors null", R "  - bind: 127.0.0.1:8080\n    cors:\n",
+         "10:10: rest[0].cors: expected a mapping, found a single value"},
+        {"cors a scalar", R "  - bind: 127.0.0.1:8080\n    cors: \"*\"\n",
+         "10:11: rest[0].cors: expected a mapping, found a single value"},
+        {"cors unknown key", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins: [\"*\"]\n"
+         "      allow_credentials: yes\n",
+         "12:7: unknown key 'allow_credentials' in rest[0].cors"},
+        {"allowed_origins a scalar", R "  - bind: 127.0.0.1:8080\n    cors: {allowed_origins: \"*\"}\n",
+         "10:29: rest[0].cors.allowed_origins: expected a list of origins, found a single value"},
+        {"origin a list", R "  - bind: 127.0.0.1:8080\n    cors: {allowed_origins: [[\"*\"]]}\n",
+         "10:30: rest[0].cors.allowed_origins[0]: expected a single value, found a list"},
+        {"origin null", R "  - bind: 127.0.0.1:8080\n    cors: {allowed_origins: [\"*\", ~]}\n",
+         "10:35: rest[0].cors.allowed_origins[1]: missing value"},
+        {"origin without a scheme", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - app.example.com\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin other scheme", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - https://ok.example.com\n        - ftp://app.example.com\n",
+         "13:11: rest[0].cors.allowed_origins[1]: " ORIGIN},
+        {"origin with a trailing slash", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - https://app.example.com/\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin with a path", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - https://app.example.com/app\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin with a query", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - https://app.example.com?x=1\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin with user info", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - https://user:pw@app.example.com\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin with a wildcard host", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - http://*\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin scheme only", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - \"https://\"\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin empty", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n        - \"\"\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"two origins in one", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - \"https://a.example.com, https://b.example.com\"\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin with a space", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - \"https://a.example.com \"\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin wildcard subdomain", R "  - bind: 127.0.0.1:8080\n    cors:\n      allowed_origins:\n"
+         "        - \"*.example.com\"\n",
+         "12:11: rest[0].cors.allowed_origins[0]: " ORIGIN},
+        {"origin in the second entry", R "  - bind: 127.0.0.1:8080\n  - bind: 127.0.0.1:8081\n"
+         "    cors: {allowed_origins: [example.com]}\n",
+         "11:30: rest[1].cors.allowed_origins[0]: " ORIGIN},
+
+        /* Sizes, counts and durations. */
+        {"max_request_bytes below 1kb", R "  - bind: 127.0.0.1:8080\n    max_request_bytes: 1023\n",
+         "10:24: rest[0].max_request_bytes: expected a size from 1kb to 1gb, like 512kb, 10mb or 1gb"},
+        {"max_request_bytes 0", R "  - bind: 127.0.0.1:8080\n    max_request_bytes: 0\n",
+         "10:24: rest[0].max_request_bytes: expected a size from 1kb to 1gb, like 512kb, 10mb or 1gb"},
+        {"max_request_bytes above 1gb", R "  - bind: 127.0.0.1:8080\n    max_request_bytes: 1025mb\n",
+         "10:24: rest[0].max_request_bytes: expected a size from 1kb to 1gb, like 512kb, 10mb or 1gb"},
+        {"max_request_bytes unit", R "  - bind: 127.0.0.1:8080\n    max_request_bytes: 1mib\n",
+         "10:24: rest[0].max_request_bytes: expected a size from 1kb to 1gb, like 512kb, 10mb or 1gb"},
+        {"max_connections 0", R "  - bind: 127.0.0.1:8080\n    max_connections: 0\n",
+         "10:22: rest[0].max_connections: expected a whole number from 1 to 1000000"},
+        {"max_connections too many", R "  - bind: 127.0.0.1:8080\n    max_connections: 1000001\n",
+         "10:22: rest[0].max_connections: expected a whole number from 1 to 1000000"},
+        {"request_timeout below 100ms", R "  - bind: 127.0.0.1:8080\n    request_timeout: 99ms\n",
+         "10:22: rest[0].request_timeout: expected a duration from 100ms to 1h, like 250ms, 5s, 2m or 1h"},
+        {"request_timeout above 1h", R "  - bind: 127.0.0.1:8080\n    request_timeout: 61m\n",
+         "10:22: rest[0].request_timeout: expected a duration from 100ms to 1h, like 250ms, 5s, 2m or 1h"},
+        {"idle_timeout below 1s", R "  - bind: 127.0.0.1:8080\n    idle_timeout: 999ms\n",
+         "10:19: rest[0].idle_timeout: expected a duration from 1s to 24h, like 250ms, 5s, 2m or 1h"},
+        {"idle_timeout 0", R "  - bind: 127.0.0.1:8080\n    idle_timeout: 0\n",
+         "10:19: rest[0].idle_timeout: expected a duration from 1s to 24h, like 250ms, 5s, 2m or 1h"},
+        {"idle_timeout above 24h", R "  - bind: 127.0.0.1:8080\n    idle_timeout: 25h\n",
+         "10:19: rest[0].idle_timeout: expected a duration from 1s to 24h, like 250ms, 5s, 2m or 1h"},
+        {"idle_timeout text", R "  - bind: 127.0.0.1:8080\n    idle_timeout: forever\n",
+         "10:19: rest[0].idle_timeout: expected a duration from 1s to 24h, like 250ms, 5s, 2m or 1h"},
+
+        /* One address, one socket: against listeners, other rest entries and admin.bind, in
+         * whatever order the sections come. */
+        {"bind of a listener", R "  - bind: 127.0.0.1:6379\n",
+         "9:11: rest[0].bind: 127.0.0.1:6379 is already used by listeners[0]"},
+        {"bind of a listener, written as localhost", R "  - bind: localhost:6379\n",
+         "9:11: rest[0].bind: localhost:6379 is already used by listeners[0]"},
+        {"bind of the second listener", "listeners:\n  - bind: 127.0.0.1:6379\n  - bind: \"[::]:6380\"\n"
+         "    tls: {cert_file: a, key_file: b}\n" UP US "rest:\n  - bind: 127.0.0.1:8080\n"
+         "  - bind: \"[0::0]:6380\"\n    tls: {cert_file: a, key_file: b}\n",
+         "12:11: rest[1].bind: [0::0]:6380 is already used by listeners[1]"},
+        {"rest before listeners", "rest:\n  - bind: 127.0.0.1:6379\n" L UP US,
+         "2:11: rest[0].bind: 127.0.0.1:6379 is already used by listeners[0]"},
+        {"rest before listeners, second entry", "rest:\n  - bind: 127.0.0.1:8080\n  - bind: localhost:6379\n" UP
+         US L,
+         "3:11: rest[1].bind: localhost:6379 is already used by listeners[0]"},
+        {"bind of another rest entry", R "  - bind: 127.0.0.1:8080\n  - bind: localhost:8080\n",
+         "10:11: rest[1].bind: localhost:8080 is already used by rest[0]"},
+        {"bind of another rest entry, IPv6", R "  - bind: \"[::1]:8080\"\n  - bind: 127.0.0.1:8081\n"
+         "  - bind: \"[0:0::1]:8080\"\n",
+         "11:11: rest[2].bind: [0:0::1]:8080 is already used by rest[0]"},
+        {"bind of another rest entry, TLS both", R "  - bind: 0.0.0.0:8443\n    tls: {cert_file: a, key_file: b}\n"
+         "  - bind: 0.0.0.0:8443\n    tls: {cert_file: c, key_file: d}\n",
+         "11:11: rest[1].bind: 0.0.0.0:8443 is already used by rest[0]"},
+        {"bind of admin (default)", L UP US "admin: {}\nrest:\n  - bind: 127.0.0.1:9121\n",
+         "10:11: rest[0].bind: 127.0.0.1:9121 is already used by admin.bind"},
+        {"bind of admin, admin after rest", R "  - bind: 127.0.0.1:8080\n  - bind: \"[::1]:9200\"\n"
+         "admin:\n  bind: \"[::1]:9200\"\n",
+         "10:11: rest[1].bind: [::1]:9200 is already used by admin.bind"},
+        {"bind of admin, rest first in the file", "rest:\n  - bind: localhost:9121\n" L UP US "admin:\n",
+         "2:11: rest[0].bind: localhost:9121 is already used by admin.bind"},
+        /* The first entry with a conflict is the one reported: rest[1] (with rest[0]) before
+         * rest[2] (with a listener). */
+        {"first conflicting entry", R "  - bind: 127.0.0.1:8080\n  - bind: 127.0.0.1:8080\n"
+         "  - bind: 127.0.0.1:6379\n",
+         "10:11: rest[1].bind: 127.0.0.1:8080 is already used by rest[0]"},
+        /* Any other error, even later in the file, comes first: the binds are checked last. */
+        {"bind conflict after another error", "rest:\n  - bind: 127.0.0.1:6379\n" L UP US "log: {level: x}\n",
+         "10:14: log.level: expected debug, info, warn or error"},
+    };
+#undef R
+#undef ORIGIN
+#undef PLAIN
+    run_errors(cases, ARRAY_SIZE(cases));
+}
+
+/* Which rest changes need a restart: a list entry added or removed, its address, TLS (on, off or
+ * other files: the HTTP library takes them at start), the connection cap and the idle timeout. */
+#define RK_R0 "  - bind: 127.0.0.1:8080\n"
+#define RK_R0_TLS "  - bind: 127.0.0.1:8080\n    tls: {cert_file: r.crt, key_file: r.key}\n"
+#define RK_R1 "  - bind: 0.0.0.0:8443\n    tls: {cert_file: r.crt, key_file: r.key}\n"
+#define RK_REST(items) RK_BASE "rest:\n" items
+
+static void test_restart_keys_rest(void **state)
+{
+    (void)state;
+    static const struct restart_case cases[] = {
+        {"same rest", RK_REST(RK_R0 RK_R1), RK_REST(RK_R0 RK_R1), 0, ""},
+        {"no rest, then an empty list", RK_BASE, RK_BASE "rest: []\n", 0, ""},
+        /* added, removed */
+        {"rest added", RK_BASE, RK_REST(RK_R0), 1, "rest[0]"},
+        {"rest removed", RK_REST(RK_R0), RK_BASE, 1, "rest[0]"},
+        {"rest emptied", RK_REST(RK_R0 RK_R1), RK_BASE "rest: []\n", 2, "rest[0],rest[1]"},
+        {"second added", RK_REST(RK_R0), RK_REST(RK_R0 RK_R1), 1, "rest[1]"},
+        {"second removed", RK_REST(RK_R0 RK_R1), RK_REST(RK_R0), 1, "rest[1]"},
+        {"first removed: the second moves up", RK_REST(RK_R0 RK_R1), RK_REST(RK_R1), 2, "rest[0].bind,rest[1]"},
+        {"rest moved before listeners in the file", RK_REST(RK_R0),
+         "rest:\n" RK_R0 RK_LISTENERS RK_UP RK_US, 0, ""},
+        /* bind */
+        {"bind port", RK_REST(RK_R0), RK_REST("  - bind: 127.0.0.1:8081\n"), 1, "rest[0].bind"},
+        {"bind address", RK_REST(RK_R0), RK_REST("  - bind: 127.0.0.2:8080\n"), 1, "rest[0].bind"},
+        {"bind IPv6", RK_REST(RK_R0), RK_REST("  - bind: \"[::1]:8080\"\n"), 1, "rest[0].bind"},
+        {"bind of the second", RK_REST(RK_R0 RK_R1),
+         RK_REST(RK_R0 "  - bind: \"[::]:8443\"\n    tls: {cert_file: r.crt, key_file: r.key}\n"), 1,
+         "rest[1].bind"},
+        {"bind as localhost", RK_REST(RK_R0), RK_REST("  - bind: localhost:8080\n"), 0, ""},
+        {"bind IPv6 written two ways", RK_REST("  - bind: \"[::1]:8080\"\n"), RK_REST("  - bind: \"[0::1]:8080\"\n"),
+         0, ""},
+        {"swapped", RK_REST(RK_R0 RK_R1), RK_REST(RK_R1 RK_R0), 2, "rest[0].bind,rest[1].bind"},
+        /* tls */
+        {"tls turned on", RK_REST(RK_R0), RK_REST(RK_R0_TLS), 1, "rest[0].tls"},
+        {"tls turned off", RK_REST(RK_R0_TLS), RK_REST(RK_R0), 1, "rest[0].tls"},
+        /* Other certificate or key files are rotated in by a reload (rest.c), not a restart. */
+        {"other cert_file", RK_REST(RK_R0 RK_R1),
+         RK_REST(RK_R0 "  - bind: 0.0.0.0:8443\n    tls: {cert_file: r2.crt, key_file: r.key}\n"), 0, ""},
+        {"other key_file", RK_REST(RK_R0_TLS),
+         RK_REST("  - bind: 127.0.0.1:8080\n    tls: {cert_file: r.crt, key_file: /etc/r.key}\n"), 0, ""},
+        {"the same files in the other order", RK_REST(RK_R0_TLS),
+         RK_REST("  - bind: 127.0.0.1:8080\n    tls:\n      key_file: r.key\n      cert_file: r.crt\n"), 0, ""},
+        {"the same file, relative and absolute", RK_REST(RK_R0_TLS),
+         RK_REST("  - bind: 127.0.0.1:8080\n    tls: {cert_file: \"@TMP@/r.crt\", key_file: r.key}\n"), 0, ""},
+        /* max_connections, idle_timeout */
+        {"max_connections", RK_REST(RK_R0), RK_REST(RK_R0 "    max_connections: 10\n"), 1, "rest[0].max_connections"},
+        {"max_connections default written out", RK_REST(RK_R0), RK_REST(RK_R0 "    max_connections: 1000\n"), 0,
+         ""},
+        {"idle_timeout", RK_REST(RK_R0), RK_REST(RK_R0 "    idle_timeout: 2m\n"), 1, "rest[0].idle_timeout"},
+        {"idle_timeout default written out", RK_REST(RK_R0), RK_REST(RK_R0 "    idle_timeout: 60s\n"), 0, ""},
+        {"idle_timeout of the second", RK_REST(RK_R0 RK_R1), RK_REST(RK_R0 RK_R1 "    idle_timeout: 1s\n"), 1,
+         "rest[1].idle_timeout"},
+        /* One key per entry, the first of bind, tls, max_connections, idle_timeout. */
+        {"bind and tls", RK_REST(RK_R0), RK_REST("  - bind: 127.0.0.1:8081\n    tls: {cert_file: r.crt, key_file: r.key}\n"),
+         1, "rest[0].bind"},
+        {"tls and max_connections", RK_REST(RK_R0), RK_REST(RK_R0_TLS "    max_connections: 5\n"), 1, "rest[0].tls"},
+        {"max_connections and idle_timeout", RK_REST(RK_R0),
+         RK_REST(RK_R0 "    max_connections: 5\n    idle_timeout: 5s\n"), 1, "rest[0].max_connections"},
+        {"each entry its key", RK_REST(RK_R0 RK_R1),
+         RK_REST(RK_R0 "    idle_timeout: 5s\n"
+                 "  - bind: 0.0.0.0:8443\n    tls: {cert_file: r.crt, key_file: r3.key}\n    max_connections: 2\n"),
+         2, "rest[0].idle_timeout,rest[1].max_connections"},
+        /* What a reload applies. */
+        {"allow_from", RK_REST(RK_R0), RK_REST(RK_R0 "    allow_from: [127.0.0.0/8]\n"), 0, ""},
+        {"cors", RK_REST(RK_R0), RK_REST(RK_R0 "    cors: {allowed_origins: [\"https://a.example\", \"*\"]}\n"), 0,
+         ""},
+        {"cors origins changed", RK_REST(RK_R0 "    cors: {allowed_origins: [\"https://a.example\"]}\n"),
+         RK_REST(RK_R0 "    cors: {allowed_origins: [\"https://b.example\"]}\n"), 0, ""},
+        {"max_request_bytes", RK_REST(RK_R0), RK_REST(RK_R0 "    max_request_bytes: 4kb\n"), 0, ""},
+        {"request_timeout", RK_REST(RK_R0), RK_REST(RK_R0 "    request_timeout: 1s\n"), 0, ""},
+        {"every reloadable key", RK_REST(RK_R1),
+         RK_REST(RK_R1 "    allow_from: [10.0.0.0/8]\n    cors: {allowed_origins: [\"*\"]}\n"
+                 "    max_request_bytes: 1gb\n    request_timeout: 1h\n"),
+         0, ""},
+        /* With the other restart keys. */
+        {"rest and listeners", RK_BASE,
+         "listeners:\n  - bind: 127.0.0.1:6479\n" RK_L1 RK_UP RK_US "rest:\n" RK_R0, 2, "listeners[0].bind,rest[0]"},
+        {"rest and admin", RK_BASE "admin: {}\n", RK_REST(RK_R0 "    idle_timeout: 1s\n"), 2, "admin,rest[0]"},
+    };
+    run_restart_cases(cases, ARRAY_SIZE(cases));
+
+    /* The exact text, in order: listeners, then rest (top-level table order), then admin's keys. */
+    struct config *a = load_ok(RK_REST(RK_R0 RK_R1) "admin: {}\n");
+    struct config *b = load_ok("listeners:\n" RK_L0 RK_UP RK_US "admin: {probe_interval: 1s}\n"
+                               "rest:\n" RK_R0_TLS RK_R1 "  - bind: 127.0.0.1:9000\n");
+    char out[256];
+    assert_int_equal(config_restart_keys(a, b, out, sizeof out), 4);
+    assert_string_equal(out, "listeners[1],rest[0].tls,rest[2],admin.probe_interval");
+    config_free(a);
+    config_free(b);
+}
+
+/* config.files holds the rest TLS files too, in the order of the file, each once. */
+static void test_config_files_rest(void **state)
+{
+    (void)state;
+    struct config *c = load_ok(L UP US "rest:\n" RK_R0 "    cors: {allowed_origins: [\"*\"]}\n");
+    assert_int_equal(c->file_count, 0);
+    config_free(c);
+
+    char w[5][300];
+    snprintf(w[0], sizeof w[0], "%s/rest.crt", tmpdir);
+    snprintf(w[1], sizeof w[1], "/etc/respguard/rest.key");
+    snprintf(w[2], sizeof w[2], "%s/srv.crt", tmpdir);
+    snprintf(w[3], sizeof w[3], "%s/sub/v6.crt", tmpdir);
+    snprintf(w[4], sizeof w[4], "%s/v6.key", tmpdir);
+
+    /* rest first in the file: its files first. */
+    c = load_ok("rest:\n"
+                "  - bind: 0.0.0.0:8443\n"
+                "    tls: {cert_file: rest.crt, key_file: /etc/respguard/rest.key}\n"
+                "  - bind: 127.0.0.1:8080\n"
+                "  - bind: \"[::]:8443\"\n"
+                "    tls:\n      cert_file: sub/v6.crt\n      key_file: \"@TMP@/v6.key\"\n"
+                "listeners:\n"
+                "  - bind: 0.0.0.0:6380\n"
+                "    tls: {cert_file: srv.crt, key_file: rest.crt}\n" /* rest.crt again: once */
+                UP US);
+    const char *want[] = {w[0], w[1], w[3], w[4], w[2]};
+    assert_files(c, want, ARRAY_SIZE(want));
+    /* The snapshot's own fields hold the same resolved names. */
+    assert_string_equal(c->rest[0].listen.tls.cert_file, w[0]);
+    assert_string_equal(c->rest[0].listen.tls.key_file, w[1]);
+    assert_null(c->rest[1].listen.tls.cert_file);
+    assert_string_equal(c->rest[2].listen.tls.cert_file, w[3]);
+    assert_string_equal(c->rest[2].listen.tls.key_file, w[4]);
+    config_free(c);
+
+    /* rest after the listeners: after their files. */
+    c = load_ok("listeners:\n"
+                "  - bind: 0.0.0.0:6380\n"
+                "    tls: {cert_file: srv.crt, key_file: rest.crt}\n"
+                UP US
+                "rest:\n"
+                "  - bind: 0.0.0.0:8443\n"
+                "    tls: {key_file: /etc/respguard/rest.key, cert_file: rest.crt}\n");
+    const char *want2[] = {w[2], w[0], w[1]};
+    assert_files(c, want2, ARRAY_SIZE(want2));
+    config_free(c);
+}
+
+#undef L
+#undef UP
+#undef US
+
+/* ---------------------------------------------------------------------------------------- */
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -2290,6 +2810,11 @@ int main(void)
         cmocka_unit_test(test_restart_keys_truncated),
         cmocka_unit_test(test_watch_key),
         cmocka_unit_test(test_config_files),
+        cmocka_unit_test(test_rest_defaults),
+        cmocka_unit_test(test_rest_values),
+        cmocka_unit_test(test_errors_rest),
+        cmocka_unit_test(test_restart_keys_rest),
+        cmocka_unit_test(test_config_files_rest),
     };
     return cmocka_run_group_tests_name("config", tests, setup, teardown);
 }

@@ -537,6 +537,10 @@ static void test_family_order(void **state)
         "respguard_pool_acquire_waits_total",
         "respguard_pool_acquire_timeouts_total",
         "respguard_pool_resets_total",
+        "respguard_rest_connections",
+        "respguard_rest_connections_accepted_total",
+        "respguard_rest_requests_total",
+        "respguard_rest_commands_total",
         "respguard_anomalies_total",
         "respguard_upstream_rtt_seconds",
         "respguard_added_latency_seconds",
@@ -836,7 +840,7 @@ static void test_exposition_format(void **state)
         {"respguard_weird", "", "k", "", -0.0},
     };
     char *out = render(m, g, sizeof g / sizeof g[0]);
-    assert_int_equal(check_exposition(out), 25 + 3);
+    assert_int_equal(check_exposition(out), 29 + 3);
     assert_int_equal(count_prefix(out, "respguard_rate_limited_commands_total{"), USERS);
     assert_int_equal(count_prefix(out, "respguard_anomalies_total{"), METRICS_ANOMALY_TYPES * (USERS + 1));
     assert_int_equal(count_prefix(out, "respguard_commands_total{"), USERS * MCAT_COUNT * MV_COUNT);
@@ -870,6 +874,34 @@ static void test_exposition_format(void **state)
 
 /* Pool connections by state (entered - left, over shards), the pool counters, and the one
  * histogram of counts rather than time. */
+/* The REST listeners' families: a gauge from two counters, statuses by label, commands. */
+static void test_rest_metrics(void **state)
+{
+    (void)state;
+    struct metrics *m = make(0, NULL, 2);
+    struct metrics_shard *a = metrics_shard(m, 0), *b = metrics_shard(m, 1);
+    for (int i = 0; i < 3; i++)
+        metrics_inc(a, MC_REST_CONN_ACCEPTED);
+    metrics_inc(b, MC_REST_CONN_CLOSED);
+    metrics_inc(a, MC_REST_STATUS_200);
+    metrics_inc(b, MC_REST_STATUS_200);
+    metrics_inc(b, MC_REST_STATUS_429);
+    metrics_inc(a, MC_REST_STATUS_OTHER);
+    for (int i = 0; i < 5; i++)
+        metrics_inc(b, MC_REST_COMMANDS);
+    char *out = render(m, NULL, 0);
+    EXPECT_LINE(out, "respguard_rest_connections 2");
+    EXPECT_LINE(out, "respguard_rest_connections_accepted_total 3");
+    EXPECT_LINE(out, "respguard_rest_requests_total{status=\"200\"} 2");
+    EXPECT_LINE(out, "respguard_rest_requests_total{status=\"429\"} 1");
+    EXPECT_LINE(out, "respguard_rest_requests_total{status=\"401\"} 0");
+    EXPECT_LINE(out, "respguard_rest_requests_total{status=\"other\"} 1");
+    EXPECT_LINE(out, "respguard_rest_commands_total 5");
+    assert_int_equal(count_prefix(out, "respguard_rest_requests_total{"), 11);
+    free(out);
+    metrics_free(m);
+}
+
 static void test_pool_metrics(void **state)
 {
     (void)state;
@@ -1108,6 +1140,7 @@ int main(void)
         cmocka_unit_test(test_connection_gauges),
         cmocka_unit_test(test_histogram),
         cmocka_unit_test(test_pool_metrics),
+        cmocka_unit_test(test_rest_metrics),
         cmocka_unit_test(test_label_escaping),
         cmocka_unit_test(test_category_of),
         cmocka_unit_test(test_upstream_failure),

@@ -3,7 +3,7 @@
  * locks at the Nth failure in a window, for exactly its duration, survives
  * an address flood, drops newcomers only when a set is all locked, and counts sources as
  * source.h defines them (port ignored, IPv4-mapped IPv6 is IPv4, one AF_UNIX source); config
- * checks; the shared source keys themselves. */
+ * checks; the shared source keys themselves, and source_format_addr (a peer's "ip:port"). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -617,6 +618,81 @@ static void test_source_keys(void **state)
     assert_int_equal(kn.family, 0);
 }
 
+/* source_format_addr: the peer's "ip:port" for logs (its port kept, unlike a source key). */
+static void format_addr(const struct sockaddr *sa, size_t cap, char *out)
+{
+    char *buf = malloc(cap ? cap : 1); /* exactly cap bytes: a write past it is an ASan error */
+    assert_non_null(buf);
+    memset(buf, 'x', cap ? cap : 1);
+    source_format_addr(sa, buf, cap);
+    if (cap) {
+        assert_non_null(memchr(buf, '\0', cap));
+        strcpy(out, buf);
+    } else {
+        assert_int_equal(buf[0], 'x'); /* nothing written */
+        out[0] = '\0';
+    }
+    free(buf);
+}
+
+static void test_source_format_addr(void **state)
+{
+    (void)state;
+    static const struct {
+        int family;
+        const char *addr;
+        uint16_t port;
+        const char *want;
+    } cases[] = {
+        {AF_INET, "192.0.2.7", 6379, "192.0.2.7:6379"},
+        {AF_INET, "0.0.0.0", 0, "0.0.0.0:0"},
+        {AF_INET, "255.255.255.255", 65535, "255.255.255.255:65535"},
+        {AF_INET6, "2001:db8::1", 443, "[2001:db8::1]:443"},
+        {AF_INET6, "::1", 1, "[::1]:1"},
+        {AF_INET6, "::", 8080, "[::]:8080"},
+        {AF_INET6, "2001:DB8:0:0:0:0:0:1", 80, "[2001:db8::1]:80"},
+        /* a mapped address keeps its IPv6 form here (source_key_text gives the IPv4 one) */
+        {AF_INET6, "::ffff:192.0.2.7", 50000, "[::ffff:192.0.2.7]:50000"},
+        {AF_INET6, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535,
+         "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"},
+    };
+    char out[128];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct sockaddr_storage ss = cases[i].family == AF_INET ? addr_v4(cases[i].addr, cases[i].port)
+                                                                 : addr_v6(cases[i].addr, cases[i].port);
+        format_addr(SA(ss), 64, out); /* the callers' buffers are 64 bytes */
+        if (strcmp(out, cases[i].want) != 0)
+            fail_msg("%s port %u: got '%s', want '%s'", cases[i].addr, cases[i].port, out, cases[i].want);
+        /* exactly its length and the NUL */
+        format_addr(SA(ss), strlen(cases[i].want) + 1, out);
+        assert_string_equal(out, cases[i].want);
+    }
+    struct sockaddr_storage longest = addr_v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535);
+
+    /* Neither IPv4 nor IPv6: "?:0". */
+    struct sockaddr_un u = addr_unix("/run/x");
+    format_addr((const struct sockaddr *)&u, 64, out);
+    assert_string_equal(out, "?:0");
+    struct sockaddr_storage none;
+    memset(&none, 0, sizeof none);
+    none.ss_family = AF_UNSPEC; /* what transport_peer_name passes when getpeername fails */
+    format_addr(SA(none), 64, out);
+    assert_string_equal(out, "?:0");
+
+    /* A short buffer gets a truncated, terminated text; 0 bytes: nothing written. */
+    struct sockaddr_storage a = addr_v4("192.0.2.7", 6379);
+    format_addr(SA(a), 5, out);
+    assert_string_equal(out, "192.");
+    format_addr(SA(a), 1, out);
+    assert_string_equal(out, "");
+    format_addr(SA(a), 0, out);
+    format_addr(SA(longest), 10, out);
+    assert_string_equal(out, "[ffff:fff");
+    struct sockaddr_storage s = addr_v6("2001:db8::1", 443);
+    format_addr(SA(s), 15, out);
+    assert_string_equal(out, "[2001:db8::1]:");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -635,6 +711,7 @@ int main(void)
         cmocka_unit_test(test_lockout_replaces_least_recent),
         cmocka_unit_test(test_lockout_drops_when_set_all_locked),
         cmocka_unit_test(test_source_keys),
+        cmocka_unit_test(test_source_format_addr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

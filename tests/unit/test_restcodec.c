@@ -747,6 +747,137 @@ static void test_base64_roundtrip(void **state)
     assert_int_equal(restcodec_base64_decode(LIT("T0*="), dst), -1);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* restcodec_query_param (?_token=)                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+/* restcodec_query_param on the first len bytes of query (copied to a heap block of exactly len
+ * bytes), into a heap block of exactly cap bytes; the value (n bytes) is copied to out. */
+static long qparam(const char *query, size_t len, const char *name, size_t cap, char *out)
+{
+    char *q = query ? exact(query, len) : NULL;
+    char *dst = malloc(cap ? cap : 1);
+    assert_non_null(dst);
+    memset(dst, '#', cap ? cap : 1);
+    long n = restcodec_query_param(q, len, name, dst, cap);
+    if (n >= 0) {
+        assert_true((size_t)n <= cap);
+        memcpy(out, dst, (size_t)n);
+    }
+    free(dst);
+    free(q);
+    return n;
+}
+
+static void test_query_param(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *query, *name;
+        long want;         /* length, -1 absent, -2 malformed or too long */
+        const char *value; /* when want >= 0 */
+    } cases[] = {
+        /* found, absent */
+        {"_token=abc", "_token", 3, "abc"},
+        {"a=1&_token=abc&b=2", "_token", 3, "abc"},
+        {"a=1&b=_token", "_token", -1, NULL},
+        {"a=1&b=2", "_token", -1, NULL},
+        {"", "_token", -1, NULL},
+        {"&&&", "_token", -1, NULL},
+        {"&&_token=v&&", "_token", 1, "v"},
+        {"a=1&_token=xyz", "a", 1, "1"},
+        /* the first of several */
+        {"_token=first&_token=second", "_token", 5, "first"},
+        {"x=1&_token=first&y=2&_token=second", "_token", 5, "first"},
+        /* names that are a prefix or an extension of another: only the exact name */
+        {"_tokenx=1&x_token=2&_toke=3&_token=ok", "_token", 2, "ok"},
+        {"_token_2=a", "_token", -1, NULL},
+        {"_tok=a", "_token", -1, NULL},
+        {"_TOKEN=a", "_token", -1, NULL},
+        {"ab=1&a=2", "a", 1, "2"},
+        {"ab=1", "a", -1, NULL},
+        {"a=1", "ab", -1, NULL},
+        /* percent-decoding, either case of hex digits */
+        {"_token=a%2Fb%3d%3D%41%7e", "_token", 7, "a/b==A~"},
+        {"_token=%26x%3Dy", "_token", 4, "&x=y"},
+        {"_token=%25", "_token", 1, "%"},
+        {"_token=%2541", "_token", 3, "%41"}, /* decoded once */
+        /* '+' is a space; %2B is a '+' */
+        {"_token=a+b++c", "_token", 6, "a b  c"},
+        {"_token=%2B+%2b", "_token", 3, "+ +"},
+        {"_token=+", "_token", 1, " "},
+        /* '=' inside the value is kept */
+        {"_token=a=b=", "_token", 4, "a=b="},
+        /* empty values: "name=" and a bare "name" are present and empty */
+        {"_token=", "_token", 0, ""},
+        {"a=1&_token=&b=2", "_token", 0, ""},
+        {"_token=&_token=x", "_token", 0, ""},
+        {"_token", "_token", 0, ""},
+        {"a&_token&b", "_token", 0, ""},
+        {"_token&_token=x", "_token", 0, ""},
+        {"_tokenx&_token=y", "_token", 1, "y"},
+        {"=x&_token=y", "_token", 1, "y"},
+        /* malformed percent-encoding in the parameter asked for */
+        {"_token=%zz", "_token", -2, NULL},
+        {"_token=%g0", "_token", -2, NULL},
+        {"_token=%0g", "_token", -2, NULL},
+        {"_token=%", "_token", -2, NULL},
+        {"_token=%4", "_token", -2, NULL},
+        {"_token=%4&a=1", "_token", -2, NULL},
+        {"_token=ab%", "_token", -2, NULL},
+        {"_token=% 41", "_token", -2, NULL},
+        {"_token=%-1", "_token", -2, NULL},
+        /* ... and in another one: not looked at */
+        {"a=%zz&_token=ok&b=%", "_token", 2, "ok"},
+        {"_token=ok&_token=%zz", "_token", 2, "ok"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char out[64];
+        long n = qparam(cases[i].query, strlen(cases[i].query), cases[i].name, sizeof out, out);
+        if (n != cases[i].want ||
+            (n >= 0 && ((size_t)n != strlen(cases[i].value) || memcmp(out, cases[i].value, (size_t)n) != 0)))
+            fail_msg("'%s' name '%s': got %ld '%.*s', want %ld '%s'", cases[i].query, cases[i].name, n,
+                     n > 0 ? (int)n : 0, out, cases[i].want, cases[i].value ? cases[i].value : "");
+    }
+
+    char out[64];
+    /* No query at all. */
+    assert_int_equal(restcodec_query_param(NULL, 0, "_token", out, sizeof out), -1);
+    assert_int_equal(restcodec_query_param(NULL, 10, "_token", out, sizeof out), -1);
+    /* Only len bytes are read: the rest of the buffer is not the query. */
+    assert_int_equal(qparam("_token=abcdef", 10, "_token", sizeof out, out), 3);
+    assert_memory_equal(out, "abc", 3);
+    assert_int_equal(qparam("_token=ab%41", 11, "_token", sizeof out, out), -2); /* "%4" at the end */
+    assert_int_equal(qparam("a=1&_token=x", 3, "_token", sizeof out, out), -1);
+    assert_int_equal(qparam("_token", 5, "_token", sizeof out, out), -1); /* "_toke" */
+    /* A NUL byte is a byte like another (the caller has the length). */
+    assert_int_equal(qparam("_token=a%00b", 12, "_token", sizeof out, out), 3);
+    assert_memory_equal(out, "a\0b", 3);
+
+    /* The cap: exactly full is fine, one byte more is -2; it counts decoded bytes. */
+    assert_int_equal(qparam("_token=abcd", 11, "_token", 4, out), 4);
+    assert_memory_equal(out, "abcd", 4);
+    assert_int_equal(qparam("_token=abcd", 11, "_token", 3, out), -2);
+    assert_int_equal(qparam("_token=abcd", 11, "_token", 0, out), -2);
+    assert_int_equal(qparam("_token=%41%42", 13, "_token", 2, out), 2);
+    assert_memory_equal(out, "AB", 2);
+    assert_int_equal(qparam("_token=%41%42%43", 16, "_token", 2, out), -2);
+    assert_int_equal(qparam("_token=a+b", 10, "_token", 3, out), 3);
+    assert_memory_equal(out, "a b", 3);
+    assert_int_equal(qparam("_token=", 7, "_token", 0, out), 0); /* empty fits in nothing */
+    assert_int_equal(qparam("_token", 6, "_token", 0, out), 0);
+    assert_int_equal(qparam("a=1", 3, "_token", 0, out), -1); /* absent, whatever the cap */
+
+    /* A long value fits an exact cap, one byte less is -2. */
+    char q[7 + 2048], big[2048], want[2048];
+    memcpy(q, "_token=", 7);
+    for (size_t i = 0; i < sizeof want; i++)
+        want[i] = q[7 + i] = (char)('a' + i % 26);
+    assert_int_equal(qparam(q, sizeof q, "_token", sizeof big, big), 2048);
+    assert_memory_equal(big, want, sizeof want);
+    assert_int_equal(qparam(q, sizeof q, "_token", sizeof big - 1, big), -2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -762,6 +893,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_path_form, dec_setup, dec_teardown),
         cmocka_unit_test_setup_teardown(test_path_body_and_query, dec_setup, dec_teardown),
         cmocka_unit_test_setup_teardown(test_path_limits, dec_setup, dec_teardown),
+        cmocka_unit_test(test_query_param),
         cmocka_unit_test(test_encode_single),
         cmocka_unit_test(test_encode_entry),
         cmocka_unit_test(test_encode_deep),
