@@ -140,6 +140,7 @@ struct rest_daemon {
     uv_timer_t timer;          /* MHD's own timeouts */
     int handles;               /* open handles; freed in the last close callback */
     size_t conns;              /* its HTTP connections open */
+    bool closed;               /* one of them closed during the current MHD_run */
     uint8_t pem_hash[CRYPTO_SHA256_LEN]; /* the certificate and key it serves */
 };
 
@@ -1146,6 +1147,7 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
         rc->next->prev = rc->prev;
     *socket_context = NULL;
     dm->conns--;
+    dm->closed = true;
     metrics_inc(srv->w->metrics, MC_REST_CONN_CLOSED);
     conn_free(rc);
 }
@@ -1192,7 +1194,14 @@ static void run_daemon(struct rest_daemon *dm)
 {
     if (!dm->d)
         return;
-    MHD_run(dm->d);
+    /* A connection closed during a run frees a slot under max_connections: MHD then listens
+     * again, but takes the connections that waited only in its next run. */
+    for (int i = 0; i < 4; i++) {
+        dm->closed = false;
+        MHD_run(dm->d);
+        if (!dm->closed)
+            break;
+    }
     MHD_UNSIGNED_LONG_LONG ms = 0;
     if (MHD_get_timeout(dm->d, &ms) == MHD_YES)
         uv_timer_start(&dm->timer, on_timer, ms, 0);
@@ -1351,6 +1360,7 @@ static void on_sweep(uv_timer_t *t)
         }
     }
     uint64_t now = now_ms(srv), limit = cfg_of(srv)->request_timeout_ms;
+    bool cut = false;
     for (struct rest_conn *rc = srv->conns; rc; rc = rc->next) {
         if (rc->phase != PHASE_HEAD || now - rc->started_ms < limit || rc->fd < 0)
             continue;
@@ -1358,7 +1368,14 @@ static void on_sweep(uv_timer_t *t)
                   LOG_INT("request_timeout_ms", (long long)limit), LOG_INT("session", rc->id), LOG_END);
         shutdown(rc->fd, SHUT_RDWR);
         rc->phase = PHASE_IDLE; /* once */
-        run_daemon(rc->dm);
+        cut = true;
+    }
+    /* Only now: MHD closes (and on_connection frees) the connections that were cut. */
+    if (cut) {
+        if (srv->cur)
+            run_daemon(srv->cur);
+        for (struct rest_daemon *dm = srv->retiring; dm; dm = dm->next)
+            run_daemon(dm);
     }
 }
 
