@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -1452,3 +1453,57 @@ def test_reload_turning_tls_on_needs_a_restart(respguard, certs):
     assert [x.strip() for x in warn.get("keys", "").split(",")] == ["rest[0].tls"], warn
     # the running listener is still the plaintext one
     ok_json(p.rest.cmd("ECHO", "plain"), {"result": "plain"})
+
+
+def _peer_cert_der(port):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            return t.getpeercert(binary_form=True)
+
+
+def _der(path):
+    with open(path) as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def test_reload_rotates_the_rest_certificate_without_dropping_a_connection(respguard, certs, tmp_path, direct):
+    # the listener reads its certificate from files the test replaces, as a renewal tool would
+    crt, key = str(tmp_path / "rest.crt"), str(tmp_path / "rest.key")
+    shutil.copy(certs.path("server.crt"), crt)
+    shutil.copy(certs.path("server.key"), key)
+    p = start(respguard, rest={"tls": {"cert_file": crt, "key_file": key}})
+    assert _peer_cert_der(p.rest_port) == _der(certs.path("server.crt"))
+    k = unique("rest")
+    held = p.rest.conn()  # a keep-alive connection made under the old certificate
+    try:
+        ok_json(p.rest.cmd("INCR", k, conn=held), {"result": 1})
+
+        shutil.copy(certs.path("server2.crt"), crt)
+        shutil.copy(certs.path("server2.key"), key)
+        reload_ok(p, p.config)
+        ev = wait_until(lambda: p.events("rest_certificate"), 5, what="rest_certificate line")[-1]
+        assert (ev.get("result"), ev.get("retiring_connections")) == ("rotated", 1), ev
+        assert not p.events("reload_restart_required"), p.events("reload_restart_required")
+
+        # new handshakes get the new certificate, verified by the same CA
+        assert _peer_cert_der(p.rest_port) == _der(certs.path("server2.crt"))
+        ok_json(p.rest.cmd("INCR", k), {"result": 2})
+        # the connection made before goes on, on the retiring daemon
+        for i in range(3, 23):
+            ok_json(p.rest.cmd("INCR", k, conn=held), {"result": i})
+    finally:
+        held.close()
+    assert direct.get(k) == b"22"
+
+    # a key that does not match its certificate fails the reload: the running one stays
+    shutil.copy(certs.path("server.key"), key)
+    seen = len(p.events("reload"))
+    p.signal(signal.SIGHUP)
+    ev = wait_until(lambda: p.events("reload")[seen] if len(p.events("reload")) > seen else None, 5,
+                    what="reload line")
+    assert ev.get("result") == "failed" and "rest listener" in ev.get("reason", ""), ev
+    assert _peer_cert_der(p.rest_port) == _der(certs.path("server2.crt"))
+    ok_json(p.rest.cmd("INCR", k), {"result": 23})
