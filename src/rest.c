@@ -47,6 +47,11 @@
 #define TOKEN_MAX 1024
 /* The longest upstash-sync-token echoed back. */
 #define SYNC_TOKEN_MAX 256
+/* GnuTLS (libmicrohttpd's TLS): TLS 1.2 and 1.3 with AEAD ciphers and forward secrecy only, as
+ * respguard's RESP listeners (TLS 1.2 at least). */
+#define TLS_PRIORITIES                                                                             \
+    "SECURE128:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"        \
+    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-RSA:+ECDHE-ECDSA"
 /* How often connections are checked against request_timeout. */
 #define SWEEP_MS 100
 
@@ -83,6 +88,9 @@ struct rest_conn {
     enum phase phase;
     uint64_t started_ms;      /* loop time its request line arrived */
     bool head_seen;           /* the access handler has seen its headers */
+    bool post;                /* the method is POST */
+    bool serving;             /* serve() is sending its commands (not suspended yet) */
+    bool shut;                /* its socket was shut down (request_timeout, drain) */
     bool too_large;           /* its body went over max_request_bytes: read and dropped */
     enum route route;
     struct buf target;        /* the request target as it came: path, '?', query */
@@ -255,8 +263,10 @@ static enum MHD_Result queue_answer(struct rest_conn *rc)
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rc->binary ? "application/octet-stream" : "application/json");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     if (rc->origin_ok) {
         MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, rc->origin_ok);
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "upstash-sync-token");
         MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
     }
     if (rc->has_sync_token)
@@ -473,6 +483,32 @@ static int run_command(struct rest_conn *rc, const struct restcodec_cmd *c, bool
     return upstream_slot(rc, SLOT_UPSTREAM, c->argc, c->argv);
 }
 
+/* The MULTI or EXEC around a /multi-exec body: judged as on a RESP connection (the ACL, the
+ * guard, counted, audited; MULTI takes a rate-limit token, EXEC does not, as in RESP). A
+ * refusal becomes a local slot, which discards the transaction; allowed, it adds nothing (serve
+ * wraps the commands in them). 0 or -ENOMEM. */
+static int judge_transaction(struct rest_conn *rc, const char *name)
+{
+    struct resp_arg arg = {name, strlen(name)};
+    struct restcodec_cmd c = {.argc = 1, .argv = &arg};
+    struct policy_actor a = actor_of(rc);
+    const struct cmdtab_cmd *top = cmdtab_lookup(arg.ptr, arg.len);
+    char line[ACL_ERROR_MAX + 3];
+    size_t n;
+    bool exec = top && top->role == CMDTAB_ROLE_EXEC;
+    if (!exec && policy_rate_limited(&a, top, line, sizeof line, &n))
+        return local_slot(rc, line, n, true);
+    struct acl_verdict v;
+    int vrc = judge(rc, top, NULL, &c, &v);
+    if (vrc == -ENOMEM)
+        return -ENOMEM;
+    n = policy_verdict(&a, 1, &arg, vrc, &v, line, sizeof line);
+    if (n)
+        return local_slot(rc, line, n, false);
+    policy_count(&a, v.cmd, MV_ALLOWED);
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Building the answer                                                                      */
 /* ---------------------------------------------------------------------------------------- */
@@ -593,6 +629,8 @@ static void finish_wait(struct rest_conn *rc)
     build_answer(rc);
     rc->phase = PHASE_DONE;
     srv->waiting--;
+    if (rc->serving)
+        return; /* inside serve(), not suspended yet: it queues the answer itself */
     MHD_resume_connection(rc->mc);
     run_daemon(rc->dm);
 }
@@ -717,27 +755,35 @@ static long request_token(struct rest_conn *rc, char *dst, size_t cap)
     return n > 0 ? n : -1;
 }
 
-/* Who the request is from. NULL: it was answered 401 (the failure recorded). */
+/* Who the request is from (its token, looked up in the worker's snapshot, which rc->snap then
+ * holds). NULL: answer 401; a wrong token is recorded as a failed login. The lockout is keyed by
+ * a short hash of the token tried (a name, for login.c): a client that repeats a wrong token is
+ * locked out of that token, and one that guesses many is locked out by its address (the
+ * per-address threshold), while correct tokens from the same address keep working until then.
+ * No token at all (a health check, a misconfigured client) is not a guess and is not recorded. */
 static const struct acl_user *authenticate(struct rest_conn *rc)
 {
     struct worker *w = rc->srv->w;
+    snapshot_unref(rc->snap);
+    rc->snap = snapshot_ref(w->snap);
     struct login_source src = source_of(rc);
-    static const struct resp_arg who = {"(rest token)", 12};
     char token[TOKEN_MAX];
     long n = request_token(rc, token, sizeof token);
+    if (n < 0)
+        return NULL;
+    uint8_t h[CRYPTO_SHA256_LEN];
+    crypto_sha256(token, (size_t)n, h);
+    char tag[32];
+    snprintf(tag, sizeof tag, "(rest token %02x%02x%02x%02x)", h[0], h[1], h[2], h[3]);
+    const struct resp_arg who = {tag, strlen(tag)};
     char reply[256];
     if (login_locked_out(&src, &who, reply, sizeof reply)) {
         crypto_wipe(token, sizeof token);
-        return NULL;
-    }
-    if (n < 0) {
-        login_record_failure(&src, &who, LOGIN_UNKNOWN_USER, NULL);
+        crypto_wipe(h, sizeof h);
         return NULL;
     }
     /* A keep-alive connection repeats its token: the same one under the same snapshot is the
      * same user (its state is checked again below: expiry, on/off, allow_from). */
-    uint8_t h[CRYPTO_SHA256_LEN];
-    crypto_sha256(token, (size_t)n, h);
     const struct acl_user *u = NULL;
     enum login_result r;
     bool known = rc->token_user && rc->token_snap == w->snap && crypto_equal(h, rc->token_hash, sizeof h);
@@ -794,10 +840,13 @@ static bool serve(struct rest_conn *rc)
 {
     struct rest_server *srv = rc->srv;
     struct worker *w = srv->w;
-    snapshot_unref(rc->snap);
-    rc->snap = snapshot_ref(w->snap);
-    rc->user = authenticate(rc);
-    if (!rc->user) {
+    if (srv->draining) {
+        answer_error(rc, 503, "ERR respguard is shutting down");
+        return false;
+    }
+    /* The token was checked with the headers; a reload since then: check it again, under the
+     * snapshot the commands will run under. */
+    if (rc->snap != w->snap && !(rc->user = authenticate(rc))) {
         answer_literal(rc, 401, body_unauthorized);
         return false;
     }
@@ -828,11 +877,19 @@ static bool serve(struct rest_conn *rc)
         return false;
     }
     bool tx = rc->route == ROUTE_MULTI;
+    if (tx && judge_transaction(rc, "MULTI") != 0) {
+        answer_error(rc, 500, "ERR respguard: out of memory");
+        return false;
+    }
     for (size_t i = 0; i < rc->dec.ncmds; i++) {
         if (run_command(rc, &rc->dec.cmds[i], tx) != 0) {
             answer_error(rc, 500, "ERR respguard: out of memory");
             return false;
         }
+    }
+    if (tx && judge_transaction(rc, "EXEC") != 0) {
+        answer_error(rc, 500, "ERR respguard: out of memory");
+        return false;
     }
     if (tx) {
         for (size_t i = 0; i < rc->nslots; i++) {
@@ -867,21 +924,20 @@ static bool serve(struct rest_conn *rc)
     struct pool *p = worker_user_pool(w, rc->user);
     rc->frame_start = buf_len(&rc->replies); /* upstream frames go after respguard's own */
     rc->pc = (struct pool_client){.ops = &pool_ops};
-    int r = pool_acquire(p, &rc->pc, POOL_USE_SHARE);
-    if (r < 0) {
-        /* the pool is stopping: nothing was sent */
-        for (size_t i = 0; i < rc->nslots; i++)
-            if (rc->slots[i].kind != SLOT_LOCAL)
-                rc->slots[i].kind = SLOT_LOCAL, rc->slots[i].off = buf_len(&rc->replies),
-                rc->slots[i].len = sizeof err_failed - 1, (void)buf_append(&rc->replies, err_failed, sizeof err_failed - 1);
-        build_answer(rc);
-        return false;
-    }
+    /* The pool may answer from inside these calls (a connection that fails at once): then
+     * finish_wait only builds the answer, and it is queued below, without a suspend. */
     rc->phase = PHASE_WAIT;
     srv->waiting++;
-    MHD_suspend_connection(rc->mc);
-    if (r == 0)
+    rc->serving = true;
+    int r = pool_acquire(p, &rc->pc, POOL_USE_SHARE);
+    if (r < 0) /* the pool is stopping: nothing was sent */
+        fail_remaining(rc, err_failed, sizeof err_failed - 1);
+    else if (r == 0)
         send_commands(rc);
+    rc->serving = false;
+    if (rc->phase == PHASE_DONE)
+        return false;
+    MHD_suspend_connection(rc->mc);
     return true;
 }
 
@@ -961,16 +1017,31 @@ static bool on_head(struct rest_conn *rc, const char *method)
     }
     if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0)
         return false; /* answered by the caller (preflight) */
+    rc->post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
     if (!route_of(rc, method))
         return false;
     if (fmt && !rc->resp2 && !ieq(fmt, "json")) {
         answer_error(rc, 400, "ERR unsupported Upstash-Response-Format (json or resp2)");
         return false;
     }
-    const char *cl = MHD_lookup_connection_value(rc->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && strtoull(cl, NULL, 10) > cr->max_request_bytes) {
-        rc->too_large = true;
+    /* Who it is, before any of the body is read: nobody without a valid token makes respguard
+     * hold a body. */
+    if (!(rc->user = authenticate(rc))) {
+        answer_literal(rc, 401, body_unauthorized);
         return false;
+    }
+    const char *cl = MHD_lookup_connection_value(rc->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        unsigned long long want = strtoull(cl, NULL, 10);
+        if (want > cr->max_request_bytes) {
+            rc->too_large = true;
+            return false;
+        }
+        /* the whole body in one allocation of its size, not doublings */
+        if (want > rc->body.cap && buf_reserve(&rc->body, (size_t)want) != 0) {
+            answer_error(rc, 500, "ERR respguard: out of memory");
+            return false;
+        }
     }
     return true;
 }
@@ -1028,7 +1099,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const cha
         answer_too_large(rc);
         return queue_answer(rc);
     }
-    if (rc->route == ROUTE_PATH && rc->has_body && buf_len(&rc->body) == 0)
+    /* A POST's body is the path form's last argument (a present but empty one adds none); a
+     * GET has none, whatever it sent. */
+    if (rc->route == ROUTE_PATH && (!rc->post || buf_len(&rc->body) == 0))
         rc->has_body = false;
     if (serve(rc))
         return MHD_YES; /* suspended until the replies are in */
@@ -1075,6 +1148,9 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
     rc->user = NULL;
     restcodec_decoder_reset(&rc->dec);
     reset_request(rc);
+    if (rc->target.data)
+        crypto_wipe(rc->target.data, rc->target.cap); /* it may have held ?_token= */
+    buf_reset(&rc->target);
     /* a big request's buffers are not kept by an idle connection */
     if (rc->body.cap > 65536)
         buf_free(&rc->body);
@@ -1089,6 +1165,8 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls, e
 static void conn_free(struct rest_conn *rc)
 {
     restcodec_decoder_deinit(&rc->dec);
+    if (rc->target.data)
+        crypto_wipe(rc->target.data, rc->target.cap);
     buf_free(&rc->target);
     buf_free(&rc->body);
     buf_free(&rc->replies);
@@ -1169,6 +1247,9 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     struct rest_server *srv = ((struct rest_daemon *)cls)->srv;
     char msg[256];
     vsnprintf(msg, sizeof msg, fmt, ap);
+    /* A message may quote the request target, which holds keys, values and maybe ?_token=:
+     * nothing from the first '/' or '?' on is logged. */
+    msg[strcspn(msg, "/?")] = '\0';
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
@@ -1229,6 +1310,8 @@ static void on_daemon_closed(uv_handle_t *h)
  * calls back on_completed and on_connection) and free it once its handles are closed. */
 static void stop_daemon(struct rest_daemon *dm)
 {
+    if (dm->handles)
+        uv_poll_stop(&dm->poll); /* before MHD closes the descriptor it watches */
     if (dm->d) {
         MHD_stop_daemon(dm->d);
         dm->d = NULL;
@@ -1271,13 +1354,14 @@ static struct rest_daemon *start_daemon(struct rest_server *srv, int listen_fd, 
     dm->srv = srv;
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
     if (cr->listen.addr.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
+        flags |= MHD_USE_DUAL_STACK; /* [::] takes IPv4 too, as a RESP listener does */
     if (pem)
         flags |= MHD_USE_TLS;
     unsigned idle_s = (unsigned)((cr->idle_timeout_ms + 999) / 1000);
     struct MHD_OptionItem extra[] = {
         {MHD_OPTION_HTTPS_MEM_CERT, 0, pem ? pem->cert : NULL},
         {MHD_OPTION_HTTPS_MEM_KEY, 0, pem ? pem->key : NULL},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES},
         {listen_fd >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR, listen_fd,
          listen_fd >= 0 ? NULL : (void *)&cr->listen.addr},
         {MHD_OPTION_END, 0, NULL},
@@ -1288,7 +1372,7 @@ static struct rest_daemon *start_daemon(struct rest_server *srv, int listen_fd, 
                              on_connection, dm, MHD_OPTION_NOTIFY_COMPLETED, on_completed, dm,
                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, dm, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped,
                              dm, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, dm, MHD_OPTION_ARRAY,
-                             pem ? extra : &extra[2], MHD_OPTION_END);
+                             pem ? extra : &extra[3], MHD_OPTION_END);
     if (!dm->d) {
         snprintf(err, errlen, "rest[%zu]: cannot listen on %s (address in use, or a certificate or key the HTTP "
                  "library does not take)", srv->index, cr->listen.bind);
@@ -1350,6 +1434,17 @@ static void on_sweep(uv_timer_t *t)
         stop_server(srv);
         return;
     }
+    bool cut = false;
+    if (srv->draining) {
+        /* a connection that finished its answer since the drain began: it goes now */
+        for (struct rest_conn *rc = srv->conns; rc; rc = rc->next) {
+            if (rc->phase == PHASE_IDLE && rc->fd >= 0 && !rc->shut) {
+                shutdown(rc->fd, SHUT_RDWR);
+                rc->shut = true;
+                cut = true;
+            }
+        }
+    }
     for (struct rest_daemon **p = &srv->retiring; *p;) {
         struct rest_daemon *dm = *p;
         if (dm->conns == 0) {
@@ -1360,14 +1455,14 @@ static void on_sweep(uv_timer_t *t)
         }
     }
     uint64_t now = now_ms(srv), limit = cfg_of(srv)->request_timeout_ms;
-    bool cut = false;
     for (struct rest_conn *rc = srv->conns; rc; rc = rc->next) {
         if (rc->phase != PHASE_HEAD || now - rc->started_ms < limit || rc->fd < 0)
             continue;
         log_event(LOG_INFO, "rest_timeout", LOG_STR("peer", rc->peer), LOG_STR("listener", srv->bound),
                   LOG_INT("request_timeout_ms", (long long)limit), LOG_INT("session", rc->id), LOG_END);
         shutdown(rc->fd, SHUT_RDWR);
-        rc->phase = PHASE_IDLE; /* once */
+        rc->phase = PHASE_IDLE;
+        rc->shut = true;
         cut = true;
     }
     /* Only now: MHD closes (and on_connection frees) the connections that were cut. */
@@ -1487,9 +1582,12 @@ void rest_drain(struct rest_server *servers, size_t count)
             close(fd);
         /* Idle keep-alive connections go now; the others close after their answer
          * (Connection: close), and the sweep stops the listener once none is left. */
-        for (struct rest_conn *rc = srv->conns; rc; rc = rc->next)
-            if (rc->phase == PHASE_IDLE && rc->fd >= 0)
+        for (struct rest_conn *rc = srv->conns; rc; rc = rc->next) {
+            if (rc->phase == PHASE_IDLE && rc->fd >= 0) {
                 shutdown(rc->fd, SHUT_RDWR);
+                rc->shut = true;
+            }
+        }
         run_daemon(srv->cur);
         for (struct rest_daemon *dm = srv->retiring; dm; dm = dm->next)
             run_daemon(dm);
