@@ -952,6 +952,9 @@ def test_cors(respguard, direct):
     r = p.rest.cmd("SET", k, "from-app", headers={"Origin": APP_ORIGIN})
     ok_json(r, {"result": "OK"})
     assert r.header("Access-Control-Allow-Origin") == APP_ORIGIN, r
+    # the SDK's read-your-writes reads this header: a browser may only if it is exposed
+    assert r.header("Access-Control-Expose-Headers") == "upstash-sync-token", r
+    assert r.header("Cache-Control") == "no-store", r
     r = p.rest.cmd("GET", k, headers={"Origin": "https://evil.example.com"})
     ok_json(r, {"result": "from-app"})
     assert r.header("Access-Control-Allow-Origin") is None, r
@@ -1520,3 +1523,74 @@ def test_reload_rotates_the_rest_certificate_without_dropping_a_connection(respg
     assert ev.get("result") == "failed" and "rest listener" in ev.get("reason", ""), ev
     assert _peer_cert_der(p.rest_port) == _der(certs.path("server2.crt"))
     ok_json(p.rest.cmd("INCR", k), {"result": 23})
+
+
+def test_multi_exec_judges_multi_and_exec(respguard, direct):
+    users = default_users()
+    users["notx"] = {"acl": "on >notxToken-1 ~* +get +set +incr"}
+    p = start(respguard, users=users)
+    p.secrets.append("notxToken-1")
+    k = unique("rest")
+    direct.set(k, "orig")
+    direct.config_resetstat()
+    r = p.rest.multi([["SET", k, "changed"]], token="notxToken-1")
+    error_is(r, 400, EXECABORT + "NOPERM this user has no permissions to run the 'multi' command")
+    assert direct.get(k) == b"orig"
+    stats = direct.info("commandstats")
+    for name in ("multi", "exec", "set"):
+        assert "cmdstat_" + name not in stats, (name, sorted(stats))
+    ev = wait_until(lambda: p.events("refused", command="multi"), 5, what="refused line")[-1]
+    assert ev.get("protocol") == "rest", ev
+    # the same user's single commands run
+    ok_json(p.rest.cmd("SET", k, "single", token="notxToken-1"), {"result": "OK"})
+
+
+def test_no_token_is_refused_before_the_body(respguard):
+    p = start(respguard)
+    s = socket.create_connection(("127.0.0.1", p.rest_port), timeout=5)
+    try:
+        # headers announce a large body that never comes: the 401 must not wait for it
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 900000\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            d = s.recv(4096)
+            if not d:
+                break
+            got += d
+        assert got.startswith(b"HTTP/1.1 401"), got
+    finally:
+        s.close()
+
+
+def test_get_body_is_not_an_argument(respguard, direct):
+    p = start(respguard)
+    k = unique("rest")
+    direct.set(k, "v")
+    r = p.rest.request("GET", "/get/%s" % q(k), body=b"extra")
+    ok_json(r, {"result": "v"})  # GET k, not GET k extra (which would be an arity error)
+
+
+def test_rest_tls_refuses_old_protocols(respguard, certs):
+    p = start(respguard, rest={"tls": {"cert_file": certs.path("server.crt"), "key_file": certs.path("server.key")}})
+    def handshake(*args):
+        r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % p.rest_port] + list(args),
+                           input=b"", capture_output=True, timeout=10)
+        return r.stdout.decode(errors="replace")
+    assert "Cipher is (NONE)" in handshake("-tls1_1"), "TLS 1.1 must be refused"
+    assert "Cipher is (NONE)" in handshake("-tls1_2", "-cipher", "AES128-SHA"), "CBC ciphers must be refused"
+    assert "Protocol  : TLSv1.2" in handshake("-tls1_2")
+    assert "TLSv1.3" in handshake("-tls1_3")
+
+
+def test_shutdown_does_not_wait_for_idle_keep_alive_connections(respguard):
+    p = start(respguard, limits={"shutdown_timeout": "30s"})
+    held = p.rest.conn()
+    try:
+        ok_json(p.rest.cmd("PING", conn=held), {"result": "PONG"})
+        p.signal(signal.SIGTERM)
+        p.proc.wait(10)
+    finally:
+        held.close()
+    assert p.proc.returncode == 0
+    assert not p.events("shutdown", phase="timeout"), p.events("shutdown")
