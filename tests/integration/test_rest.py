@@ -1594,3 +1594,72 @@ def test_shutdown_does_not_wait_for_idle_keep_alive_connections(respguard):
         held.close()
     assert p.proc.returncode == 0
     assert not p.events("shutdown", phase="timeout"), p.events("shutdown")
+
+
+def test_rest_under_repeated_reloads(respguard, direct):
+    """Keep-alive REST clients run pipelines and transactions while 30 reloads add and remove a
+    user and change the stable user's rules back and forth: every answer is the right one for
+    the configuration in force (a removed user: 401; otherwise exact counters), nothing else."""
+    users = default_users()
+    stable = {"acl": "on >stableToken-9 ~st:* +@all"}
+    flaky = {"acl": "on >flakyToken-9 ~fl:* +@all"}
+    users["stable"], users["flaky"] = stable, flaky
+    p = start(respguard, users=users)
+    p.secrets += ["stableToken-9", "flakyToken-9"]
+    base = dict(p.config)
+    stop = threading.Event()
+    errors, counts = [], {"stable": 0, "flaky_ok": 0, "flaky_401": 0}
+    lock = threading.Lock()
+
+    def client(name, token, prefix, may_vanish):
+        c = p.rest.conn()
+        k = "%s:%s" % (prefix, unique("n"))
+        n = 0
+        try:
+            while not stop.is_set():
+                r = request_retrying_once(p.rest, c, "POST", "/pipeline", [["INCR", k], ["GET", k]], token=token)
+                if may_vanish and r.status == 401:
+                    with lock:
+                        counts["flaky_401"] += 1
+                    continue
+                if r.status != 200:
+                    errors.append((name, "pipeline", r))
+                    return
+                n += 1
+                if r.json() != [{"result": n}, {"result": str(n)}]:
+                    errors.append((name, "pipeline", n, r))
+                    return
+                r = request_retrying_once(p.rest, c, "POST", "/multi-exec", [["INCR", k], ["INCR", k]], token=token)
+                if may_vanish and r.status == 401:
+                    continue
+                if r.status != 200 or r.json() != [{"result": n + 1}, {"result": n + 2}]:
+                    errors.append((name, "multi", n, r))
+                    return
+                n += 2
+                with lock:
+                    counts["stable" if not may_vanish else "flaky_ok"] += 1
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((name, repr(e)))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=("stable%d" % i, "stableToken-9", "st", False)) for i in range(3)]
+    threads += [threading.Thread(target=client, args=("flaky%d" % i, "flakyToken-9", "fl", True)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(30):
+            cfg = deep_merge(base, {})
+            if i % 2 == 0:
+                cfg["users"] = dict(cfg["users"])
+                del cfg["users"]["flaky"]
+                cfg["users"]["stable"] = {"acl": "on >stableToken-9 ~st:* ~other:* +@all"}
+            reload_ok(p, cfg)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:5]
+    assert counts["stable"] > 0 and counts["flaky_ok"] > 0 and counts["flaky_401"] > 0, counts
+    assert p.proc.poll() is None
