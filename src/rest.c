@@ -52,6 +52,10 @@
 #define TLS_PRIORITIES                                                                             \
     "SECURE128:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"        \
     "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-RSA:+ECDHE-ECDSA"
+/* libmicrohttpd's memory per connection: the request's headers and its read and write buffers
+ * (bodies are handed over in pieces). It clears all of it between keep-alive requests, so it is
+ * kept small: a request's headers may take about half of it. */
+#define CONN_MEMORY (16u * 1024)
 /* How often connections are checked against request_timeout. */
 #define SWEEP_MS 100
 
@@ -107,7 +111,8 @@ struct rest_conn {
 
     /* Who this connection has logged in as (the token's user, under which snapshot), so a
      * keep-alive connection logs one login and hashes nothing twice. */
-    uint8_t token_hash[CRYPTO_SHA256_LEN];
+    char token[TOKEN_MAX];        /* a secret: wiped when replaced and when the connection goes */
+    size_t token_len;
     const struct acl_user *token_user;
     struct snapshot *token_snap;  /* a reference: token_user points into it */
 
@@ -177,6 +182,7 @@ static const char err_no_conn[] = "-ERR respguard: no upstream connection availa
 static const char body_unauthorized[] = "{\"error\":\"Unauthorized\"}";
 
 static void run_daemon(struct rest_daemon *dm);
+static void on_daemon_timer(uv_timer_t *t);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small helpers                                                                            */
@@ -632,7 +638,10 @@ static void finish_wait(struct rest_conn *rc)
     if (rc->serving)
         return; /* inside serve(), not suspended yet: it queues the answer itself */
     MHD_resume_connection(rc->mc);
-    run_daemon(rc->dm);
+    /* MHD runs once at the end of this loop turn, for every answer the turn's upstream reads
+     * completed (one read carries the replies of many requests), not once per answer. */
+    if (rc->dm->d)
+        uv_timer_start(&rc->dm->timer, on_daemon_timer, 0, 0);
 }
 
 /* The upstream slots still unanswered get err. */
@@ -771,46 +780,50 @@ static const struct acl_user *authenticate(struct rest_conn *rc)
     long n = request_token(rc, token, sizeof token);
     if (n < 0)
         return NULL;
+    /* A keep-alive connection repeats its token: the same one under the same snapshot is the
+     * same user (its state is checked again below: expiry, on/off, allow_from), without a hash. */
+    const struct acl_user *u = NULL;
+    enum login_result r;
+    bool known = rc->token_user && rc->token_snap == w->snap && (size_t)n == rc->token_len &&
+                 crypto_equal(token, rc->token, (size_t)n);
+    if (known) {
+        crypto_wipe(token, sizeof token);
+        u = rc->token_user;
+        r = u->enabled ? login_check_user(&src, u) : LOGIN_BAD_PASSWORD;
+        if (r == LOGIN_OK)
+            return u;
+        const struct resp_arg name = {u->name, strlen(u->name)};
+        login_record_failure(&src, &name, r, NULL);
+        return NULL;
+    }
     uint8_t h[CRYPTO_SHA256_LEN];
     crypto_sha256(token, (size_t)n, h);
     char tag[32];
     snprintf(tag, sizeof tag, "(rest token %02x%02x%02x%02x)", h[0], h[1], h[2], h[3]);
+    crypto_wipe(h, sizeof h);
     const struct resp_arg who = {tag, strlen(tag)};
     char reply[256];
     if (login_locked_out(&src, &who, reply, sizeof reply)) {
         crypto_wipe(token, sizeof token);
-        crypto_wipe(h, sizeof h);
         return NULL;
     }
-    /* A keep-alive connection repeats its token: the same one under the same snapshot is the
-     * same user (its state is checked again below: expiry, on/off, allow_from). */
-    const struct acl_user *u = NULL;
-    enum login_result r;
-    bool known = rc->token_user && rc->token_snap == w->snap && crypto_equal(h, rc->token_hash, sizeof h);
-    if (known) {
-        u = rc->token_user;
-        r = u->enabled ? login_check_user(&src, u) : LOGIN_BAD_PASSWORD;
-    } else {
-        r = login_check_token(&src, token, (size_t)n, &u);
-    }
-    crypto_wipe(token, sizeof token);
+    r = login_check_token(&src, token, (size_t)n, &u);
     if (r != LOGIN_OK) {
+        crypto_wipe(token, sizeof token);
         const struct resp_arg name = u ? (struct resp_arg){u->name, strlen(u->name)} : who;
         login_record_failure(&src, &name, r, NULL);
-        rc->token_user = NULL;
-        crypto_wipe(h, sizeof h);
         return NULL;
     }
-    if (!known) {
-        /* A new login on this connection (or the same token after a reload): logged once. */
-        if (!rc->token_user || strcmp(rc->token_user->name, u->name) != 0)
-            login_record_success(&src, u);
-        memcpy(rc->token_hash, h, sizeof h);
-        rc->token_user = u;
-        snapshot_unref(rc->token_snap);
-        rc->token_snap = snapshot_ref(w->snap);
-    }
-    crypto_wipe(h, sizeof h);
+    /* A new login on this connection (or the same token after a reload): logged once. */
+    if (!rc->token_user || strcmp(rc->token_user->name, u->name) != 0)
+        login_record_success(&src, u);
+    crypto_wipe(rc->token, sizeof rc->token);
+    memcpy(rc->token, token, (size_t)n);
+    rc->token_len = (size_t)n;
+    crypto_wipe(token, sizeof token);
+    rc->token_user = u;
+    snapshot_unref(rc->token_snap);
+    rc->token_snap = snapshot_ref(w->snap);
     return u;
 }
 
@@ -1178,7 +1191,7 @@ static void conn_free(struct rest_conn *rc)
     free(rc->scratch_args);
     snapshot_unref(rc->snap);
     snapshot_unref(rc->token_snap);
-    crypto_wipe(rc->token_hash, sizeof rc->token_hash);
+    crypto_wipe(rc->token, sizeof rc->token);
     free(rc);
 }
 
@@ -1268,8 +1281,6 @@ static size_t keep_escaped(void *cls, struct MHD_Connection *c, char *s)
 /* The daemon in the loop                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-static void on_timer(uv_timer_t *t);
-
 /* Let MHD do what is due, then wait for its descriptor or its next timeout. */
 static void run_daemon(struct rest_daemon *dm)
 {
@@ -1285,7 +1296,7 @@ static void run_daemon(struct rest_daemon *dm)
     }
     MHD_UNSIGNED_LONG_LONG ms = 0;
     if (MHD_get_timeout(dm->d, &ms) == MHD_YES)
-        uv_timer_start(&dm->timer, on_timer, ms, 0);
+        uv_timer_start(&dm->timer, on_daemon_timer, ms, 0);
     else
         uv_timer_stop(&dm->timer);
 }
@@ -1297,7 +1308,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
     run_daemon(h->data);
 }
 
-static void on_timer(uv_timer_t *t) { run_daemon(t->data); }
+static void on_daemon_timer(uv_timer_t *t) { run_daemon(t->data); }
 
 static void on_daemon_closed(uv_handle_t *h)
 {
@@ -1368,7 +1379,7 @@ static struct rest_daemon *start_daemon(struct rest_server *srv, int listen_fd, 
     };
     dm->d = MHD_start_daemon(flags, cr->listen.port, on_accept, dm, on_access, dm, MHD_OPTION_CONNECTION_LIMIT,
                              (unsigned)cr->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
-                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_NOTIFY_CONNECTION,
+                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY, MHD_OPTION_NOTIFY_CONNECTION,
                              on_connection, dm, MHD_OPTION_NOTIFY_COMPLETED, on_completed, dm,
                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, dm, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped,
                              dm, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, dm, MHD_OPTION_ARRAY,
