@@ -1,5 +1,5 @@
 /*
- * crypto: SHA-256, random bytes and constant-time comparison over libcrypto.
+ * crypto: SHA-256, HMAC-SHA-256, random bytes and constant-time comparison over libcrypto.
  * Holds no state and never logs (what it handles is secret).
  */
 #include "respguard/crypto.h"
@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_SHA256_LEN])
@@ -16,6 +17,14 @@ void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_SHA256_LEN])
      * defined anyway so a failure can never match a stored hash by accident. */
     if (!EVP_Digest(data, len, out, &n, EVP_sha256(), NULL))
         RAND_bytes(out, CRYPTO_SHA256_LEN);
+}
+
+void crypto_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                        uint8_t out[CRYPTO_SHA256_LEN])
+{
+    unsigned int n = CRYPTO_SHA256_LEN;
+    if (!HMAC(EVP_sha256(), key, (int)key_len, data, len, out, &n))
+        RAND_bytes(out, CRYPTO_SHA256_LEN); /* as above: never a predictable value */
 }
 
 int crypto_random(void *out, size_t len)

@@ -89,8 +89,9 @@ static struct snapshot *load(const char *path)
 {
     char err[1024];
     struct snapshot *snap;
-    if (snapshot_build(path, &snap, err, sizeof err) != 0) {
+    if (snapshot_build(path, &snap, err, sizeof err) != 0 || rest_check_tls(snap, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        snapshot_unref(snap);
         return NULL;
     }
     return snap;
@@ -458,6 +459,12 @@ static void reload(struct runtime *rt, const char *trigger)
     char err[1024];
     struct snapshot *next;
     if (snapshot_build(rt->path, &next, err, sizeof err) != 0) {
+        reload_failed(rt, trigger, err, at);
+        notify_ready();
+        return;
+    }
+    if (rest_check_tls(next, err, sizeof err) != 0) {
+        snapshot_unref(next);
         reload_failed(rt, trigger, err, at);
         notify_ready();
         return;

@@ -409,7 +409,17 @@ int pool_acquire(struct pool *p, struct pool_client *cl, enum pool_use use)
         p->waiting_own++;
     if (p->wait_head == cl)
         arm_wait_timer(p);
+    /* A connection opened for cl may fail at once (its start cannot even begin): cl then hears
+     * it from the return value, never through a callback from inside this call. */
+    cl->doomed = false;
+    p->acquiring = cl;
     refill(p, false);
+    p->acquiring = NULL;
+    if (cl->doomed) {
+        cl->doomed = false;
+        arm_wait_timer(p);
+        return -EHOSTUNREACH;
+    }
     return 1;
 }
 
@@ -501,8 +511,12 @@ static void conn_failed(struct upconn *c, const char *stage, const char *reason)
         while (cl) {
             struct pool_client *next = cl->wnext;
             bool served = left > 0 && (cl->use == POOL_USE_SHARE || keep++ < left);
-            if (!served)
+            if (!served && cl == p->acquiring) { /* inside its pool_acquire: returned there */
+                wait_unlink(p, cl);
+                cl->doomed = true;
+            } else if (!served) {
                 fail_waiter(p, cl, POOL_FAIL_UPSTREAM);
+            }
             cl = next;
         }
         arm_wait_timer(p);

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <uv.h>
 
 #include "respguard/acl.h"
@@ -171,6 +172,10 @@ struct rest_server {
     bool draining;
     bool stopped;
     bool started;                 /* counted in the worker's rest_running */
+    /* What a restart changes (the daemon takes them at start): rotations keep these. */
+    uint64_t max_connections;
+    uint64_t idle_timeout_ms;
+    size_t nconns;                /* connections of all its daemons (max_connections counts them all) */
     struct rest_conn *conns;
     size_t waiting;               /* connections in PHASE_WAIT */
     char bound[64];
@@ -764,6 +769,18 @@ static long request_token(struct rest_conn *rc, char *dst, size_t cap)
     return n > 0 ? n : -1;
 }
 
+/* A keyed hash of a token tried (HMAC-SHA-256 under a key made at start, never stored): a
+ * stable name for the lockout and the log within this process, which says nothing about the
+ * token to whoever reads the log. */
+static void token_tag_hash(const char *token, size_t len, uint8_t out[CRYPTO_SHA256_LEN])
+{
+    static uint8_t key[CRYPTO_SHA256_LEN];
+    static bool keyed;
+    if (!keyed)
+        keyed = crypto_random(key, sizeof key) == 0;
+    crypto_hmac_sha256(key, sizeof key, token, len, out);
+}
+
 /* Who the request is from (its token, looked up in the worker's snapshot, which rc->snap then
  * holds). NULL: answer 401; a wrong token is recorded as a failed login. The lockout is keyed by
  * a short hash of the token tried (a name, for login.c): a client that repeats a wrong token is
@@ -797,7 +814,7 @@ static const struct acl_user *authenticate(struct rest_conn *rc)
         return NULL;
     }
     uint8_t h[CRYPTO_SHA256_LEN];
-    crypto_sha256(token, (size_t)n, h);
+    token_tag_hash(token, (size_t)n, h);
     char tag[32];
     snprintf(tag, sizeof tag, "(rest token %02x%02x%02x%02x)", h[0], h[1], h[2], h[3]);
     crypto_wipe(h, sizeof h);
@@ -979,7 +996,7 @@ static bool route_of(struct rest_conn *rc, const char *method)
 static bool origin_allowed(const struct config_rest *cr, const char *origin)
 {
     for (size_t i = 0; origin && i < cr->cors_count; i++)
-        if (strcmp(cr->cors_origins[i], "*") == 0 || strcmp(cr->cors_origins[i], origin) == 0)
+        if (strcmp(cr->cors_origins[i], "*") == 0 || strcasecmp(cr->cors_origins[i], origin) == 0)
             return true;
     return false;
 }
@@ -1207,6 +1224,7 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
         rc->srv = srv;
         rc->dm = dm;
         dm->conns++;
+        srv->nconns++;
         rc->mc = mc;
         rc->id = ++srv->w->next_session_id;
         restcodec_decoder_init(&rc->dec);
@@ -1238,6 +1256,7 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
         rc->next->prev = rc->prev;
     *socket_context = NULL;
     dm->conns--;
+    srv->nconns--;
     dm->closed = true;
     metrics_inc(srv->w->metrics, MC_REST_CONN_CLOSED);
     conn_free(rc);
@@ -1248,10 +1267,16 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
 {
     (void)len;
     struct rest_server *srv = ((struct rest_daemon *)cls)->srv;
-    if (config_cidr_match(&cfg_of(srv)->listen.allow_from, addr))
-        return MHD_YES;
-    metrics_inc(srv->w->metrics, MC_CONN_REFUSED_SOURCE);
-    return MHD_NO;
+    if (!config_cidr_match(&cfg_of(srv)->listen.allow_from, addr)) {
+        metrics_inc(srv->w->metrics, MC_CONN_REFUSED_SOURCE);
+        return MHD_NO;
+    }
+    /* Each daemon has the cap; with retiring daemons of earlier certificates, all together. */
+    if (srv->nconns >= srv->max_connections) {
+        metrics_inc(srv->w->metrics, MC_CONN_REFUSED_MAX_CLIENTS);
+        return MHD_NO;
+    }
+    return MHD_YES;
 }
 
 /* MHD's own messages, as log lines (they name no request data but the peer at most). */
@@ -1340,12 +1365,14 @@ static void pem_hash(const struct snapshot_pem *pem, uint8_t out[CRYPTO_SHA256_L
     memset(out, 0, CRYPTO_SHA256_LEN);
     if (!pem || !pem->cert)
         return;
-    size_t n = pem->cert_len + pem->key_len;
-    char *both = malloc(n ? n : 1);
+    /* the certificate's length first: moving a PEM block from one file to the other changes it */
+    size_t n = sizeof pem->cert_len + pem->cert_len + pem->key_len;
+    char *both = malloc(n);
     if (!both)
         return;
-    memcpy(both, pem->cert, pem->cert_len);
-    memcpy(both + pem->cert_len, pem->key, pem->key_len);
+    memcpy(both, &pem->cert_len, sizeof pem->cert_len);
+    memcpy(both + sizeof pem->cert_len, pem->cert, pem->cert_len);
+    memcpy(both + sizeof pem->cert_len + pem->cert_len, pem->key, pem->key_len);
     crypto_sha256(both, n, out);
     crypto_wipe(both, n);
     free(both);
@@ -1368,7 +1395,7 @@ static struct rest_daemon *start_daemon(struct rest_server *srv, int listen_fd, 
         flags |= MHD_USE_DUAL_STACK; /* [::] takes IPv4 too, as a RESP listener does */
     if (pem)
         flags |= MHD_USE_TLS;
-    unsigned idle_s = (unsigned)((cr->idle_timeout_ms + 999) / 1000);
+    unsigned idle_s = (unsigned)((srv->idle_timeout_ms + 999) / 1000);
     struct MHD_OptionItem extra[] = {
         {MHD_OPTION_HTTPS_MEM_CERT, 0, pem ? pem->cert : NULL},
         {MHD_OPTION_HTTPS_MEM_KEY, 0, pem ? pem->key : NULL},
@@ -1378,7 +1405,7 @@ static struct rest_daemon *start_daemon(struct rest_server *srv, int listen_fd, 
         {MHD_OPTION_END, 0, NULL},
     };
     dm->d = MHD_start_daemon(flags, cr->listen.port, on_accept, dm, on_access, dm, MHD_OPTION_CONNECTION_LIMIT,
-                             (unsigned)cr->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
+                             (unsigned)srv->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY, MHD_OPTION_NOTIFY_CONNECTION,
                              on_connection, dm, MHD_OPTION_NOTIFY_COMPLETED, on_completed, dm,
                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, dm, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped,
@@ -1492,6 +1519,8 @@ static int start_one(struct rest_server *srv, struct worker *w, size_t index, ch
     srv->index = index;
     const struct config_rest *cr = cfg_of(srv);
     snprintf(srv->bound, sizeof srv->bound, "%s", cr->listen.bind);
+    srv->max_connections = cr->max_connections;
+    srv->idle_timeout_ms = cr->idle_timeout_ms;
     srv->cur = start_daemon(srv, -1, err, errlen);
     if (!srv->cur)
         return -1;
@@ -1534,13 +1563,22 @@ static void rotate(struct rest_server *srv)
 {
     const union MHD_DaemonInfo *li = MHD_get_daemon_info(srv->cur->d, MHD_DAEMON_INFO_LISTEN_FD);
     int fd = li ? dup(li->listen_fd) : -1;
+    struct stat before;
+    if (fd >= 0 && fstat(fd, &before) != 0) {
+        close(fd);
+        fd = -1;
+    }
     char err[256];
     struct rest_daemon *next = fd >= 0 ? start_daemon(srv, fd, err, sizeof err) : NULL;
     if (!next) {
-        if (fd >= 0)
-            close(fd);
-        else
+        /* libmicrohttpd closes a socket it was given on some failures and not on others: close
+         * the duplicate only if the number still names our listening socket (another thread
+         * may have been given the number since). */
+        struct stat after;
+        if (fd < 0)
             snprintf(err, sizeof err, "cannot share the listening socket: %s", strerror(errno));
+        else if (fstat(fd, &after) == 0 && after.st_dev == before.st_dev && after.st_ino == before.st_ino)
+            close(fd);
         log_event(LOG_ERROR, "rest_certificate", LOG_STR("bind", srv->bound), LOG_STR("result", "failed"),
                   LOG_STR("reason", err), LOG_END);
         return;
@@ -1554,6 +1592,27 @@ static void rotate(struct rest_server *srv)
     srv->cur = next;
     log_event(LOG_INFO, "rest_certificate", LOG_STR("bind", srv->bound), LOG_STR("result", "rotated"),
               LOG_INT("retiring_connections", (long long)old->conns), LOG_END);
+}
+
+int rest_check_tls(const struct snapshot *snap, char *err, size_t errlen)
+{
+    const struct config *cfg = snap->cfg;
+    for (size_t i = 0; i < cfg->rest_count; i++) {
+        const struct snapshot_pem *pem = &snap->rest_tls[i];
+        if (!cfg->rest[i].listen.tls_enabled)
+            continue;
+        struct MHD_Daemon *d = MHD_start_daemon(
+            MHD_USE_NO_LISTEN_SOCKET | MHD_USE_EPOLL | MHD_USE_TLS, 0, NULL, NULL, on_access, NULL,
+            MHD_OPTION_HTTPS_MEM_CERT, pem->cert, MHD_OPTION_HTTPS_MEM_KEY, pem->key, MHD_OPTION_HTTPS_PRIORITIES,
+            TLS_PRIORITIES, MHD_OPTION_END);
+        if (!d) {
+            snprintf(err, errlen, "rest listener %s: the HTTP library's TLS (GnuTLS) does not take its certificate "
+                     "and key", cfg->rest[i].listen.bind);
+            return -1;
+        }
+        MHD_stop_daemon(d);
+    }
+    return 0;
 }
 
 void rest_reload(struct rest_server *servers, size_t count, struct snapshot *next)

@@ -14,6 +14,9 @@
 
 void crypto_sha256(const void *data, size_t len, uint8_t out[CRYPTO_SHA256_LEN]);
 /* 0 on success, -EIO when the random generator fails. */
+/* HMAC-SHA-256 of data under key. */
+void crypto_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                        uint8_t out[CRYPTO_SHA256_LEN]);
 int crypto_random(void *out, size_t len) __attribute__((warn_unused_result));
 /* Compare in time that depends on len only. */
 bool crypto_equal(const void *a, const void *b, size_t len);

@@ -137,6 +137,7 @@ struct pool_client {
     enum pool_use use;            /* how it holds conn, or what it waits for */
     uint32_t due;                 /* SHARE: reply frames due to it on conn */
     bool waiting;                 /* on the pool's wait list */
+    bool doomed;                  /* private to pool.c: failed inside its own pool_acquire */
     struct pool_client *wprev, *wnext;
     uint64_t wait_until_ms;
 };
@@ -157,6 +158,7 @@ struct pool {
     uint32_t failures;            /* connect failures in a row (refill backs off) */
     uint64_t retry_ms;            /* no background refill before this loop time */
     struct upconn *current;       /* multiplex: where new shared batches go */
+    struct pool_client *acquiring;/* the client inside pool_acquire (its failure is returned) */
     struct upconn *flush_head;    /* connections with output queued this loop turn, in order */
     struct upconn *flush_tail;
     struct tlsconn_resume *resume;/* TLS session resumption for its connections; NULL: none */
@@ -187,8 +189,10 @@ void pool_free(struct pool *p);
 
 /* Get a connection for c (c->ops set, c not waiting and without a connection). Returns 0 when
  * c->conn is set now, 1 when c waits (ops->acquired or ops->failed follows, never from inside
- * this call), or a negative errno (-ENOMEM). HOLD and PIN take a free connection (opening one if
- * the pool is below size); SHARE joins the least busy ready connection. */
+ * this call), or a negative errno: -ESHUTDOWN (stopping or retired), -EHOSTUNREACH (the
+ * connection opened for it failed at once). Other clients' callbacks may run inside it. HOLD
+ * and PIN take a free connection (opening one if the pool is below size); SHARE joins the least
+ * busy ready connection. */
 int pool_acquire(struct pool *p, struct pool_client *c, enum pool_use use) __attribute__((warn_unused_result));
 /* Stop waiting (nothing happens if c is not waiting). */
 void pool_cancel(struct pool_client *c);

@@ -30,6 +30,10 @@ struct snapshot;
  * there are none). */
 int rest_start(struct worker *w, struct rest_server **out, size_t *count, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+/* Can the HTTP library serve snap's REST certificates and keys? (snapshot_build checked them
+ * with OpenSSL; libmicrohttpd loads them with GnuTLS, which takes less.) 0, or -1 with the
+ * reason in err. For `check`, the start and every reload, before anything is applied. */
+int rest_check_tls(const struct snapshot *snap, char *err, size_t errlen) __attribute__((warn_unused_result));
 /* Reload: each listener takes the settings of next's entry with its bind (allow_from, cors,
  * max_request_bytes, request_timeout); one whose bind is gone keeps its own until a restart. */
 void rest_reload(struct rest_server *servers, size_t count, struct snapshot *next);

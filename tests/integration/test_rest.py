@@ -411,6 +411,10 @@ def test_login_lockout_is_401(respguard):
         r = p.rest.cmd("PING", token=wrong)
         assert (r.status, r.body) == (401, UNAUTHORIZED), r
     assert len(p.events("login_lockout")) == 1, p.events("login_lockout")
+    # the name the log gives a wrong token is a keyed hash: not a prefix of its plain SHA-256
+    import hashlib
+    tag = p.events("login_lockout")[0]["user"]
+    assert tag.startswith("(rest token ") and hashlib.sha256(wrong.encode()).hexdigest()[:8] not in tag, tag
     ok_json(p.rest.cmd("ECHO", "still"), {"result": "still"})
     # requests without any token are no guesses: never a lockout
     for _ in range(30):
@@ -1663,3 +1667,39 @@ def test_rest_under_repeated_reloads(respguard, direct):
     assert not errors, errors[:5]
     assert counts["stable"] > 0 and counts["flaky_ok"] > 0 and counts["flaky_401"] > 0, counts
     assert p.proc.poll() is None
+
+
+def test_rotation_keeps_the_connection_cap_and_refuses_what_gnutls_cannot_load(respguard, certs, tmp_path):
+    crt, key = str(tmp_path / "rest.crt"), str(tmp_path / "rest.key")
+    shutil.copy(certs.path("server.crt"), crt)
+    shutil.copy(certs.path("server.key"), key)
+    p = start(respguard, rest={"tls": {"cert_file": crt, "key_file": key}, "max_connections": 2})
+    held = [p.rest.conn(), p.rest.conn()]
+    try:
+        for c in held:
+            ok_json(p.rest.cmd("PING", conn=c), {"result": "PONG"})
+        shutil.copy(certs.path("server2.crt"), crt)
+        shutil.copy(certs.path("server2.key"), key)
+        reload_ok(p, p.config)
+        wait_until(lambda: p.events("rest_certificate", result="rotated"), 5, what="rotation")
+        # the two connections of the retiring daemon still count against max_connections
+        with pytest.raises((ConnectionError, OSError, http.client.HTTPException, ssl.SSLError)):
+            p.rest.cmd("PING")
+        held.pop().close()
+        wait_until(lambda: p.rest.cmd("PING").status == 200, 5, interval=0.2, what="a free slot")
+    finally:
+        for c in held:
+            c.close()
+
+    # OpenSSL takes a "TRUSTED CERTIFICATE" PEM, libmicrohttpd's GnuTLS does not: the reload
+    # fails before anything changes, and `check` says so too
+    subprocess.run(["openssl", "x509", "-in", certs.path("server2.crt"), "-trustout", "-out", crt], check=True)
+    seen = len(p.events("reload"))
+    p.signal(signal.SIGHUP)
+    ev = wait_until(lambda: p.events("reload")[seen] if len(p.events("reload")) > seen else None, 5,
+                    what="reload line")
+    assert ev.get("result") == "failed" and "GnuTLS" in ev.get("reason", ""), ev
+    assert _peer_cert_der(p.rest_port) == _der(certs.path("server2.crt"))
+    env = dict(os.environ, UPSTREAM_PW="x")  # check reads the file as it is, ${VAR}s included
+    r = subprocess.run([respguard_bin(), "check", "-c", p.config_path], capture_output=True, timeout=30, env=env)
+    assert r.returncode != 0 and b"GnuTLS" in r.stderr, r
