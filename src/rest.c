@@ -18,13 +18,13 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <unistd.h>
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "respguard/acl.h"
@@ -127,7 +127,6 @@ struct rest_conn {
     uint32_t commands;        /* client commands in enc (metrics) */
     size_t next_slot;         /* the next slot an upstream frame answers */
     size_t frame_start;       /* where the frame being read began in replies */
-    uint32_t frame_index;     /* frames read so far (multi-exec keeps only EXEC's) */
     bool overflow;            /* the replies went over the limit: the answer is a 500 */
     struct pool_client pc;
     struct cmdtab_key *scratch_keys;
@@ -252,18 +251,8 @@ static void answer_literal(struct rest_conn *rc, unsigned status, const char *js
     rc->out.len = 0;
     rc->binary = false;
     rc->status = status;
-    size_t n = strlen(json);
-    if (n > rc->out.cap) {
-        char *p = realloc(rc->out.data, n);
-        if (!p) {
-            rc->status = 500;
-            return;
-        }
-        rc->out.data = p;
-        rc->out.cap = n;
-    }
-    memcpy(rc->out.data, json, n);
-    rc->out.len = n;
+    if (restcodec_buf_append_raw(&rc->out, json, strlen(json)) != 0)
+        rc->status = 500;
 }
 
 /* Queue the answer in rc->out (from inside the access handler). */
@@ -703,7 +692,6 @@ static void on_reply(struct pool_client *pc, const char *p, size_t n, const stru
         return;
     RG_INVARIANT(rc->frames > 0);
     rc->frames--;
-    rc->frame_index++;
     size_t frame_len = buf_len(&rc->replies) - rc->frame_start;
     if (rc->route == ROUTE_MULTI) {
         /* MULTI's +OK and the +QUEUED are not kept: EXEC's reply says everything */
@@ -861,7 +849,6 @@ static void reset_request(struct rest_conn *rc)
     buf_reset(&rc->enc);
     rc->frames = rc->commands = 0;
     rc->next_slot = rc->frame_start = 0;
-    rc->frame_index = 0;
     rc->overflow = false;
 }
 
@@ -906,8 +893,11 @@ static bool serve(struct rest_conn *rc)
         answer_error(rc, st == RESTCODEC_NOMEM ? 500 : 400, err ? err : "ERR bad request");
         return false;
     }
+    /* /multi-exec: MULTI, the commands, EXEC in one piece of the stream, so that no other
+     * client's command can come between them on the shared connection. */
+    static const char multi[] = "*1\r\n$5\r\nMULTI\r\n", exec[] = "*1\r\n$4\r\nEXEC\r\n";
     bool tx = rc->route == ROUTE_MULTI;
-    if (tx && judge_transaction(rc, "MULTI") != 0) {
+    if (tx && (judge_transaction(rc, "MULTI") != 0 || buf_append(&rc->enc, multi, sizeof multi - 1) != 0)) {
         answer_error(rc, 500, "ERR respguard: out of memory");
         return false;
     }
@@ -928,19 +918,10 @@ static bool serve(struct rest_conn *rc)
                 return false;
             }
         }
-        /* MULTI, the commands, EXEC: one piece of the stream, so that no other client's command
-         * can come between them on the shared connection. */
-        static const char multi[] = "*1\r\n$5\r\nMULTI\r\n", exec[] = "*1\r\n$4\r\nEXEC\r\n";
-        struct buf wrapped = {0};
-        if (buf_append(&wrapped, multi, sizeof multi - 1) != 0 ||
-            buf_append(&wrapped, buf_head(&rc->enc), buf_len(&rc->enc)) != 0 ||
-            buf_append(&wrapped, exec, sizeof exec - 1) != 0) {
-            buf_free(&wrapped);
+        if (buf_append(&rc->enc, exec, sizeof exec - 1) != 0) {
             answer_error(rc, 500, "ERR respguard: out of memory");
             return false;
         }
-        buf_free(&rc->enc);
-        rc->enc = wrapped;
         rc->frames += 2;
         if (!add_slot(rc, SLOT_UPSTREAM)) { /* EXEC's answer */
             answer_error(rc, 500, "ERR respguard: out of memory");
@@ -1687,14 +1668,6 @@ void rest_close(struct rest_server *servers, size_t count)
             MHD_run(dm->d);
         stop_server(srv);
     }
-}
-
-size_t rest_busy(const struct rest_server *servers, size_t count)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < count; i++)
-        n += servers[i].waiting;
-    return n;
 }
 
 void rest_free(struct rest_server *servers, size_t count)

@@ -42,8 +42,6 @@ void rest_reload(struct rest_server *servers, size_t count, struct snapshot *nex
 void rest_drain(struct rest_server *servers, size_t count);
 /* Shutdown deadline: answer whatever still waits with 503 and stop now. */
 void rest_close(struct rest_server *servers, size_t count);
-/* Requests waiting for the upstream, over all servers (the worker drains when none is left). */
-size_t rest_busy(const struct rest_server *servers, size_t count);
 /* After the loop ended. */
 void rest_free(struct rest_server *servers, size_t count);
 
