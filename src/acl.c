@@ -1292,3 +1292,53 @@ size_t acl_verdict_error(const struct acl_verdict *v, size_t argc, const struct 
         buf[l.len < cap ? l.len : cap - 1] = '\0';
     return l.len;
 }
+
+int acl_check_scratch(const struct acl_user *u, const struct cmdtab_cmd *top, const struct cmdtab_cmd *sub,
+                      size_t argc, const struct resp_arg *argv, struct acl_verdict *v, struct acl_scratch *s)
+{
+    if (argc <= ACL_CHECK_STACK_ITEMS) {
+        struct cmdtab_key keys[ACL_CHECK_STACK_ITEMS];
+        struct cmdtab_channel chans[ACL_CHECK_STACK_ITEMS];
+        return acl_check_found(u, top, sub, argc, argv, v, keys, chans, ACL_CHECK_STACK_ITEMS);
+    }
+    if (s->cap < argc) {
+        void *k = realloc(s->keys, argc * sizeof *s->keys);
+        if (k)
+            s->keys = k;
+        void *c = realloc(s->channels, argc * sizeof *s->channels);
+        if (c)
+            s->channels = c;
+        if (!k || !c) {
+            memset(v, 0, sizeof *v);
+            v->result = ACL_DENIED_KEY;
+            v->reason = ACL_REASON_TOO_MANY;
+            return -ENOMEM;
+        }
+        s->cap = argc;
+    }
+    return acl_check_found(u, top, sub, argc, argv, v, s->keys, s->channels, s->cap);
+}
+
+const struct resp_arg *acl_append_match(struct acl_scratch *s, size_t argc, const struct resp_arg *argv,
+                                        const struct acl_verdict *v)
+{
+    if (s->args_cap < argc + 2) {
+        void *a = realloc(s->args, (argc + 2) * sizeof *s->args);
+        if (!a)
+            return NULL;
+        s->args = a;
+        s->args_cap = argc + 2;
+    }
+    memcpy(s->args, argv, argc * sizeof *argv);
+    s->args[argc] = (struct resp_arg){"MATCH", 5};
+    s->args[argc + 1] = (struct resp_arg){v->match, v->match_len};
+    return s->args;
+}
+
+void acl_scratch_free(struct acl_scratch *s)
+{
+    free(s->keys);
+    free(s->channels);
+    free(s->args);
+    *s = (struct acl_scratch){0};
+}

@@ -118,12 +118,15 @@ bool policy_rate_limited(const struct policy_actor *a, const struct cmdtab_cmd *
         anomaly_record_command(a->w->anomaly, (int)policy_slot(a), cmd->categories, now);
     policy_count(a, cmd, MV_RATE_LIMITED);
     metrics_inc(a->w->metrics, MC_REFUSED_RATE_LIMIT);
-    int n = snprintf(line, cap, "-ERR rate limit exceeded for user '%s'\r\n", a->user->name);
-    if (n < 0 || (size_t)n >= cap) {
-        n = (int)cap - 1; /* a very long user name: cut, still one line */
-        if (cap >= 3)
-            memcpy(line + cap - 3, "\r\n", 3);
-    }
-    *len = (size_t)n;
+    *len = policy_rate_limit_error(a->user, line, cap);
     return true;
+}
+
+size_t policy_rate_limit_error(const struct acl_user *u, char *line, size_t cap)
+{
+    int n = snprintf(line, cap, "-ERR rate limit exceeded for user '%s'\r\n", u->name);
+    if (n >= 0 && (size_t)n < cap)
+        return (size_t)n;
+    memcpy(line + cap - 3, "\r\n", 3); /* a very long user name: cut, still one line */
+    return cap - 1;
 }

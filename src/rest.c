@@ -129,11 +129,7 @@ struct rest_conn {
     size_t frame_start;       /* where the frame being read began in replies */
     bool overflow;            /* the replies went over the limit: the answer is a 500 */
     struct pool_client pc;
-    struct cmdtab_key *scratch_keys;
-    struct cmdtab_channel *scratch_channels;
-    size_t scratch_cap;
-    struct resp_arg *scratch_args;
-    size_t scratch_args_cap;
+    struct acl_scratch scratch;
 
     /* The answer. */
     struct restcodec_buf out;
@@ -341,28 +337,11 @@ static int upstream_slot(struct rest_conn *rc, enum slot_kind kind, size_t argc,
 /* Judging                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-/* The verdict for the request's user (acl.c), with scratch that grows to the largest command. */
+/* The verdict for the request's user (acl.c). */
 static int judge(struct rest_conn *rc, const struct cmdtab_cmd *top, const struct cmdtab_cmd *sub,
                  const struct restcodec_cmd *cmd, struct acl_verdict *v)
 {
-    if (cmd->argc <= ACL_CHECK_STACK_ITEMS) {
-        struct cmdtab_key keys[ACL_CHECK_STACK_ITEMS];
-        struct cmdtab_channel chans[ACL_CHECK_STACK_ITEMS];
-        return acl_check_found(rc->user, top, sub, cmd->argc, cmd->argv, v, keys, chans, ACL_CHECK_STACK_ITEMS);
-    }
-    if (rc->scratch_cap < cmd->argc) {
-        void *k = realloc(rc->scratch_keys, cmd->argc * sizeof *rc->scratch_keys);
-        if (k)
-            rc->scratch_keys = k;
-        void *c = realloc(rc->scratch_channels, cmd->argc * sizeof *rc->scratch_channels);
-        if (c)
-            rc->scratch_channels = c;
-        if (!k || !c)
-            return -ENOMEM;
-        rc->scratch_cap = cmd->argc;
-    }
-    return acl_check_found(rc->user, top, sub, cmd->argc, cmd->argv, v, rc->scratch_keys, rc->scratch_channels,
-                           rc->scratch_cap);
+    return acl_check_scratch(rc->user, top, sub, cmd->argc, cmd->argv, v, &rc->scratch);
 }
 
 /* Commands a REST request cannot run: they need a connection of their own (its state, a reply
@@ -467,18 +446,8 @@ static int run_command(struct rest_conn *rc, const struct restcodec_cmd *c, bool
         return 0;
     }
     if (v.result == ACL_OK_APPEND_MATCH) {
-        size_t argc = c->argc + 2;
-        if (rc->scratch_args_cap < argc) {
-            void *p = realloc(rc->scratch_args, argc * sizeof *rc->scratch_args);
-            if (!p)
-                return -ENOMEM;
-            rc->scratch_args = p;
-            rc->scratch_args_cap = argc;
-        }
-        memcpy(rc->scratch_args, c->argv, c->argc * sizeof *c->argv);
-        rc->scratch_args[c->argc] = (struct resp_arg){"MATCH", 5};
-        rc->scratch_args[c->argc + 1] = (struct resp_arg){v.match, v.match_len};
-        return upstream_slot(rc, SLOT_UPSTREAM, argc, rc->scratch_args);
+        const struct resp_arg *argv = acl_append_match(&rc->scratch, c->argc, c->argv, &v);
+        return argv ? upstream_slot(rc, SLOT_UPSTREAM, c->argc + 2, argv) : -ENOMEM;
     }
     return upstream_slot(rc, SLOT_UPSTREAM, c->argc, c->argv);
 }
@@ -1184,9 +1153,7 @@ static void conn_free(struct rest_conn *rc)
     buf_free(&rc->enc);
     restcodec_buf_free(&rc->out);
     free(rc->slots);
-    free(rc->scratch_keys);
-    free(rc->scratch_channels);
-    free(rc->scratch_args);
+    acl_scratch_free(&rc->scratch);
     snapshot_unref(rc->snap);
     snapshot_unref(rc->token_snap);
     crypto_wipe(rc->token, sizeof rc->token);

@@ -368,6 +368,30 @@ static int hexval(char c)
     return -1;
 }
 
+/* Percent-decode p[0..n) into dst[0..cap) ('+' as a space when plus_space): the length, -1
+ * for a malformed escape, -2 when it does not fit. */
+static long pct_decode(const char *p, size_t n, bool plus_space, char *dst, size_t cap)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (ch == '%') {
+            int hi = i + 2 < n ? hexval(p[i + 1]) : -1;
+            int lo = i + 2 < n ? hexval(p[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+                return -1;
+            ch = (char)(hi << 4 | lo);
+            i += 2;
+        } else if (plus_space && ch == '+') {
+            ch = ' ';
+        }
+        if (k == cap)
+            return -2;
+        dst[k++] = ch;
+    }
+    return (long)k;
+}
+
 /* Percent-decode p[0..n) into the arena as *a ('+' as a space when plus_space). */
 static const char *pct_arg(struct restcodec_decoder *d, const struct limits *l, const char *p,
                            size_t n, bool plus_space, struct resp_arg *a)
@@ -375,23 +399,13 @@ static const char *pct_arg(struct restcodec_decoder *d, const struct limits *l, 
     char *dst = arena_alloc(d, n);
     if (dst == NULL)
         return ERR_NOMEM;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] == '%') {
-            int hi = i + 2 < n ? hexval(p[i + 1]) : -1;
-            int lo = i + 2 < n ? hexval(p[i + 2]) : -1;
-            if (hi < 0 || lo < 0)
-                return "ERR malformed percent-encoding in the URL";
-            dst[k++] = (char)(hi << 4 | lo);
-            i += 2;
-        } else {
-            dst[k++] = plus_space && p[i] == '+' ? ' ' : p[i];
-        }
-    }
-    if (!count_bytes(d, l, k))
+    long k = pct_decode(p, n, plus_space, dst, n);
+    if (k < 0)
+        return "ERR malformed percent-encoding in the URL";
+    if (!count_bytes(d, l, (size_t)k))
         return ERR_TOO_LARGE;
     a->ptr = dst;
-    a->len = k;
+    a->len = (size_t)k;
     return NULL;
 }
 
@@ -493,24 +507,9 @@ long restcodec_query_param(const char *query, size_t len, const char *name, char
         while (eq < end && query[eq] != '=')
             eq++;
         if (eq - start == nlen && memcmp(query + start, name, nlen) == 0) {
-            size_t k = 0;
-            for (size_t i = eq + 1; i < end; i++) {
-                char ch = query[i];
-                if (ch == '%') {
-                    int hi = i + 2 < end ? hexval(query[i + 1]) : -1;
-                    int lo = i + 2 < end ? hexval(query[i + 2]) : -1;
-                    if (hi < 0 || lo < 0)
-                        return -2;
-                    ch = (char)(hi << 4 | lo);
-                    i += 2;
-                } else if (ch == '+') {
-                    ch = ' ';
-                }
-                if (k == cap)
-                    return -2;
-                dst[k++] = ch;
-            }
-            return (long)k;
+            size_t vstart = eq < end ? eq + 1 : end;
+            long k = pct_decode(query + vstart, end - vstart, true, dst, cap);
+            return k < 0 ? -2 : k;
         }
         start = end + 1;
     }

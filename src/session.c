@@ -147,11 +147,7 @@ struct session {
     struct buf enc;                  /* scratch for re-encoded commands */
     /* ACL scratch for commands with more keys than acl_check holds on its stack, and argv
      * with an appended MATCH: grown to the largest seen, never per command. */
-    struct cmdtab_key *scratch_keys;
-    struct cmdtab_channel *scratch_channels;
-    size_t scratch_cap;
-    struct resp_arg *scratch_args;
-    size_t scratch_args_cap;
+    struct acl_scratch scratch;
 
     /* request side */
     bool in_multi;                   /* MULTI sent, no EXEC/DISCARD yet */
@@ -1042,29 +1038,7 @@ static void count_refusal(struct session *s, const struct cmdtab_cmd *cmd, enum 
 static int judge(struct session *s, const struct resp_request *req, const struct command *c, struct acl_verdict *v)
 {
     const struct cmdtab_cmd *sub = c->top && c->top->subcommands ? c->cmd : NULL;
-    if (req->argc <= ACL_CHECK_STACK_ITEMS) {
-        struct cmdtab_key keys[ACL_CHECK_STACK_ITEMS];
-        struct cmdtab_channel chans[ACL_CHECK_STACK_ITEMS];
-        return acl_check_found(s->user, c->top, sub, req->argc, req->argv, v, keys, chans, ACL_CHECK_STACK_ITEMS);
-    }
-    /* Big multi-key commands: scratch that grows to the largest seen, never per command. */
-    if (s->scratch_cap < req->argc) {
-        void *k = realloc(s->scratch_keys, req->argc * sizeof *s->scratch_keys);
-        if (k)
-            s->scratch_keys = k;
-        void *c = realloc(s->scratch_channels, req->argc * sizeof *s->scratch_channels);
-        if (c)
-            s->scratch_channels = c;
-        if (!k || !c) {
-            memset(v, 0, sizeof *v);
-            v->result = ACL_DENIED_KEY;
-            v->reason = ACL_REASON_TOO_MANY;
-            return -ENOMEM;
-        }
-        s->scratch_cap = req->argc;
-    }
-    return acl_check_found(s->user, c->top, sub, req->argc, req->argv, v, s->scratch_keys, s->scratch_channels,
-                           s->scratch_cap);
+    return acl_check_scratch(s->user, c->top, sub, req->argc, req->argv, v, &s->scratch);
 }
 
 /* The verdict's effects. True: the command may run (v says whether respguard must append
@@ -1098,24 +1072,13 @@ static bool acl_allows(struct session *s, const struct resp_request *req, int rc
 static void forward_with_match(struct session *s, const struct resp_request *req, const struct acl_verdict *v)
 {
     size_t argc = req->argc + 2;
-    if (s->scratch_args_cap < argc) {
-        void *a = realloc(s->scratch_args, argc * sizeof *s->scratch_args);
-        if (!a) {
-            session_close(s, "out of memory");
-            return;
-        }
-        s->scratch_args = a;
-        s->scratch_args_cap = argc;
-    }
-    memcpy(s->scratch_args, req->argv, req->argc * sizeof *req->argv);
-    s->scratch_args[req->argc] = (struct resp_arg){"MATCH", 5};
-    s->scratch_args[req->argc + 1] = (struct resp_arg){v->match, v->match_len};
+    const struct resp_arg *argv = acl_append_match(&s->scratch, req->argc, req->argv, v);
     buf_reset(&s->enc);
-    if (buf_reserve(&s->enc, resp_encoded_size(argc, s->scratch_args)) != 0) {
+    if (!argv || buf_reserve(&s->enc, resp_encoded_size(argc, argv)) != 0) {
         session_close(s, "out of memory");
         return;
     }
-    size_t n = resp_encode_command(buf_tail(&s->enc), argc, s->scratch_args);
+    size_t n = resp_encode_command(buf_tail(&s->enc), argc, argv);
     send_upstream(s, buf_head(&s->enc), n, 1, 1);
 }
 
@@ -1130,8 +1093,7 @@ static void reply_rate_limited(struct session *s, const struct cmdtab_cmd *cmd)
     count_command(s, cmd, MV_RATE_LIMITED);
     metrics_inc(s->w->metrics, MC_REFUSED_RATE_LIMIT);
     char line[ACL_ERROR_MAX];
-    snprintf(line, sizeof line, "ERR rate limit exceeded for user '%s'", s->user->name);
-    reply_error(s, line);
+    reply_local(s, line, policy_rate_limit_error(s->user, line, sizeof line), 0);
 }
 
 /* The user's command rate limit (policy_rate_limited). True: the command was refused and
@@ -2007,9 +1969,7 @@ static void session_free(struct session *s)
     resp_parser_deinit(&s->parser);
     replyq_deinit(&s->q);
     buf_free(&s->enc);
-    free(s->scratch_keys);
-    free(s->scratch_channels);
-    free(s->scratch_args);
+    acl_scratch_free(&s->scratch);
     free(s->name);
     snapshot_unref(s->snap);
     free(s);

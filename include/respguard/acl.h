@@ -225,6 +225,26 @@ int acl_check_found(const struct acl_user *u, const struct cmdtab_cmd *top, cons
                     size_t argc, const struct resp_arg *argv, struct acl_verdict *out, struct cmdtab_key *keys,
                     struct cmdtab_channel *channels, size_t cap);
 
+/* Scratch for acl_check_scratch: grown to the largest command seen, never per command. */
+struct acl_scratch {
+    struct cmdtab_key *keys;
+    struct cmdtab_channel *channels;
+    size_t cap;
+    struct resp_arg *args;  /* acl_append_match's */
+    size_t args_cap;
+};
+
+/* acl_check_found with the keys and channels on the stack, or for commands with more than
+ * ACL_CHECK_STACK_ITEMS arguments in s (grown to argc). -ENOMEM when s cannot grow: then v is
+ * a refusal (ACL_DENIED_KEY, ACL_REASON_TOO_MANY). */
+int acl_check_scratch(const struct acl_user *u, const struct cmdtab_cmd *top, const struct cmdtab_cmd *sub,
+                      size_t argc, const struct resp_arg *argv, struct acl_verdict *v, struct acl_scratch *s);
+/* ACL_OK_APPEND_MATCH: argv with "MATCH" and v->match appended (argc + 2 arguments, in s; they
+ * point into argv and the user). NULL when s cannot grow. */
+const struct resp_arg *acl_append_match(struct acl_scratch *s, size_t argc, const struct resp_arg *argv,
+                                        const struct acl_verdict *v);
+void acl_scratch_free(struct acl_scratch *s);
+
 /* The error line for a refused verdict, without '-' and CRLF, exactly as Redis 7.0 words it
  * (for an unknown command: the name and the first arguments cut at 128 bytes and at a NUL byte,
  * CR and LF replaced by spaces; a refused EXEC as "EXECABORT Transaction discarded because of:

@@ -55,4 +55,8 @@ size_t policy_verdict(const struct policy_actor *a, size_t argc, const struct re
 bool policy_rate_limited(const struct policy_actor *a, const struct cmdtab_cmd *cmd, char *line, size_t cap,
                          size_t *len);
 
+/* The rate limit's error line for user u ("-ERR rate limit exceeded for user '<name>'" and
+ * CRLF, cut to cap with its CRLF kept); its length. */
+size_t policy_rate_limit_error(const struct acl_user *u, char *line, size_t cap);
+
 #endif
