@@ -74,7 +74,8 @@ MSG
 if [ "${1:-}" = "--background" ]; then
     build/respguard -c config/quickstart.yaml </dev/null >>"$dir/respguard.log" 2>&1 &
     echo $! >"$dir/respguard.pid"
-    for _ in $(seq 50); do
+    # Until a PING goes through both (up to 30 s: a busy machine starts the TLS stand-in slowly).
+    for _ in $(seq 300); do
         redis-cli -u "$url" --no-auth-warning ping >/dev/null 2>&1 && break
         sleep 0.1
     done
