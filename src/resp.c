@@ -330,6 +330,44 @@ static int resp_note_arg(struct resp_parser *p, int64_t i, size_t offset, size_t
     return 0;
 }
 
+/* The common case in one pass: a whole canonical multibulk frame at the start of buf, within
+ * the limits, with room for its arguments. Exactly what resp_parse_multibulk answers for such a
+ * frame (the same checks, in the same order); for anything else (incomplete, not canonical,
+ * over a limit, malformed, a count <= 0) it returns false and the general scan decides. */
+static bool resp_quick_frame(struct resp_parser *p, const char *buf, size_t len, const struct resp_limits *lim,
+                             struct resp_request *out)
+{
+    uint64_t max_request = lim->max_request < RESP_FRAME_HARD_MAX ? lim->max_request : RESP_FRAME_HARD_MAX;
+    size_t avail = (uint64_t)len > max_request ? (size_t)max_request + 1 : len;
+    long long ll;
+    size_t cr;
+    if (!resp_quick_header(buf, 0, avail, '*', &ll, &cr) || ll <= 0 || ll > INT_MAX ||
+        (unsigned long long)ll > lim->max_args || (unsigned long long)ll > p->argv_cap)
+        return false;
+    size_t count = (size_t)ll, pos = cr + 2;
+    if (resp_over_request((uint64_t)pos + (uint64_t)count * RESP_MIN_ARG_BYTES, lim))
+        return false;
+    for (size_t i = 0; i < count; i++) {
+        if (!resp_quick_header(buf, pos, avail, '$', &ll, &cr) || (unsigned long long)ll > RESP_MAX_BULK_LEN ||
+            (unsigned long long)ll > lim->max_bulk)
+            return false;
+        pos = cr + 2;
+        size_t n = (size_t)ll;
+        if (resp_over_request((uint64_t)pos + n + 2 + (uint64_t)(count - i - 1) * RESP_MIN_ARG_BYTES, lim) ||
+            avail - pos < n + 2 || buf[pos + n] != '\r' || buf[pos + n + 1] != '\n')
+            return false;
+        p->argv[i].ptr = buf + pos;
+        p->argv[i].len = n;
+        pos += n + 2;
+    }
+    out->frame_len = pos;
+    out->argc = count;
+    out->argv = p->argv;
+    out->is_inline = false;
+    out->canonical = true;
+    return true;
+}
+
 static enum resp_req_status resp_parse_multibulk(struct resp_parser *p, const char *buf,
                                                  size_t len, const struct resp_limits *lim,
                                                  struct resp_request *out, const char **err)
@@ -615,6 +653,8 @@ enum resp_req_status resp_request_next(struct resp_parser *p, const char *buf, s
     }
     /* As in Redis's processInputBuffer: '*' starts a multibulk frame, anything else a line. */
     mode = buf[0] == '*' ? RESP_SCAN_MULTIBULK : RESP_SCAN_INLINE;
+    if (mode == RESP_SCAN_MULTIBULK && p->scan.mode == RESP_SCAN_IDLE && resp_quick_frame(p, buf, len, lim, out))
+        return RESP_REQ_COMMAND; /* no scan state touched: it stays idle */
 
     /* Resume a scan only for what the contract promises: the same bytes with more appended,
      * under the same limits. Anything else starts over (correct, only slower). */
@@ -1014,11 +1054,82 @@ static void resp_fr_payload_done(struct resp_framer *f)
     }
 }
 
+/* Digits of a canonical non-negative number at b[0..n): "0" or no leading zero, at most 18
+ * digits (so it fits), ending at the first non-digit. Returns how many, 0 for none. */
+static size_t resp_fr_quick_digits(const char *b, size_t n, uint64_t *v)
+{
+    size_t i = 0;
+    uint64_t x = 0;
+    while (i < n && i < 18 && b[i] >= '0' && b[i] <= '9')
+        x = x * 10 + (uint64_t)(b[i++] - '0');
+    if (i == 0 || (b[0] == '0' && i > 1))
+        return 0;
+    *v = x;
+    return i;
+}
+
+/* The usual reply in one step: a whole top-level "+..", "-..", ":n" or "$n" bulk (or "$-1") in
+ * buf, in canonical form and within max_bulk. Returns its length, exactly what the byte-wise
+ * machine would consume for it (the info of such a frame is only its type), or 0 to leave the
+ * frame to that machine (anything else, incomplete, or malformed). */
+static size_t resp_fr_quick(const struct resp_framer *f, const char *buf, size_t len)
+{
+    if (f->state != RESP_FR_TYPE || f->depth != 0 || len < 4)
+        return 0;
+    uint64_t v;
+    size_t d;
+    switch (buf[0]) {
+    case '+':
+    case '-': {
+        const char *cr = memchr(buf + 1, '\r', len - 1);
+        if (cr == NULL)
+            return 0;
+        size_t n = (size_t)(cr - buf) - 1;
+        if ((uint64_t)n > f->max_bulk || memchr(buf + 1, '\n', n) != NULL || n + 2 >= len || cr[1] != '\n')
+            return 0;
+        return n + 3;
+    }
+    case ':': {
+        size_t neg = buf[1] == '-';
+        d = resp_fr_quick_digits(buf + 1 + neg, len - 1 - neg, &v);
+        if (d == 0 || (neg && v == 0))
+            return 0;
+        size_t cr = 1 + neg + d;
+        return cr + 1 < len && buf[cr] == '\r' && buf[cr + 1] == '\n' ? cr + 2 : 0;
+    }
+    case '$':
+        if (buf[1] == '-')
+            return buf[2] == '1' && buf[3] == '\r' && len > 4 && buf[4] == '\n' ? 5 : 0;
+        d = resp_fr_quick_digits(buf + 1, len - 1, &v);
+        if (d == 0 || v > f->max_bulk || 1 + d + 1 >= len || buf[1 + d] != '\r' || buf[2 + d] != '\n')
+            return 0;
+        if (len - (3 + d) < v + 2 || buf[3 + d + v] != '\r' || buf[4 + d + v] != '\n')
+            return 0;
+        return 3 + d + (size_t)v + 2;
+    default:
+        return 0;
+    }
+}
+
 enum resp_frame_status resp_framer_feed(struct resp_framer *f, const char *buf, size_t len,
                                         size_t *consumed, struct resp_frame_info *info,
                                         const char **err)
 {
     size_t i = 0;
+
+    if (f->state == RESP_FR_TYPE && f->depth == 0) {
+        size_t n = resp_fr_quick(f, buf, len);
+        if (n > 0) {
+            if (info != NULL) {
+                memset(info, 0, sizeof(*info));
+                info->type = buf[0];
+                info->kind = RESP_FRAME_REPLY;
+                info->is_error = buf[0] == '-';
+            }
+            *consumed = n;
+            return RESP_FRAME_DONE;
+        }
+    }
 
     if (f->state == RESP_FR_ERROR) {
         *consumed = 0;
