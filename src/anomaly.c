@@ -94,6 +94,7 @@ struct anomaly {
     struct series *series;            /* user_count * nslots, user-major */
     unsigned nslots;
     uint8_t slot_bit[CMDTAB_CATEGORY_COUNT]; /* category bit index of each slot */
+    uint8_t bit_slot[CMDTAB_CATEGORY_COUNT]; /* and back: the slot of each watched bit */
     struct source *sources;           /* nsets * WAYS */
     size_t nsets;
     bool started;
@@ -519,8 +520,10 @@ int anomaly_new(const struct anomaly_config *cfg, size_t user_count, struct anom
     d->cfg.overrides = NULL;
     d->user_count = user_count;
     for (unsigned bit = 0; bit < CMDTAB_CATEGORY_COUNT; bit++) {
-        if (cfg->categories & (1u << bit))
+        if (cfg->categories & (1u << bit)) {
+            d->bit_slot[bit] = (uint8_t)d->nslots;
             d->slot_bit[d->nslots++] = (uint8_t)bit;
+        }
     }
     size_t table = WAYS;
     while (table < cfg->source_table_size)
@@ -653,12 +656,10 @@ void anomaly_record_command(struct anomaly *d, int user, uint32_t categories, ui
     else if (sec > d->open_sec + 1)
         sec = d->open_sec + 1;
     struct series *row = &d->series[(size_t)user * d->nslots];
-    for (unsigned i = 0; i < d->nslots; i++) {
-        if (cats & (1u << d->slot_bit[i])) {
-            uint32_t *c = &row[i].count[sec & 1];
-            if (*c < UINT32_MAX)
-                (*c)++;
-        }
+    for (; cats != 0; cats &= cats - 1) { /* each watched category of the command */
+        uint32_t *c = &row[d->bit_slot[__builtin_ctz(cats)]].count[sec & 1];
+        if (*c < UINT32_MAX)
+            (*c)++;
     }
 }
 
