@@ -36,7 +36,10 @@
 /* A shared connection takes new clients while fewer replies than this are due on it; past it the
  * least busy one does. Concentrating clients on one connection is what lets their commands leave
  * in one write; spreading under load keeps one slow reply from holding everyone up. */
-#define SHARE_SPILL 256
+#define SHARE_SPILL 1024
+/* The clock is read once per read and again after this many reply frames of it (a read can
+ * carry a thousand replies; a clock read per reply cost more than the rest of its routing). */
+#define POOL_CLOCK_FRAMES 32
 /* Refill backoff after connect failures: 250 ms doubling up to 10 s. */
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 10000
@@ -730,7 +733,8 @@ static void route_input(struct upconn *c)
     if (c->routing)
         return; /* called from inside a callback of the loop below: it goes on by itself */
     c->routing = true;
-    c->pool->read_ns = uv_hrtime(); /* one clock read per read, for the replies' latency */
+    c->pool->read_ns = c->pool->route_ns = uv_hrtime(); /* for the replies' latency */
+    unsigned frames = 0;
     while (buf_len(in) > 0 && c->state != UPCONN_CLOSING && !c->paused) {
         struct pool_route *r = route_head(c);
         if (!r) {
@@ -793,6 +797,8 @@ static void route_input(struct upconn *c)
         if (done) {
             c->head_len = 0;
             c->frame_len = 0;
+            if (++frames % POOL_CLOCK_FRAMES == 0)
+                c->pool->route_ns = uv_hrtime();
         }
     }
     c->routing = false;

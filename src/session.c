@@ -42,6 +42,7 @@
 #include "respguard/resp.h"
 #include "respguard/scoped.h"
 #include "respguard/snapshot.h"
+#include "respguard/source.h"
 #include "respguard/tlsconn.h"
 #include "respguard/transport.h"
 #include "respguard/worker.h"
@@ -175,6 +176,12 @@ struct session {
     uint64_t batch_t;                /* uv_hrtime at the start of the current client read batch */
     size_t batch_pushed;             /* queue entries added in the current batch */
     uint64_t reply_t;                /* uv_hrtime when the reply being delivered began */
+    uint64_t handoff_t;              /* ... and when its last piece was handed on (the pool's
+                                        route clock: a few frames late at most) */
+    /* Replies to one read leave together (hold_replies): entries_done counts queue entries
+     * answered so far; the client's output is held until it reaches hold_until. */
+    uint64_t entries_done;
+    uint64_t hold_until;
 };
 
 static void process_input(struct session *s);
@@ -356,6 +363,21 @@ bool session_turn_input(struct worker *w)
     return w->input_head != NULL;
 }
 
+/* The most reply bytes held back for the rest of a read's replies: past it they stream. */
+#define HOLD_MAX_BYTES (64u * 1024)
+
+/* Redis answers the commands of one read together, in one write when the replies are small.
+ * respguard does the same: what it answered itself and what the upstream answered first wait
+ * for the other replies to that read (one write and one wakeup of the client instead of one
+ * each), but never behind a command that may block, in subscribed mode or MONITOR, while the
+ * session winds down, nor past HOLD_MAX_BYTES. The last entry answered queues the flush. */
+static bool hold_replies(const struct session *s)
+{
+    return s->entries_done < s->hold_until && s->state == SESSION_ACTIVE && s->blocking_due == 0 &&
+           s->monitor == MON_NONE && !s->peer_closed && !replyq_subscribed(&s->q) &&
+           transport_pending(&s->client) < HOLD_MAX_BYTES;
+}
+
 void session_turn_flush(struct worker *w)
 {
     struct session *s = w->flush_head;
@@ -363,7 +385,8 @@ void session_turn_flush(struct worker *w)
     while (s) {
         struct session *next = s->flush_next;
         s->flush_queued = false;
-        transport_flush(&s->client);
+        if (!hold_replies(s))
+            transport_flush(&s->client);
         s = next;
     }
 }
@@ -384,7 +407,7 @@ static void observe_latency(struct session *s, const struct replyq_entry *e)
 {
     if (e->kind != REPLYQ_FORWARD || !e->t_sent || s->reply_t < e->t_sent)
         return;
-    uint64_t now = uv_hrtime();
+    uint64_t now = s->handoff_t > s->reply_t ? s->handoff_t : s->reply_t;
     metrics_observe(s->w->metrics, MH_UPSTREAM_RTT, s->reply_t - e->t_sent);
     metrics_observe(s->w->metrics, MH_ADDED_LATENCY, (e->t_sent - e->t_in) + (now - s->reply_t));
 }
@@ -394,6 +417,8 @@ static void fail_upstream(struct session *s, const char *err, size_t len, bool k
 static void entry_done(void *owner, const struct replyq_entry *e, bool error, const char *reply, size_t len)
 {
     struct session *s = owner;
+    if (++s->entries_done == s->hold_until)
+        flush_later(s); /* the replies to one read are all in: they leave */
     observe_latency(s, e);
     switch ((enum entry_tag)e->tag) {
     case TAG_MULTI:
@@ -632,6 +657,7 @@ static void on_pool_reply(struct pool_client *pc, const char *p, size_t n, const
     s->refs++;
     if (!s->q.frame_open)
         s->reply_t = pc->pool->read_ns;
+    s->handoff_t = pc->pool->route_ns;
     if (replyq_feed(&s->q, p, n, end) != 0)
         session_close(s, "out of memory");
     else if (end)
@@ -1831,6 +1857,8 @@ static void process_input(struct session *s)
     if (s->state == SESSION_CLOSING)
         return;
     stamp_sent(s);
+    if (s->entries_done >= s->hold_until)
+        s->hold_until = s->entries_done + s->q.len; /* see hold_replies */
     transport_shrink_input(&s->client);
     /* While a command waits for the pool nothing more is read: a client cannot make respguard
      * buffer without end behind it. */
@@ -2246,10 +2274,10 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     s->refs++;
 
     rc = transport_accept(&s->client, server, ls.tls_ctx);
-    transport_peer_name(&s->client, s->peer, sizeof s->peer);
     int addrlen = sizeof s->peer_addr;
     if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&s->peer_addr, &addrlen) != 0)
         s->peer_addr.ss_family = AF_UNSPEC;
+    source_format_addr((const struct sockaddr *)&s->peer_addr, s->peer, sizeof s->peer);
     if (rc < 0) {
         session_close(s, uv_strerror(rc));
         return rc;

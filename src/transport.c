@@ -14,7 +14,6 @@
 
 #include "respguard/invariant.h"
 #include "respguard/metrics.h"
-#include "respguard/source.h"
 #include "respguard/tlsconn.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -467,14 +466,4 @@ void transport_close_when_flushed(struct transport *t)
     flush(t, false);
     if (t->close_when_flushed)
         maybe_finish_close(t);
-}
-
-void transport_peer_name(struct transport *t, char *buf, size_t cap)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    int len = sizeof ss;
-    if (uv_tcp_getpeername(&t->tcp, (struct sockaddr *)&ss, &len) != 0)
-        ss.ss_family = AF_UNSPEC;
-    source_format_addr((const struct sockaddr *)&ss, buf, cap);
 }

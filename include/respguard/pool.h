@@ -165,6 +165,8 @@ struct pool {
     struct tlsconn_resume **old_resume; /* slots replaced by drains, freed with the pool */
     size_t old_resume_count;
     uint64_t read_ns;             /* uv_hrtime when the read being routed arrived (latency) */
+    uint64_t route_ns;            /* uv_hrtime, read again every POOL_CLOCK_FRAMES frames while
+                                     a read is routed: when a reply was handed on (latency) */
     bool stopping;
     bool retired;                 /* its credential was removed by a reload: opens nothing */
     bool timers_open;

@@ -102,7 +102,4 @@ void transport_close(struct transport *t);
 /* Stop reading, send what is queued (and a TLS close_notify), then close. */
 void transport_close_when_flushed(struct transport *t);
 
-/* "ip:port" of the peer into buf; "?" when unknown. */
-void transport_peer_name(struct transport *t, char *buf, size_t cap);
-
 #endif
