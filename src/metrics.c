@@ -197,10 +197,16 @@ void metrics_observe(struct metrics_shard *s, enum metrics_histogram h, uint64_t
         return;
     struct metrics_histogram_data *d = &s->hist[h];
     const uint64_t *bounds = histograms[h].bounds;
-    size_t n = histograms[h].count, i = 0;
-    while (i < n && v > bounds[i])
-        i++;
-    metrics_add(&d->buckets[i], 1); /* i == n: the +Inf slot */
+    /* The first bound >= v (binary search: two observations per command); n: the +Inf slot */
+    size_t lo = 0, hi = histograms[h].count;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (v > bounds[mid])
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    metrics_add(&d->buckets[lo], 1);
     metrics_add(&d->count, 1);
     metrics_add(&d->sum_ns, v);
 }
