@@ -303,7 +303,8 @@ static const char *resp_expected_dollar(struct resp_parser *p, char c)
  * leading zero (at most 18 digits), then "\r\n", starting at pos. The common case, and
  * exactly what the general scan accepts as such; anything else (and every error) is left to it.
  * Returns true with the number and the line's '\r' position. */
-static bool resp_quick_header(const char *buf, size_t pos, size_t avail, char prefix, long long *n, size_t *cr)
+static inline __attribute__((always_inline)) bool resp_quick_header(const char *buf, size_t pos, size_t avail, char prefix,
+                                                                    long long *n, size_t *cr)
 {
     size_t i = pos + 1, end = avail < pos + 19 ? avail : pos + 19; /* 18 digits fit */
     uint64_t v = 0;
