@@ -17,6 +17,7 @@
 #include "respguard/tlsconn.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,6 +337,131 @@ int tlsconn_cert_file_expiry(const char *cert_file, long long *seconds_left)
     return rc;
 }
 
+/* ---- ciphertext queues ------------------------------------------------------------- */
+
+/* The engine's two BIOs: a plain byte queue each. OpenSSL's memory BIO zeroes every byte it is
+ * given before it copies it in (BUF_MEM_grow_clean), on every record of every connection; this
+ * one only copies. Otherwise it behaves as a memory BIO with an EOF return of -1: writes always
+ * succeed (or fail for memory), and an empty queue means "retry later", never EOF. */
+struct byteq {
+    char *data;
+    size_t start, end, cap;
+};
+
+static int byteq_write(BIO *b, const char *in, int len)
+{
+    struct byteq *q = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0)
+        return 0;
+    size_t n = (size_t)len;
+    if (q->cap - q->end < n && q->start > 0) {
+        memmove(q->data, q->data + q->start, q->end - q->start);
+        q->end -= q->start;
+        q->start = 0;
+    }
+    if (q->cap - q->end < n) {
+        size_t cap = q->cap ? q->cap : 4096;
+        while (cap - q->end < n)
+            cap *= 2;
+        char *d = realloc(q->data, cap);
+        if (d == NULL)
+            return -1;
+        q->data = d;
+        q->cap = cap;
+    }
+    memcpy(q->data + q->end, in, n);
+    q->end += n;
+    return len;
+}
+
+static int byteq_read(BIO *b, char *out, int len)
+{
+    struct byteq *q = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    size_t n = q->end - q->start;
+    if (n == 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    if (len <= 0)
+        return 0;
+    if (n > (size_t)len)
+        n = (size_t)len;
+    memcpy(out, q->data + q->start, n);
+    q->start += n;
+    if (q->start == q->end)
+        q->start = q->end = 0;
+    return (int)n;
+}
+
+static long byteq_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    (void)ptr;
+    struct byteq *q = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_PENDING: return (long)(q->end - q->start);
+    case BIO_CTRL_EOF: return q->end == q->start;
+    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_RESET: q->start = q->end = 0; return 1;
+    default: return 0; /* WPENDING and the rest, as the memory BIO */
+    }
+}
+
+static int byteq_create(BIO *b)
+{
+    struct byteq *q = calloc(1, sizeof *q);
+    if (q == NULL)
+        return 0;
+    BIO_set_data(b, q);
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int byteq_destroy(BIO *b)
+{
+    struct byteq *q = BIO_get_data(b);
+    if (q != NULL) {
+        free(q->data);
+        free(q);
+    }
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+/* An empty queue gives its memory back (an idle connection keeps none). */
+static void byteq_trim(BIO *b)
+{
+    struct byteq *q = BIO_get_data(b);
+    if (q != NULL && q->start == q->end && q->data != NULL) {
+        free(q->data);
+        q->data = NULL;
+        q->start = q->end = q->cap = 0;
+    }
+}
+
+static BIO_METHOD *byteq_method;
+static pthread_once_t byteq_once = PTHREAD_ONCE_INIT;
+
+static void byteq_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "respguard byte queue");
+    if (m == NULL || !BIO_meth_set_write(m, byteq_write) || !BIO_meth_set_read(m, byteq_read) ||
+        !BIO_meth_set_ctrl(m, byteq_ctrl) || !BIO_meth_set_create(m, byteq_create) ||
+        !BIO_meth_set_destroy(m, byteq_destroy)) {
+        BIO_meth_free(m);
+        return; /* byteq_new fails: conn_new reports no memory */
+    }
+    byteq_method = m;
+}
+
+static BIO *byteq_new(void)
+{
+    pthread_once(&byteq_once, byteq_method_init);
+    return byteq_method ? BIO_new(byteq_method) : NULL;
+}
+
 /* ---- connections ------------------------------------------------------------------- */
 
 static struct tlsconn *conn_new(struct tlsconn_ctx *ctx)
@@ -348,8 +474,8 @@ static struct tlsconn *conn_new(struct tlsconn_ctx *ctx)
     snprintf(t->err, sizeof(t->err), "no error");
     ERR_clear_error();
     t->ssl = SSL_new(ctx->ssl_ctx);
-    t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
+    t->rbio = byteq_new();
+    t->wbio = byteq_new();
     if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
         BIO_free(t->rbio);
         BIO_free(t->wbio);
@@ -358,9 +484,9 @@ static struct tlsconn *conn_new(struct tlsconn_ctx *ctx)
         ERR_clear_error();
         return NULL;
     }
-    /* An empty read BIO means "retry later", never EOF: the socket's EOF is the caller's
-     * business (and a TLS stream without close_notify is a truncation it must treat so). */
-    BIO_set_mem_eof_return(t->rbio, -1);
+    /* An empty read BIO means "retry later", never EOF (byteq_read): the socket's EOF is the
+     * caller's business (and a TLS stream without close_notify is a truncation it must treat
+     * so). */
     SSL_set_bio(t->ssl, t->rbio, t->wbio); /* ssl owns both from here */
     return t;
 }
@@ -497,6 +623,8 @@ void tlsconn_trim(struct tlsconn *t)
     if (t != NULL && t->done && !t->failed) {
         (void)SSL_free_buffers(t->ssl); /* refuses (harmlessly) while a record is in the buffers */
         ERR_clear_error();
+        byteq_trim(t->rbio);
+        byteq_trim(t->wbio);
     }
 }
 
