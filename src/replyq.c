@@ -333,10 +333,30 @@ static void frame_end(struct replyq *q, const struct resp_frame_info *f)
         e->expected--;
 }
 
+/* The usual case, decided at once: a whole ordinary frame for a plain forwarded command at the
+ * front (no flags, one reply, no local bytes), which cannot be a confirmation or a message (not
+ * an array in RESP2 subscribed mode). frame_end would forward it and complete the entry; this
+ * does the same without its questions. */
+static bool plain_reply(const struct replyq *q, const struct resp_frame_info *end)
+{
+    if (q->frame_open || q->len == 0 || end->kind != RESP_FRAME_REPLY)
+        return false;
+    const struct replyq_entry *e = replyq_at((struct replyq *)q, 0);
+    return e->kind == REPLYQ_FORWARD && e->flags == 0 && e->expected == 1 && e->local_len == 0 &&
+           (end->type != '*' || q->proto != 2 || (q->subs == 0 && q->ssubs == 0));
+}
+
 int replyq_feed(struct replyq *q, const char *p, size_t n, const struct resp_frame_info *end)
 {
     if (q->stopped)
         return 0;
+    if (end && plain_reply(q, end)) {
+        if (n)
+            q->ops->write(q->owner, p, n);
+        pop(q, false, end->is_error, NULL, 0);
+        drain_local(q);
+        return 0;
+    }
     if (!q->frame_open) {
         q->frame_open = true;
         q->frame_held = must_hold(q);
