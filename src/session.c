@@ -182,6 +182,7 @@ struct session {
      * answered so far; the client's output is held until it reaches hold_until. */
     uint64_t entries_done;
     uint64_t hold_until;
+    struct policy_actor actor;       /* see actor_of */
 };
 
 static void process_input(struct session *s);
@@ -1034,17 +1035,19 @@ static void login_at_connect(struct session *s, const struct acl_user *u)
 /* ---------------------------------------------------------------------------------------- */
 
 /* The session's user, as the policy (counts, audit, anomaly detector, rate limit) sees it. */
-static struct policy_actor actor_of(const struct session *s)
+/* The session as policy.c sees it: built once, its snapshot and user brought up to date on
+ * every use (a login or a reload changes them). */
+static const struct policy_actor *actor_of(struct session *s)
 {
-    return (struct policy_actor){.w = s->w, .snap = s->snap, .user = s->user, .peer = s->peer,
-                                 .addr = (const struct sockaddr *)&s->peer_addr, .id = s->id, .protocol = "resp"};
+    s->actor.snap = s->snap;
+    s->actor.user = s->user;
+    return &s->actor;
 }
 
 /* Every command of a logged-in user is counted once, under its category and verdict. */
 static void count_command(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_verdict v)
 {
-    struct policy_actor a = actor_of(s);
-    policy_count(&a, cmd, v);
+    policy_count(actor_of(s), cmd, v);
 }
 
 /* AUTH, HELLO, QUIT, RESET: answered by respguard, counted before they may change the user. */
@@ -1055,8 +1058,7 @@ static void count_connection_command(struct session *s, enum metrics_verdict v)
 
 static void count_refusal(struct session *s, const struct cmdtab_cmd *cmd, enum metrics_counter reason)
 {
-    struct policy_actor a = actor_of(s);
-    policy_count_refusal(&a, cmd, reason);
+    policy_count_refusal(actor_of(s), cmd, reason);
 }
 
 /* The verdict for the session's user, with no effect (the plan needs it before anything may
@@ -1072,9 +1074,9 @@ static int judge(struct session *s, const struct resp_request *req, const struct
  * for a refusal, written to the audit log. */
 static bool acl_allows(struct session *s, const struct resp_request *req, int rc, const struct acl_verdict *v)
 {
-    struct policy_actor a = actor_of(s);
+    const struct policy_actor *a = actor_of(s);
     char line[ACL_ERROR_MAX + 3];
-    size_t n = policy_verdict(&a, req->argc, req->argv, rc, v, line, sizeof line);
+    size_t n = policy_verdict(a, req->argc, req->argv, rc, v, line, sizeof line);
     if (n == 0)
         return true; /* counted by the caller, which may still refuse it */
     if (s->in_multi && v->cmd && v->cmd->role == CMDTAB_ROLE_EXEC) {
@@ -1131,10 +1133,10 @@ static bool rate_limited(struct session *s, const struct command *c)
 {
     if (s->in_multi && (c->role == CMDTAB_ROLE_EXEC || c->role == CMDTAB_ROLE_DISCARD))
         return false;
-    struct policy_actor a = actor_of(s);
+    const struct policy_actor *a = actor_of(s);
     char line[ACL_ERROR_MAX];
     size_t n;
-    if (!policy_rate_limited(&a, counted_cmd(c), line, sizeof line, &n))
+    if (!policy_rate_limited(a, counted_cmd(c), line, sizeof line, &n))
         return false;
     if (s->in_multi)
         s->multi_dirty = true;
@@ -2278,6 +2280,8 @@ int session_accept(struct worker *w, const struct listener *l, uv_stream_t *serv
     if (uv_tcp_getpeername(&s->client.tcp, (struct sockaddr *)&s->peer_addr, &addrlen) != 0)
         s->peer_addr.ss_family = AF_UNSPEC;
     source_format_addr((const struct sockaddr *)&s->peer_addr, s->peer, sizeof s->peer);
+    s->actor = (struct policy_actor){.w = w, .peer = s->peer, .addr = (const struct sockaddr *)&s->peer_addr,
+                                     .id = s->id, .protocol = "resp"};
     if (rc < 0) {
         session_close(s, uv_strerror(rc));
         return rc;
