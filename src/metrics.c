@@ -197,16 +197,12 @@ void metrics_observe(struct metrics_shard *s, enum metrics_histogram h, uint64_t
         return;
     struct metrics_histogram_data *d = &s->hist[h];
     const uint64_t *bounds = histograms[h].bounds;
-    /* The first bound >= v (binary search: two observations per command); n: the +Inf slot */
-    size_t lo = 0, hi = histograms[h].count;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (v > bounds[mid])
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    metrics_add(&d->buckets[lo], 1);
+    /* The first bound >= v, from where its power of two starts (two observations per
+     * command: no search); n: the +Inf slot */
+    size_t i = s->first_bucket[h][v ? 63 - __builtin_clzll(v) : 0], n = histograms[h].count;
+    while (i < n && v > bounds[i])
+        i++;
+    metrics_add(&d->buckets[i], 1);
     metrics_add(&d->count, 1);
     metrics_add(&d->sum_ns, v);
 }
@@ -274,6 +270,13 @@ static struct metrics_shard *shard_new(size_t user_count, size_t ncommands, size
     zero_slots(s->anomalies, nanomalies);
     zero_slots(s->pool_entered, MPS_COUNT);
     zero_slots(s->pool_left, MPS_COUNT);
+    for (size_t h = 0; h < MH_COUNT; h++)
+        for (unsigned e = 0; e < 64; e++) {
+            size_t i = 0;
+            while (i < histograms[h].count && histograms[h].bounds[i] < (1ull << e))
+                i++;
+            s->first_bucket[h][e] = (uint8_t)i;
+        }
     return s;
 }
 

@@ -187,6 +187,10 @@ struct metrics_shard {
     _Atomic uint64_t *commands;  /* [user][category][verdict]: user_count * MCAT_COUNT * MV_COUNT */
     _Atomic uint64_t *anomalies; /* [type][user + 1] (0: per-source events, no user):
                                     METRICS_ANOMALY_TYPES * (user_count + 1) */
+    /* Where metrics_observe starts looking: per histogram and power of two 2^e, the first
+     * bucket whose bound is >= 2^e (a value below 2^(e+1) is at most two buckets on, as the
+     * bounds at least double). Set once by metrics_new. */
+    uint8_t first_bucket[MH_COUNT][64];
 };
 
 /* The single writer's increment. */
