@@ -28,6 +28,11 @@ static void emit(struct transport *t, enum transport_event ev, const char *reaso
 
 static void fail(struct transport *t, const char *reason)
 {
+    if (t->quiet) {
+        if (!t->deferred_error)
+            t->deferred_error = reason; /* emitted by the next flush (transport_flush_quiet) */
+        return;
+    }
     if (t->closing) {
         /* Closing after a last reply that can no longer leave: nothing will ever finish that
          * flush (reading has stopped, so not even the peer's reset is seen). Close now. */
@@ -98,6 +103,14 @@ static void maybe_finish_close(struct transport *t);
  * commands leave when their owner says. */
 static void flush_out(struct transport *t, bool notify, bool plaintext)
 {
+    if (t->deferred_error) {
+        if (!t->quiet) {
+            const char *reason = t->deferred_error;
+            t->deferred_error = NULL;
+            fail(t, reason);
+        }
+        return;
+    }
     if (!t->tcp_connected)
         return;
     if (plaintext && !encrypt_hold(t))
@@ -145,6 +158,15 @@ static void flush_out(struct transport *t, bool notify, bool plaintext)
 static void flush(struct transport *t, bool notify) { flush_out(t, notify, true); }
 
 void transport_flush(struct transport *t) { flush(t, true); }
+
+void transport_flush_quiet(struct transport *t)
+{
+    if (t->closing)
+        return;
+    t->quiet = true;
+    flush(t, false);
+    t->quiet = false;
+}
 
 static void on_write(uv_write_t *req, int status)
 {

@@ -99,6 +99,7 @@ struct upconn {
     uint64_t ping_ms;            /* a keepalive PING is in flight since then (0: none) */
     uint64_t reset_deadline_ms;  /* RESETTING: closed if the nonce has not come back by then */
     uint32_t batch;              /* client commands queued since the last flush */
+    uint32_t batch_frames;       /* ... and the reply frames they expect (shared) */
     bool flush_queued;
     bool retiring;               /* past max_lifetime: takes no new client, closes once free */
     bool paused;                 /* the owner's back-pressure: not reading */

@@ -55,6 +55,8 @@ struct transport {
     _Atomic uint64_t *bytes_out_counter;
     bool reading;        /* the owner wants input */
     bool writing;        /* a uv_write is in flight */
+    bool quiet;          /* inside transport_flush_quiet: errors wait in deferred_error */
+    const char *deferred_error;
     bool closing;        /* transport_close was called */
     bool close_when_flushed;
     bool handshake_done; /* TLS handshake complete (always true for plaintext) */
@@ -83,6 +85,9 @@ void transport_write(struct transport *t, const void *data, size_t len);
 /* Hand everything queued to libuv in one write, unless a write is already in flight (its
  * callback sends the rest). */
 void transport_flush(struct transport *t);
+/* The same, from inside another connection's callback: nothing is emitted from here; an error
+ * waits for the next transport_flush, which the caller must make (the end of the turn). */
+void transport_flush_quiet(struct transport *t);
 /* Bytes queued or in flight towards the socket. */
 size_t transport_pending(const struct transport *t);
 
