@@ -127,3 +127,19 @@ def test_binary_safe_arguments(proxy, direct):
         assert c.call_raw("SET", k, v) == b"+OK\r\n"
         assert c.call_raw("GET", k) == b"$768\r\n" + v + b"\r\n"
     assert direct.get(k) == v
+
+
+def test_replies_to_one_read_arrive_together(proxy):
+    # Redis answers the commands of one read in one write: a client that pipelines AUTH with a
+    # slow command gets +OK with that command's reply, not before it. respguard holds its own
+    # +OK for the upstream's reply (the same bytes, one write and one wakeup fewer per client).
+    slow = "local i = 0 while i < 20000000 do i = i + 1 end return 7"
+    with proxy.raw(timeout=30) as c:
+        c.send(encode("AUTH", "web", PASSWORDS["web"]) + encode("EVAL", slow, "0"))
+        first = c.sock.recv(1 << 16)
+        assert first != b"+OK\r\n", "+OK arrived on its own, before the slow command's reply"
+        while len(first) < len(b"+OK\r\n:7\r\n") and b"+OK\r\n:7\r\n".startswith(first):
+            more = c.sock.recv(1 << 16)
+            assert more, "closed after %r" % first
+            first += more
+        assert first == b"+OK\r\n:7\r\n"
