@@ -923,6 +923,13 @@ size_t pool_pending(const struct pool_client *cl)
     return cl->conn ? transport_pending(&cl->conn->up.t) : 0;
 }
 
+void pool_trim(struct pool_client *cl)
+{
+    struct upconn *c = cl->conn;
+    if (c && cl->use != POOL_USE_SHARE && c->state != UPCONN_CLOSING && !c->routing)
+        transport_trim(&c->up.t);
+}
+
 void pool_send(struct pool_client *cl, const char *bytes, size_t len, uint32_t frames, uint32_t commands)
 {
     struct upconn *c = cl->conn;

@@ -1958,6 +1958,7 @@ void session_trim_idle(struct worker *w, uint64_t now_ms)
         if (!reading(s) || s->stalled || s->q.len || now_ms - s->last_ms < 1000 || s->trimmed)
             continue;
         transport_trim(&s->client);
+        pool_trim(&s->pc);
         replyq_trim(&s->q);
         s->trimmed = true; /* until its next command */
         trimmed++;

@@ -217,6 +217,9 @@ void pool_pause(struct pool_client *c);
 void pool_resume(struct pool_client *c);
 /* Bytes queued or in flight towards the upstream on c's connection (0 without one). */
 size_t pool_pending(const struct pool_client *c);
+/* An idle client's own (HOLD or PIN) connection gives back its buffers, as an idle client's
+ * connection does (transport_trim); allocated again by its next use. */
+void pool_trim(struct pool_client *c);
 
 /* Send what the connections queued this loop turn, one write each. The worker calls this once
  * per loop turn, before the loop waits for I/O. */

@@ -480,3 +480,22 @@ def test_monitor_is_served_to_a_named_grant_and_reset_ends_it(respguard):
     assert c.call_raw("AUTH", "watcher", "watchpass") == b"+OK\r\n"
     assert c.call_raw("PING") == b"+PONG\r\n"
     c.close()
+
+
+def test_idle_session_upstream_connection_is_trimmed_and_used_again(respguard, direct):
+    """An idle session's own upstream connection gives back its buffers (and its TLS engine's)
+    like the client side does; the session's next commands use the same connection, big values
+    included."""
+    p = respguard()
+    k = unique()
+    value = b"y" * (1 << 20)
+    c = RawConn(p.port, timeout=20)
+    assert c.call_raw("AUTH", "web", PASSWORDS["web"]) == b"+OK\r\n"
+    assert c.call_raw("SET", k, value) == b"+OK\r\n"
+    first_id = c.call("CLIENT", "ID")
+    time.sleep(2.5)  # the idle sweep runs once a second for sessions idle over a second
+    assert c.call_raw("GET", k) == b"$%d\r\n" % len(value) + value + b"\r\n"
+    assert c.call("CLIENT", "ID") == first_id
+    assert c.call_raw("SET", k, value + b"z") == b"+OK\r\n"
+    assert direct.strlen(k) == len(value) + 1
+    c.close()
