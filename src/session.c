@@ -1034,9 +1034,9 @@ static void login_at_connect(struct session *s, const struct acl_user *u)
 /* ACL                                                                                       */
 /* ---------------------------------------------------------------------------------------- */
 
-/* The session's user, as the policy (counts, audit, anomaly detector, rate limit) sees it. */
-/* The session as policy.c sees it: built once, its snapshot and user brought up to date on
- * every use (a login or a reload changes them). */
+/* The session's user, as the policy (counts, audit, anomaly detector, rate limit) sees it:
+ * built once, its snapshot and user brought up to date on every use (a login or a reload
+ * changes them). */
 static const struct policy_actor *actor_of(struct session *s)
 {
     s->actor.snap = s->snap;
