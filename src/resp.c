@@ -1055,20 +1055,6 @@ static void resp_fr_payload_done(struct resp_framer *f)
     }
 }
 
-/* Digits of a canonical non-negative number at b[0..n): "0" or no leading zero, at most 18
- * digits (so it fits), ending at the first non-digit. Returns how many, 0 for none. */
-static size_t resp_fr_quick_digits(const char *b, size_t n, uint64_t *v)
-{
-    size_t i = 0;
-    uint64_t x = 0;
-    while (i < n && i < 18 && b[i] >= '0' && b[i] <= '9')
-        x = x * 10 + (uint64_t)(b[i++] - '0');
-    if (i == 0 || (b[0] == '0' && i > 1))
-        return 0;
-    *v = x;
-    return i;
-}
-
 /* The usual reply in one step: a whole top-level "+..", "-..", ":n" or "$n" bulk (or "$-1") in
  * buf, in canonical form and within max_bulk. Returns its length, exactly what the byte-wise
  * machine would consume for it (the info of such a frame is only its type), or 0 to leave the
@@ -1077,36 +1063,28 @@ static size_t resp_fr_quick(const struct resp_framer *f, const char *buf, size_t
 {
     if (f->state != RESP_FR_TYPE || f->depth != 0 || len < 4)
         return 0;
-    uint64_t v;
-    size_t d;
+    long long v;
+    size_t cr;
     switch (buf[0]) {
     case '+':
     case '-': {
-        const char *cr = memchr(buf + 1, '\r', len - 1);
-        if (cr == NULL)
+        const char *end = memchr(buf + 1, '\r', len - 1);
+        if (end == NULL)
             return 0;
-        size_t n = (size_t)(cr - buf) - 1;
-        if ((uint64_t)n > f->max_bulk || memchr(buf + 1, '\n', n) != NULL || n + 2 >= len || cr[1] != '\n')
+        size_t n = (size_t)(end - buf) - 1;
+        if ((uint64_t)n > f->max_bulk || memchr(buf + 1, '\n', n) != NULL || n + 2 >= len || end[1] != '\n')
             return 0;
         return n + 3;
     }
-    case ':': {
-        size_t neg = buf[1] == '-';
-        d = resp_fr_quick_digits(buf + 1 + neg, len - 1 - neg, &v);
-        if (d == 0 || (neg && v == 0))
-            return 0;
-        size_t cr = 1 + neg + d;
-        return cr + 1 < len && buf[cr] == '\r' && buf[cr + 1] == '\n' ? cr + 2 : 0;
-    }
+    case ':': /* a non-negative one; "-" and anything unusual go the long way */
+        return resp_quick_header(buf, 0, len, ':', &v, &cr) ? cr + 2 : 0;
     case '$':
         if (buf[1] == '-')
             return buf[2] == '1' && buf[3] == '\r' && len > 4 && buf[4] == '\n' ? 5 : 0;
-        d = resp_fr_quick_digits(buf + 1, len - 1, &v);
-        if (d == 0 || v > f->max_bulk || 1 + d + 1 >= len || buf[1 + d] != '\r' || buf[2 + d] != '\n')
+        if (!resp_quick_header(buf, 0, len, '$', &v, &cr) || (uint64_t)v > f->max_bulk ||
+            len - (cr + 2) < (uint64_t)v + 2 || buf[cr + 2 + v] != '\r' || buf[cr + 3 + v] != '\n')
             return 0;
-        if (len - (3 + d) < v + 2 || buf[3 + d + v] != '\r' || buf[4 + d + v] != '\n')
-            return 0;
-        return 3 + d + (size_t)v + 2;
+        return cr + 2 + (size_t)v + 2;
     default:
         return 0;
     }
