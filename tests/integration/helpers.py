@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -242,3 +243,30 @@ def report_summary(request, section, text):
 def metric_value(m, name, **labels):
     """One sample's value from Proxy.metrics() (0 when the series is absent)."""
     return m.get((name, frozenset(labels.items())), 0.0)
+
+
+def write_config(p, cfg):
+    """Replace p's config file by cfg; returns the YAML text written."""
+    text = to_yaml(cfg) + "\n"
+    with open(p.config_path, "w") as f:
+        f.write(text)
+    return text
+
+
+def next_reload(p, seen, timeout=5.0):
+    """The reload log line that follows the first `seen` ones (ok or failed)."""
+    def find():
+        lines = p.events("reload")
+        return lines[seen] if len(lines) > seen else None
+    try:
+        return wait_until(find, timeout, what="reload log line #%d" % (seen + 1))
+    except AssertionError:
+        raise AssertionError("no reload log line #%d within %.1fs; log:\n%s"
+                             % (seen + 1, timeout, p.stderr_text()[-4000:]))
+
+
+def sighup(p):
+    """SIGHUP p; returns the reload log line it brings."""
+    seen = len(p.events("reload"))
+    p.signal(signal.SIGHUP)
+    return next_reload(p, seen)

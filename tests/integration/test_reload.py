@@ -21,7 +21,7 @@ import time
 import pytest
 
 from helpers import (DELETE, PASSWORDS, POOL_MODE, deep_merge, default_users, free_port,
-                     metric_value as val, to_yaml, unique, wait_until)
+                     metric_value as val, next_reload, sighup, to_yaml, unique, wait_until, write_config)
 from resp_util import ConnectionClosed, bulk, encode
 
 pytestmark = pytest.mark.proxy_only
@@ -39,33 +39,6 @@ def acl(password, rules="~* &* +@all"):
 # ---------------------------------------------------------------------------
 # reloading
 # ---------------------------------------------------------------------------
-
-def write_config(p, cfg):
-    """Replace p's config file by cfg; returns the YAML text written."""
-    text = to_yaml(cfg) + "\n"
-    with open(p.config_path, "w") as f:
-        f.write(text)
-    return text
-
-
-def next_reload(p, seen, timeout=5.0):
-    """The reload log line that follows the first `seen` ones (ok or failed)."""
-    def find():
-        lines = p.events("reload")
-        return lines[seen] if len(lines) > seen else None
-    try:
-        return wait_until(find, timeout, what="reload log line #%d" % (seen + 1))
-    except AssertionError:
-        raise AssertionError("no reload log line #%d within %.1fs; log:\n%s"
-                             % (seen + 1, timeout, p.stderr_text()[-4000:]))
-
-
-def sighup(p):
-    """SIGHUP p; returns the reload log line it brings."""
-    seen = len(p.events("reload"))
-    p.signal(signal.SIGHUP)
-    return next_reload(p, seen)
-
 
 def reload_ok(p, cfg=None):
     """Write cfg (when given) as p's config and SIGHUP p; returns the reload line, which must
