@@ -102,6 +102,8 @@ start_relay() {
 # start_respguard NAME UPSTREAM_PORT MODE [POOL_SIZE] [MAX_CLIENTS]
 # A respguard on a free port (RG_PORT[NAME]) with its admin endpoint (RG_ADMIN[NAME]), user
 # "bench" with password $pw, upstream.pool.mode MODE, log level info (stderr in NAME.log).
+# RG_LOG_LEVEL overrides the level; RG_EXTRA_CONFIG is YAML appended to the config (more
+# top-level sections, e.g. a rest listener).
 start_respguard() {
     local name=$1 upstream=$2 mode=$3 size=${4:-} maxc=${5:-10000} port admin
     port=$(free_port)
@@ -114,8 +116,9 @@ start_respguard() {
         [ -n "$size" ] && printf '    size: %s\n' "$size"
         printf 'users:\n  bench:\n    acl: "on >${BENCH_PW} ~* &* +@all"\n'
         printf 'limits:\n  max_clients: %s\n' "$maxc"
-        printf 'log:\n  level: info\n'
+        printf 'log:\n  level: %s\n' "${RG_LOG_LEVEL:-info}"
         printf 'admin:\n  bind: 127.0.0.1:%s\n' "$admin"
+        [ -z "${RG_EXTRA_CONFIG:-}" ] || printf '%s\n' "$RG_EXTRA_CONFIG"
     } >"$work/$name.yaml"
     "$bin" -c "$work/$name.yaml" 2>"$work/$name.log" &
     RG_PID[$name]=$!

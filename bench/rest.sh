@@ -57,42 +57,15 @@ make_certs
 start_redis 10000
 redis_pid=$(cat "$work/9-redis.pid")
 rest_port=$(free_port)
-declare -A PORT ADMIN PID
-# start NAME MODE [rest]: a respguard with a RESP listener, upstream.pool.mode MODE, user bench
-# whose password ($pw) is also the REST token, an admin endpoint, and with "rest" the REST
-# listener (plaintext, loopback).
-start() {
-    local name=$1 mode=$2
-    PORT[$name]=$(free_port)
-    ADMIN[$name]=$(free_port)
-    # shellcheck disable=SC2016 # ${BENCH_PW} is for respguard to expand
-    {
-        printf 'listeners:\n  - bind: 127.0.0.1:%s\n' "${PORT[$name]}"
-        [ "${3:-}" = rest ] && printf 'rest:\n  - bind: 127.0.0.1:%s\n' "$rest_port"
-        printf 'upstream:\n  url: rediss://default:${BENCH_PW}@localhost:%s\n' "$up_port"
-        printf '  ca_file: %s\n  pool:\n    mode: %s\n' "$work/ca.crt" "$mode"
-        printf 'users:\n  bench:\n    acl: "on >${BENCH_PW} ~* &* +@all"\n'
-        printf 'log:\n  level: warn\n'
-        printf 'admin:\n  bind: 127.0.0.1:%s\n' "${ADMIN[$name]}"
-    } >"$work/$name.yaml"
-    "$bin" -c "$work/$name.yaml" 2>"$work/$name.log" &
-    PID[$name]=$!
-    RG_PID[$name]=$! # for check_respguard
-    echo $! >"$work/5-$name.pid"
-    pin_respguard $!
-    for _ in $(seq 100); do
-        redis-cli -p "${PORT[$name]}" --user bench --pass "$pw" --no-auth-warning ping 2>/dev/null | grep -q PONG && return 0
-        kill -0 "${PID[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "respguard ($name) did not start:" >&2; cat "$work/$name.log" >&2; exit 1
-}
-start session session rest
-start multiplex multiplex
+# Two respguards with user bench (password $pw, also the REST token): "session" with the REST
+# listener (plaintext, loopback), "multiplex" without.
+RG_LOG_LEVEL=warn RG_EXTRA_CONFIG=$(printf 'rest:\n  - bind: 127.0.0.1:%s' "$rest_port") \
+    start_respguard session "$up_port" session
+RG_LOG_LEVEL=warn start_respguard multiplex "$up_port" multiplex
 
 key=bench:rest
 value=$(printf 'v%.0s' $(seq 32)) # 32 bytes
-redis-cli -p "${PORT[session]}" --user bench --pass "$pw" --no-auth-warning set "$key" "$value" >/dev/null
+redis-cli -p "${RG_PORT[session]}" --user bench --pass "$pw" --no-auth-warning set "$key" "$value" >/dev/null
 got=$(curl -s --max-time 5 -H "Authorization: Bearer $pw" "http://127.0.0.1:$rest_port/get/$key")
 [ "$got" = "{\"result\":\"$value\"}" ] || { echo "REST GET answered: $got" >&2; exit 1; }
 # What @upstash/redis 1.39.0 sends on node for redis.get(key) (auto-pipelining, its default): POST
@@ -134,7 +107,7 @@ perf_stop() {
 # and a timeout) and keeps its output in NAME.out, its CPU time in NAME.time, and the CPU ticks
 # of respguard RESPGUARD, redis-server and the whole machine during the run in NAME.cpu.
 measure() {
-    local name=$1 pid=${PID[$2]} rc=0 rg0 rd0 b0
+    local name=$1 pid=${RG_PID[$2]} rc=0 rg0 rd0 b0
     shift 2
     perf_start "$name" "$pid"
     rg0=$(ticks "$pid")
@@ -151,7 +124,7 @@ measure() {
 }
 # resp_run NAME RESPGUARD REQUESTS
 resp_run() {
-    measure "$1" "$2" redis-benchmark -h 127.0.0.1 -p "${PORT[$2]}" --user bench -a "$pw" -c "$conns" -n "$3" \
+    measure "$1" "$2" redis-benchmark -h 127.0.0.1 -p "${RG_PORT[$2]}" --user bench -a "$pw" -c "$conns" -n "$3" \
         --csv GET "$key"
 }
 # rest_run NAME SECONDS get|pipeline
@@ -260,7 +233,7 @@ for k in "${kinds[@]}"; do
     printf '%-20s %10s %13s %8s\n' "${LABEL[$k]}" "${cols[@]}"
 done
 echo
-curl -s --max-time 10 "http://127.0.0.1:${ADMIN[session]}/metrics" | awk '
+curl -s --max-time 10 "http://127.0.0.1:${RG_ADMIN[session]}/metrics" | awk '
     /^respguard_rest_requests_total\{/ && $NF != 0 { match($0, /status="[^"]*"/); s = s " " substr($0, RSTART + 8, RLENGTH - 9) "=" $NF }
     END { print "respguard_rest_requests_total (not 0) by status:" s }'
 check_respguard session
